@@ -1,0 +1,309 @@
+//! The device abstraction.
+//!
+//! Model and trainer code is written once against [`Backend`]; a backend owns its buffers and
+//! implements every op of the Wan2.1 DiT, forward and backward. The CPU backend ([`cpu`]) is both
+//! the fallback and the executable specification that the CUDA backend is tested against.
+//!
+//! Conventions shared by every op:
+//! - Activations are f32 buffers ([`Backend::Buf`]) laid out row-major; shapes are passed
+//!   explicitly (the buffers do not carry them), as in llm.c.
+//! - Matrix weights ([`Backend::Weight`]) keep their storage dtype (f32, bf16, f16) and are widened
+//!   to f32 inside the GEMM; their gradients are f32 buffers.
+//! - Backward ops *overwrite* the input gradient (`dx`) and *accumulate* (`+=`) parameter
+//!   gradients, so that gradient accumulation over micro-batches needs no extra pass.
+//! - "Modulation" vectors are read from a `[batch, stride]` buffer at a column offset (`Mod`), which
+//!   is how Wan's `[B, 6, D]` shift/scale/gate table is consumed without copies.
+
+pub mod cpu;
+
+use crate::tensor::{DType, Storage};
+
+/// Where a per-sample modulation vector of width `d` lives: element `j` of sample `b` is
+/// `buf[b * stride + offset + j]`.
+#[derive(Clone, Copy, Debug)]
+pub struct ModSlot {
+    pub stride: usize,
+    pub offset: usize,
+}
+
+/// Shape of a multi-head attention call for a batch: queries `[batch, lq, heads, head_dim]`,
+/// keys and values `[batch, lk, heads, head_dim]`, scale `1/sqrt(head_dim)`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// Shape of a latent video batch `[batch, channels, frames, height, width]` cut into (1, 2, 2)
+/// patches; tokens are ordered (f, h, w).
+#[derive(Clone, Copy, Debug)]
+pub struct PatchShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl PatchShape {
+    pub fn tokens(&self) -> usize {
+        self.frames * (self.height / 2) * (self.width / 2)
+    }
+    pub fn patch_len(&self) -> usize {
+        self.channels * 4
+    }
+}
+
+/// Order of the values inside one patch vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchOrder {
+    /// (c, ph, pw): the patch-embedding Conv3d weight `[D, C, 1, 2, 2]` flattened.
+    ChannelMajor,
+    /// (ph, pw, c): the head's output channels, c fastest.
+    ChannelMinor,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// An f32 device buffer.
+    type Buf: Send + Sync;
+    /// A matrix weight `[rows = out, cols = in]` in its storage dtype.
+    type Weight: Send + Sync;
+
+    fn name(&self) -> String;
+
+    // ---------------------------------------------------------------- memory
+    fn zeros(&self, n: usize) -> Self::Buf;
+    fn from_host(&self, data: &[f32]) -> Self::Buf;
+    fn to_host(&self, buf: &Self::Buf) -> Vec<f32>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    fn fill_zero(&self, buf: &mut Self::Buf);
+    /// `dst[dst_off .. dst_off + n] = src[src_off .. src_off + n]`.
+    fn copy_range(
+        &self,
+        src: &Self::Buf,
+        src_off: usize,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        n: usize,
+    );
+    fn weight_from_host(&self, data: &Storage, rows: usize, cols: usize) -> Self::Weight;
+    fn weight_to_host(&self, w: &Self::Weight) -> Storage;
+    fn weight_dtype(&self, w: &Self::Weight) -> DType;
+    /// `(rows, cols)` = `(out, in)`.
+    fn weight_dims(&self, w: &Self::Weight) -> (usize, usize);
+    /// Bytes held by this buffer or weight on the device.
+    fn buf_bytes(&self, buf: &Self::Buf) -> usize {
+        self.len(buf) * 4
+    }
+
+    // ---------------------------------------------------------------- elementwise
+    /// `y += x`.
+    fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf);
+    /// `y += alpha * x`.
+    fn axpy(&self, alpha: f32, x: &Self::Buf, y: &mut Self::Buf);
+    /// `out[b, k*w + j] = x[b, j] + table[k*w + j]` for `x: [batch, w]`, `table: [k*w]`.
+    fn broadcast_add(&self, x: &Self::Buf, table: &Self::Buf, batch: usize, w: usize, k: usize, out: &mut Self::Buf);
+    /// Backward of [`Backend::broadcast_add`]: `dx[b, j] += sum_k dout[b, k*w + j]`,
+    /// `dtable += sum_b dout[b, :]`.
+    fn broadcast_add_backward(
+        &self,
+        dout: &Self::Buf,
+        batch: usize,
+        w: usize,
+        k: usize,
+        dx: &mut Self::Buf,
+        dtable: &mut Self::Buf,
+    );
+    fn silu_forward(&self, x: &Self::Buf, y: &mut Self::Buf);
+    fn silu_backward(&self, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf);
+    /// GELU with the tanh approximation (Wan's FFN and text MLP).
+    fn gelu_tanh_forward(&self, x: &Self::Buf, y: &mut Self::Buf);
+    fn gelu_tanh_backward(&self, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf);
+    /// Exact (erf) GELU (the I2V image MLP).
+    fn gelu_erf_forward(&self, x: &Self::Buf, y: &mut Self::Buf);
+    fn gelu_erf_backward(&self, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf);
+
+    // ---------------------------------------------------------------- linear algebra
+    /// `y[n, out] = x[n, in] W^T (+ b)`.
+    fn linear_forward(&self, x: &Self::Buf, n: usize, w: &Self::Weight, b: Option<&Self::Buf>, y: &mut Self::Buf);
+    /// `dx[n, in] = dy[n, out] W` (overwrites `dx`).
+    fn linear_backward_input(&self, dy: &Self::Buf, n: usize, w: &Self::Weight, dx: &mut Self::Buf);
+    /// `dw[out, in] += dy^T x`, `db[out] += sum_rows dy`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_weight(
+        &self,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        n: usize,
+        n_in: usize,
+        n_out: usize,
+        dw: &mut Self::Buf,
+        db: Option<&mut Self::Buf>,
+    );
+
+    // ---------------------------------------------------------------- normalisation
+    /// LayerNorm over rows of width `d` with optional affine; saves per-row mean and 1/std.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        d: usize,
+        weight: Option<&Self::Buf>,
+        bias: Option<&Self::Buf>,
+        eps: f32,
+        y: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        rows: usize,
+        d: usize,
+        weight: Option<&Self::Buf>,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        dx: &mut Self::Buf,
+        dweight: Option<&mut Self::Buf>,
+        dbias: Option<&mut Self::Buf>,
+    );
+    /// RMSNorm over rows of width `d` with a learned weight; saves per-row 1/rms.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_forward(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        d: usize,
+        weight: &Self::Buf,
+        eps: f32,
+        y: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        rows: usize,
+        d: usize,
+        weight: &Self::Buf,
+        rstd: &Self::Buf,
+        dx: &mut Self::Buf,
+        dweight: &mut Self::Buf,
+    );
+
+    // ---------------------------------------------------------------- adaptive modulation
+    /// `y[b, l, :] = x[b, l, :] * (1 + scale_b) + shift_b` for `x: [batch, rows, d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn modulate_forward(
+        &self,
+        x: &Self::Buf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &Self::Buf,
+        shift: ModSlot,
+        scale: ModSlot,
+        y: &mut Self::Buf,
+    );
+    /// Overwrites `dx`; accumulates the shift and scale gradients into `dmods` at their slots.
+    #[allow(clippy::too_many_arguments)]
+    fn modulate_backward(
+        &self,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &Self::Buf,
+        shift: ModSlot,
+        scale: ModSlot,
+        dx: &mut Self::Buf,
+        dmods: &mut Self::Buf,
+    );
+    /// `x[b, l, :] += y[b, l, :] * gate_b` (the gated residual).
+    #[allow(clippy::too_many_arguments)]
+    fn gated_add_forward(
+        &self,
+        x: &mut Self::Buf,
+        y: &Self::Buf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &Self::Buf,
+        gate: ModSlot,
+    );
+    /// Given `dx` (gradient of the residual stream), overwrites `dy = dx * gate` and accumulates
+    /// `dgate += sum_l dx * y` into `dmods`.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_add_backward(
+        &self,
+        dx: &Self::Buf,
+        y: &Self::Buf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &Self::Buf,
+        gate: ModSlot,
+        dy: &mut Self::Buf,
+        dmods: &mut Self::Buf,
+    );
+
+    // ---------------------------------------------------------------- rotary embedding
+    /// Rotates interleaved pairs of `x: [batch, tokens, heads, head_dim]` in place with the
+    /// per-token angle table `cos, sin: [tokens, head_dim / 2]`; `inverse` rotates by the negative
+    /// angle, which is the backward of the forward rotation.
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        batch: usize,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        inverse: bool,
+    );
+
+    // ---------------------------------------------------------------- attention
+    /// Softmax attention, tile by tile with an online softmax (never an `lq x lk` matrix).
+    /// Writes `out: [batch, lq, heads, head_dim]` and the log-sum-exp `lse: [batch, heads, lq]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        shape: AttnShape,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+    );
+    /// Overwrites `dq, dk, dv`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        dout: &Self::Buf,
+        shape: AttnShape,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+    );
+
+    // ---------------------------------------------------------------- (un)patchify
+    /// `x: [batch, C, F, H, W]` -> `tokens: [batch, L, C*4]` in the given patch order.
+    fn patchify(&self, x: &Self::Buf, shape: PatchShape, order: PatchOrder, tokens: &mut Self::Buf);
+    /// Inverse of [`Backend::patchify`] (and therefore its backward, and vice versa).
+    fn unpatchify(&self, tokens: &Self::Buf, shape: PatchShape, order: PatchOrder, x: &mut Self::Buf);
+}

@@ -1,0 +1,2 @@
+//! The `prfl` command-line tool.
+fn main() {}

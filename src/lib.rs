@@ -13,5 +13,7 @@ pub mod error;
 pub mod model;
 pub mod schedule;
 pub mod tensor;
+#[doc(hidden)]
+pub mod testutil;
 
 pub use error::{Error, Result};

@@ -104,6 +104,8 @@ pub trait Backend: Send + Sync + 'static {
     fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf);
     /// `y += alpha * x`.
     fn axpy(&self, alpha: f32, x: &Self::Buf, y: &mut Self::Buf);
+    /// `x *= alpha`.
+    fn scale(&self, alpha: f32, x: &mut Self::Buf);
     /// `out[b, k*w + j] = x[b, j] + table[k*w + j]` for `x: [batch, w]`, `table: [k*w]`.
     fn broadcast_add(&self, x: &Self::Buf, table: &Self::Buf, batch: usize, w: usize, k: usize, out: &mut Self::Buf);
     /// Backward of [`Backend::broadcast_add`]: `dx[b, j] += sum_k dout[b, k*w + j]`,

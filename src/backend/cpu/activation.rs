@@ -3,6 +3,10 @@
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     todo!()
 }
+/// `x *= alpha`.
+pub fn scale(alpha: f32, x: &mut [f32]) {
+    todo!()
+}
 /// `out[b, k*w + j] = x[b, j] + table[k*w + j]` for `x: [batch, w]`, `table: [k*w]`.
 pub fn broadcast_add(x: &[f32], table: &[f32], batch: usize, w: usize, k: usize, out: &mut [f32]) {
     todo!()

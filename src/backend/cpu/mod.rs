@@ -75,6 +75,9 @@ impl Backend for Cpu {
     fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) {
         activation::axpy(alpha, x, y);
     }
+    fn scale(&self, alpha: f32, x: &mut Vec<f32>) {
+        activation::scale(alpha, x);
+    }
     fn broadcast_add(&self, x: &Vec<f32>, table: &Vec<f32>, batch: usize, w: usize, k: usize, out: &mut Vec<f32>) {
         activation::broadcast_add(x, table, batch, w, k, out);
     }

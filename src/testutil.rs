@@ -1,0 +1,64 @@
+//! Helpers shared by the unit tests: a deterministic random source and a finite-difference
+//! gradient checker. Public (but hidden) so that integration tests can use them too.
+
+/// A small deterministic generator (PCG-style LCG) for test data; no external crate needed.
+pub struct TestRng(u64);
+
+impl TestRng {
+    pub fn new(seed: u64) -> Self {
+        TestRng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x2545_F491_4F6C_DD1D))
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+}
+
+/// Central finite difference of the scalar function `f` with respect to every element of `x`,
+/// evaluated in f64 around the f32 point (step `h`).
+pub fn numeric_grad(x: &[f32], h: f32, mut f: impl FnMut(&[f32]) -> f64) -> Vec<f32> {
+    let mut xp = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let orig = xp[i];
+            xp[i] = orig + h;
+            let fp = f(&xp);
+            xp[i] = orig - h;
+            let fm = f(&xp);
+            xp[i] = orig;
+            ((fp - fm) / (2.0 * h as f64)) as f32
+        })
+        .collect()
+}
+
+/// Largest `|a - b|` divided by the largest `|b|` (a relative error that is stable when some
+/// entries are near zero).
+pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// Asserts that the analytic gradient matches the numeric one within `tol` (relative, as
+/// [`max_rel_err`]).
+pub fn assert_grad_close(what: &str, analytic: &[f32], numeric: &[f32], tol: f32) {
+    let err = max_rel_err(analytic, numeric);
+    assert!(
+        err <= tol,
+        "{what}: analytic vs finite-difference gradient relative error {err:e} > {tol:e}\nanalytic {:?}\nnumeric  {:?}",
+        &analytic[..analytic.len().min(8)],
+        &numeric[..numeric.len().min(8)]
+    );
+}

@@ -1,6 +1,11 @@
 //! The Wan2.1 DiT configuration (method.md section 1).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::{Error, Result};
 
 /// Text-to-video or image-to-video.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +45,18 @@ impl WanConfig {
         self.dim / self.num_heads
     }
 
-    fn released(model_type: ModelType, dim: usize, ffn_dim: usize, heads: usize, layers: usize) -> Self {
+    /// Whether the model takes CLIP image features (I2V).
+    pub fn is_i2v(&self) -> bool {
+        self.model_type == ModelType::I2V
+    }
+
+    fn released(
+        model_type: ModelType,
+        dim: usize,
+        ffn_dim: usize,
+        heads: usize,
+        layers: usize,
+    ) -> Self {
         WanConfig {
             model_type,
             in_dim: if model_type == ModelType::I2V { 36 } else { 16 },
@@ -70,5 +86,623 @@ impl WanConfig {
     /// Wan2.1 I2V-14B (480p and 720p share the architecture).
     pub fn i2v_14b() -> Self {
         Self::released(ModelType::I2V, 5120, 13824, 40, 40)
+    }
+}
+
+/// Head width of every released Wan2.1 model; used to infer the head count from a bare weights
+/// file, which carries no config (attention weights are [D, D] whatever the head count).
+pub const RELEASED_HEAD_DIM: usize = 128;
+
+/// The diffusers name of the only q/k norm Wan2.1 uses (RMSNorm over all heads together).
+const DIFFUSERS_QK_NORM: &str = "rms_norm_across_heads";
+
+impl WanConfig {
+    /// Parses a `config.json` in either format: diffusers' (`WanTransformer3DModel`, recognised by
+    /// `num_attention_heads`) or the original release's (`WanModel`).
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let obj = as_object(v)?;
+        let diffusers = obj.contains_key("num_attention_heads")
+            || obj.get("_class_name").and_then(Value::as_str) == Some("WanTransformer3DModel");
+        if diffusers {
+            Self::from_diffusers_json(v)
+        } else {
+            Self::from_original_json(v)
+        }
+    }
+
+    /// Parses the original release's `config.json` (keys of `WanModel.__init__`). Keys the
+    /// release leaves out (`text_dim`, `out_dim`, `freq_dim`, `eps`, `text_len`) take the
+    /// constructor's defaults; the image width is not configurable there (always 1280), so
+    /// `image_dim` is read only if a non-standard writer put it in. Both are overridden by tensor
+    /// shapes when a checkpoint is opened.
+    pub fn from_original_json(v: &Value) -> Result<Self> {
+        let obj = as_object(v)?;
+        let model_type = match obj.get("model_type") {
+            None => ModelType::T2V,
+            Some(Value::String(s)) => match s.as_str() {
+                "t2v" => ModelType::T2V,
+                // FLF2V shares the I2V architecture plus an image position embedding
+                // (`img_emb.emb_pos`), which loading rejects as an unexpected tensor.
+                "i2v" | "flf2v" => ModelType::I2V,
+                other => {
+                    return Err(Error::Config(format!(
+                        "model_type `{other}` is not a Wan2.1 DiT (expected t2v, i2v or flf2v)"
+                    )))
+                }
+            },
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "model_type must be a string, got {other}"
+                )))
+            }
+        };
+        check_patch_size(obj, "patch_size")?;
+        check_flag(obj, "qk_norm", |v| v.as_bool() == Some(true), "true")?;
+        check_flag(
+            obj,
+            "cross_attn_norm",
+            |v| v.as_bool() == Some(true),
+            "true",
+        )?;
+        if let Some(w) = obj.get("window_size") {
+            if w != &json!([-1, -1]) {
+                return Err(Error::Config(format!(
+                    "window_size {w} (local attention) is not supported; only global attention [-1, -1]"
+                )));
+            }
+        }
+        let i2v = model_type == ModelType::I2V;
+        let cfg = WanConfig {
+            model_type,
+            in_dim: req_usize(obj, "in_dim")?,
+            out_dim: opt_usize(obj, "out_dim")?.unwrap_or(16),
+            dim: req_usize(obj, "dim")?,
+            ffn_dim: req_usize(obj, "ffn_dim")?,
+            freq_dim: opt_usize(obj, "freq_dim")?.unwrap_or(256),
+            text_dim: opt_usize(obj, "text_dim")?.unwrap_or(4096),
+            image_dim: if i2v {
+                Some(opt_usize(obj, "image_dim")?.unwrap_or(1280))
+            } else {
+                None
+            },
+            num_heads: req_usize(obj, "num_heads")?,
+            num_layers: req_usize(obj, "num_layers")?,
+            eps: opt_eps(obj)?,
+            text_len: opt_usize(obj, "text_len")?.unwrap_or(512),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a diffusers `transformer/config.json` (keys of `WanTransformer3DModel.__init__`;
+    /// absent keys take that constructor's defaults, except the sizes, which are required).
+    pub fn from_diffusers_json(v: &Value) -> Result<Self> {
+        let obj = as_object(v)?;
+        check_patch_size(obj, "patch_size")?;
+        check_flag(
+            obj,
+            "qk_norm",
+            |v| v.as_str() == Some(DIFFUSERS_QK_NORM),
+            DIFFUSERS_QK_NORM,
+        )?;
+        check_flag(
+            obj,
+            "cross_attn_norm",
+            |v| v.as_bool() == Some(true),
+            "true",
+        )?;
+        if opt_usize(obj, "pos_embed_seq_len")?.is_some() {
+            return Err(Error::Config(
+                "pos_embed_seq_len is set (FLF2V image position embedding), which is not supported"
+                    .into(),
+            ));
+        }
+        let heads = req_usize(obj, "num_attention_heads")?;
+        let head_dim = req_usize(obj, "attention_head_dim")?;
+        let dim = heads.checked_mul(head_dim).ok_or_else(|| {
+            Error::Config("num_attention_heads * attention_head_dim overflows".into())
+        })?;
+        let in_dim = req_usize(obj, "in_channels")?;
+        let image_dim = opt_usize(obj, "image_dim")?;
+        let added_kv = opt_usize(obj, "added_kv_proj_dim")?;
+        // In Wan2.1 I2V both are set together: the image embedder maps image_dim -> D and the
+        // added k/v projections read those D-wide tokens.
+        match (image_dim, added_kv) {
+            (None, None) => {}
+            (Some(_), Some(a)) if a == dim => {}
+            (Some(_), Some(a)) => {
+                return Err(Error::Config(format!(
+                    "added_kv_proj_dim {a} must equal the model width {dim} (Wan2.1 I2V)"
+                )))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::Config(
+                    "image_dim and added_kv_proj_dim must be both set (I2V) or both null (T2V)"
+                        .into(),
+                ))
+            }
+        }
+        let cfg = WanConfig {
+            model_type: if image_dim.is_some() {
+                ModelType::I2V
+            } else {
+                ModelType::T2V
+            },
+            in_dim,
+            // diffusers: `out_channels = out_channels or in_channels`.
+            out_dim: opt_usize(obj, "out_channels")?
+                .filter(|&c| c != 0)
+                .unwrap_or(in_dim),
+            dim,
+            ffn_dim: req_usize(obj, "ffn_dim")?,
+            freq_dim: opt_usize(obj, "freq_dim")?.unwrap_or(256),
+            text_dim: opt_usize(obj, "text_dim")?.unwrap_or(4096),
+            image_dim,
+            num_heads: heads,
+            num_layers: req_usize(obj, "num_layers")?,
+            eps: opt_eps(obj)?,
+            text_len: opt_usize(obj, "text_len")?.unwrap_or(512),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The original release's `config.json` for this model (what `WanModel.from_pretrained`
+    /// reads). `text_dim` is a constructor argument there; `image_dim` is written only when it is
+    /// not the hard-wired 1280, for this crate's own reader.
+    pub fn to_original_json(&self) -> Value {
+        let mut v = json!({
+            "_class_name": "WanModel",
+            "_diffusers_version": "0.30.0",
+            "model_type": if self.is_i2v() { "i2v" } else { "t2v" },
+            "patch_size": [1, 2, 2],
+            "text_len": self.text_len,
+            "in_dim": self.in_dim,
+            "dim": self.dim,
+            "ffn_dim": self.ffn_dim,
+            "freq_dim": self.freq_dim,
+            "text_dim": self.text_dim,
+            "out_dim": self.out_dim,
+            "num_heads": self.num_heads,
+            "num_layers": self.num_layers,
+            "window_size": [-1, -1],
+            "qk_norm": true,
+            "cross_attn_norm": true,
+            "eps": eps_to_json(self.eps),
+        });
+        if let (Some(img), Some(obj)) = (self.image_dim, v.as_object_mut()) {
+            if img != 1280 {
+                obj.insert("image_dim".into(), json!(img));
+            }
+        }
+        v
+    }
+
+    /// diffusers' `transformer/config.json` for this model.
+    pub fn to_diffusers_json(&self) -> Value {
+        json!({
+            "_class_name": "WanTransformer3DModel",
+            "_diffusers_version": "0.33.0",
+            "patch_size": [1, 2, 2],
+            "num_attention_heads": self.num_heads,
+            "attention_head_dim": self.head_dim(),
+            "in_channels": self.in_dim,
+            "out_channels": self.out_dim,
+            "text_dim": self.text_dim,
+            "freq_dim": self.freq_dim,
+            "ffn_dim": self.ffn_dim,
+            "num_layers": self.num_layers,
+            "cross_attn_norm": true,
+            "qk_norm": DIFFUSERS_QK_NORM,
+            "eps": eps_to_json(self.eps),
+            "image_dim": self.image_dim,
+            "added_kv_proj_dim": self.image_dim.map(|_| self.dim),
+            "rope_max_seq_len": 1024,
+            "pos_embed_seq_len": null,
+        })
+    }
+
+    /// Infers the configuration of a bare weights file from its tensor shapes (canonical names).
+    /// Widths come from the weights; the head count cannot (q/k/v are [D, D] for any head count)
+    /// and is taken as D / 128, the head width of every released Wan2.1; eps and text_len take the
+    /// released values.
+    pub fn infer_from_shapes(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self> {
+        let get = |name: &str, rank: usize| -> Result<&[usize]> {
+            let s = shapes
+                .get(name)
+                .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+            if s.len() != rank {
+                return Err(Error::Config(format!(
+                    "cannot infer the configuration: tensor `{name}` has rank {} (shape {s:?}), expected {rank}",
+                    s.len()
+                )));
+            }
+            Ok(s)
+        };
+        let patch = get("patch_embedding.weight", 5)?;
+        if patch[2..] != [1, 2, 2] {
+            return Err(Error::Config(format!(
+                "tensor `patch_embedding.weight` has shape {patch:?}: patch size {:?} is not (1, 2, 2)",
+                &patch[2..]
+            )));
+        }
+        let (dim, in_dim) = (patch[0], patch[1]);
+        if dim == 0 || dim % RELEASED_HEAD_DIM != 0 {
+            return Err(Error::Config(format!(
+                "cannot infer the head count: width {dim} (tensor `patch_embedding.weight`) is not a \
+                 multiple of {RELEASED_HEAD_DIM}; put a config.json beside the weights"
+            )));
+        }
+        let head = get("head.head.weight", 2)?;
+        if head[0] % 4 != 0 {
+            return Err(Error::Config(format!(
+                "tensor `head.head.weight` has {} outputs, not a multiple of the 4 patch positions",
+                head[0]
+            )));
+        }
+        let num_layers = shapes
+            .keys()
+            .filter_map(|n| super::names::block_index(n))
+            .max()
+            .map_or(0, |i| i + 1);
+        // Any block's FFN gives the hidden width; report block 0's if none has one.
+        let ffn_name = (0..num_layers)
+            .map(|i| format!("blocks.{i}.ffn.0.weight"))
+            .find(|n| shapes.contains_key(n))
+            .unwrap_or_else(|| "blocks.0.ffn.0.weight".to_string());
+        let ffn_dim = get(&ffn_name, 2)?[0];
+        let i2v = shapes.keys().any(|n| is_image_param(n));
+        let image_dim = if i2v {
+            Some(get("img_emb.proj.0.weight", 1)?[0])
+        } else {
+            None
+        };
+        let cfg = WanConfig {
+            model_type: if i2v { ModelType::I2V } else { ModelType::T2V },
+            in_dim,
+            out_dim: head[0] / 4,
+            dim,
+            ffn_dim,
+            freq_dim: get("time_embedding.0.weight", 2)?[1],
+            text_dim: get("text_embedding.0.weight", 2)?[1],
+            image_dim,
+            num_heads: dim / RELEASED_HEAD_DIM,
+            num_layers,
+            eps: 1e-6,
+            text_len: 512,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Makes a parsed config agree with a checkpoint's tensor shapes (canonical names): the text
+    /// and image widths are taken from the weights (the official config.json does not state them),
+    /// and a model type the tensors contradict is an error naming the tensor. The remaining sizes
+    /// are checked tensor by tensor against `canonical_params` by the checkpoint reader.
+    pub fn reconcile_with_shapes(&mut self, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+        if let Some(s) = shapes.get("text_embedding.0.weight") {
+            if s.len() == 2 {
+                self.text_dim = s[1];
+            }
+        }
+        if let Some(name) = shapes.keys().find(|n| is_image_param(n)) {
+            if !self.is_i2v() {
+                return Err(Error::Config(format!(
+                    "the config says t2v but the checkpoint has the image-conditioning tensor `{name}`"
+                )));
+            }
+        }
+        if self.is_i2v() {
+            if let Some(s) = shapes.get("img_emb.proj.0.weight") {
+                if s.len() == 1 {
+                    self.image_dim = Some(s[0]);
+                }
+            }
+        }
+        self.validate()
+    }
+
+    /// Rejects configurations the engine cannot run, naming the problem. (Patch size, qk-norm and
+    /// the cross-attention norm are not fields: the JSON readers reject other values.)
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        for (name, v) in [
+            ("dim", self.dim),
+            ("ffn_dim", self.ffn_dim),
+            ("in_dim", self.in_dim),
+            ("out_dim", self.out_dim),
+            ("freq_dim", self.freq_dim),
+            ("text_dim", self.text_dim),
+            ("num_heads", self.num_heads),
+            ("num_layers", self.num_layers),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        if self.dim % self.num_heads != 0 {
+            return bad(format!(
+                "dim {} is not divisible by num_heads {}",
+                self.dim, self.num_heads
+            ));
+        }
+        let d = self.head_dim();
+        // RoPE rotates pairs and splits them into three bands of which the row and column bands
+        // have floor(d/6) pairs each: d must be even and at least 6.
+        if d % 2 != 0 || d < 6 {
+            return bad(format!(
+                "head dim {d} (dim {} / {} heads) must be even and at least 6 for the 3-D RoPE",
+                self.dim, self.num_heads
+            ));
+        }
+        if self.freq_dim % 2 != 0 {
+            return bad(format!(
+                "freq_dim {} must be even (cos and sin halves)",
+                self.freq_dim
+            ));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad(format!("eps {} must be positive and finite", self.eps));
+        }
+        match (self.model_type, self.image_dim) {
+            (ModelType::I2V, None) => bad("an i2v model needs image_dim".into()),
+            (ModelType::I2V, Some(0)) => bad("image_dim must be positive".into()),
+            (ModelType::T2V, Some(i)) => bad(format!("a t2v model has no image_dim (got {i})")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The released model this configuration is, or `"custom"`. `text_len` is informational and
+    /// does not take part.
+    pub fn variant_name(&self) -> &'static str {
+        let mut probe = self.clone();
+        probe.text_len = 512;
+        [
+            ("Wan2.1-T2V-1.3B", Self::t2v_1_3b()),
+            ("Wan2.1-T2V-14B", Self::t2v_14b()),
+            ("Wan2.1-I2V-14B", Self::i2v_14b()),
+        ]
+        .into_iter()
+        .find(|(_, preset)| *preset == probe)
+        .map_or("custom", |(name, _)| name)
+    }
+}
+
+/// Tensors that only an image-conditioned (I2V) model has, in canonical naming.
+fn is_image_param(name: &str) -> bool {
+    name.starts_with("img_emb.")
+        || name.contains(".cross_attn.k_img.")
+        || name.contains(".cross_attn.v_img.")
+        || name.contains(".cross_attn.norm_k_img.")
+}
+
+fn as_object(v: &Value) -> Result<&Map<String, Value>> {
+    v.as_object()
+        .ok_or_else(|| Error::Config("config.json must be a JSON object".into()))
+}
+
+fn opt_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::Config(format!("`{key}` must be a non-negative integer, got {v}"))
+            }),
+    }
+}
+
+fn req_usize(obj: &Map<String, Value>, key: &str) -> Result<usize> {
+    opt_usize(obj, key)?.ok_or_else(|| Error::Config(format!("`{key}` is missing")))
+}
+
+fn opt_eps(obj: &Map<String, Value>) -> Result<f32> {
+    match obj.get("eps") {
+        None | Some(Value::Null) => Ok(1e-6),
+        Some(v) => v
+            .as_f64()
+            .map(|e| e as f32)
+            .ok_or_else(|| Error::Config(format!("`eps` must be a number, got {v}"))),
+    }
+}
+
+/// Writes an f32 epsilon through its shortest decimal form, so 1e-6 is written as 1e-6 and not as
+/// the f64 widening 9.999999974752427e-7.
+fn eps_to_json(eps: f32) -> Value {
+    let shortest: f64 = eps.to_string().parse().unwrap_or(eps as f64);
+    json!(shortest)
+}
+
+fn check_patch_size(obj: &Map<String, Value>, key: &str) -> Result<()> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if *v == json!([1, 2, 2]) => Ok(()),
+        Some(v) => Err(Error::Config(format!(
+            "{key} {v} is not supported; only [1, 2, 2]"
+        ))),
+    }
+}
+
+/// Accepts an absent key (the constructors default to the supported value) or the supported value.
+fn check_flag(
+    obj: &Map<String, Value>,
+    key: &str,
+    ok: impl Fn(&Value) -> bool,
+    expected: &str,
+) -> Result<()> {
+    match obj.get(key) {
+        None => Ok(()),
+        Some(v) if ok(v) => Ok(()),
+        Some(v) => Err(Error::Config(format!(
+            "{key} = {v} is not supported; every Wan2.1 uses {expected}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::names::canonical_params;
+
+    /// `config.json` of the Wan2.1-T2V-1.3B release.
+    fn released_1_3b_json() -> Value {
+        json!({
+            "_class_name": "WanModel", "_diffusers_version": "0.30.0", "dim": 1536, "eps": 1e-06,
+            "ffn_dim": 8960, "freq_dim": 256, "in_dim": 16, "model_type": "t2v", "num_heads": 12,
+            "num_layers": 30, "out_dim": 16, "text_len": 512
+        })
+    }
+
+    /// `transformer/config.json` of Wan2.1-I2V-14B-480P-Diffusers.
+    fn released_i2v_diffusers_json() -> Value {
+        json!({
+            "_class_name": "WanTransformer3DModel", "_diffusers_version": "0.33.0.dev0",
+            "added_kv_proj_dim": 5120, "attention_head_dim": 128, "cross_attn_norm": true,
+            "eps": 1e-06, "ffn_dim": 13824, "freq_dim": 256, "image_dim": 1280, "in_channels": 36,
+            "num_attention_heads": 40, "num_layers": 40, "out_channels": 16, "patch_size": [1, 2, 2],
+            "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024, "text_dim": 4096
+        })
+    }
+
+    #[test]
+    fn released_configs_parse_to_the_presets() {
+        let c = WanConfig::from_json(&released_1_3b_json()).unwrap();
+        assert_eq!(c, WanConfig::t2v_1_3b());
+        assert_eq!(c.variant_name(), "Wan2.1-T2V-1.3B");
+        let c = WanConfig::from_json(&released_i2v_diffusers_json()).unwrap();
+        assert_eq!(c, WanConfig::i2v_14b());
+        assert_eq!(c.variant_name(), "Wan2.1-I2V-14B");
+        assert_eq!(WanConfig::t2v_14b().variant_name(), "Wan2.1-T2V-14B");
+        let mut custom = WanConfig::t2v_1_3b();
+        custom.num_layers = 2;
+        assert_eq!(custom.variant_name(), "custom");
+        let mut flf = released_1_3b_json();
+        flf["model_type"] = json!("flf2v");
+        flf["in_dim"] = json!(36);
+        assert_eq!(
+            WanConfig::from_original_json(&flf).unwrap().model_type,
+            ModelType::I2V
+        );
+    }
+
+    #[test]
+    fn both_writers_round_trip() {
+        let mut odd = WanConfig::i2v_14b();
+        odd.image_dim = Some(64);
+        odd.text_dim = 24;
+        odd.eps = 1e-5;
+        for cfg in [WanConfig::t2v_1_3b(), WanConfig::i2v_14b(), odd] {
+            assert_eq!(WanConfig::from_json(&cfg.to_original_json()).unwrap(), cfg);
+            assert_eq!(WanConfig::from_json(&cfg.to_diffusers_json()).unwrap(), cfg);
+        }
+        // The epsilon is written as the decimal people read in config files.
+        let text = serde_json::to_string(&WanConfig::t2v_1_3b().to_original_json()).unwrap();
+        assert!(text.contains("\"eps\":1e-6"), "{text}");
+    }
+
+    #[test]
+    fn unsupported_settings_are_rejected_by_name() {
+        let reject = |v: Value, what: &str| {
+            let e = WanConfig::from_json(&v).unwrap_err();
+            assert!(
+                matches!(e, Error::Config(_)) && e.to_string().contains(what),
+                "{what}: {e}"
+            );
+        };
+        let base = released_1_3b_json();
+        let with = |k: &str, v: Value| {
+            let mut j = base.clone();
+            j[k] = v;
+            j
+        };
+        reject(with("num_heads", json!(7)), "not divisible");
+        reject(with("patch_size", json!([1, 4, 4])), "patch_size");
+        reject(with("qk_norm", json!(false)), "qk_norm");
+        reject(with("cross_attn_norm", json!(false)), "cross_attn_norm");
+        reject(with("window_size", json!([8, 8])), "window_size");
+        reject(with("model_type", json!("vace")), "vace");
+        reject(with("dim", json!(-3)), "`dim`");
+        reject(with("freq_dim", json!(255)), "freq_dim");
+        let mut no_layers = base.clone();
+        no_layers.as_object_mut().unwrap().remove("num_layers");
+        reject(no_layers, "num_layers");
+        // head dim 2 (too small for the three RoPE bands) and 5 (odd)
+        reject(with("num_heads", json!(768)), "head dim 2");
+        let mut d = released_i2v_diffusers_json();
+        d["attention_head_dim"] = json!(5);
+        reject(d, "head dim 5");
+        let dj = released_i2v_diffusers_json();
+        let dwith = |k: &str, v: Value| {
+            let mut j = dj.clone();
+            j[k] = v;
+            j
+        };
+        reject(dwith("qk_norm", Value::Null), "qk_norm");
+        reject(dwith("qk_norm", json!("rms_norm")), "qk_norm");
+        reject(dwith("pos_embed_seq_len", json!(514)), "pos_embed_seq_len");
+        reject(dwith("added_kv_proj_dim", Value::Null), "added_kv_proj_dim");
+        reject(dwith("added_kv_proj_dim", json!(1280)), "added_kv_proj_dim");
+        reject(json!([1, 2]), "object");
+    }
+
+    fn shapes_of(cfg: &WanConfig) -> BTreeMap<String, Vec<usize>> {
+        canonical_params(cfg)
+            .into_iter()
+            .map(|p| (p.name, p.shape))
+            .collect()
+    }
+
+    #[test]
+    fn shapes_infer_the_config() {
+        let cfg = WanConfig {
+            model_type: ModelType::I2V,
+            in_dim: 36,
+            out_dim: 16,
+            dim: 256,
+            ffn_dim: 64,
+            freq_dim: 16,
+            text_dim: 32,
+            image_dim: Some(48),
+            num_heads: 2,
+            num_layers: 3,
+            eps: 1e-6,
+            text_len: 512,
+        };
+        assert_eq!(WanConfig::infer_from_shapes(&shapes_of(&cfg)).unwrap(), cfg);
+        for c in [WanConfig::t2v_1_3b(), WanConfig::i2v_14b()] {
+            assert_eq!(WanConfig::infer_from_shapes(&shapes_of(&c)).unwrap(), c);
+        }
+        let mut narrow = cfg.clone();
+        narrow.dim = 96;
+        let e = WanConfig::infer_from_shapes(&shapes_of(&narrow)).unwrap_err();
+        assert!(e.to_string().contains("multiple of 128"), "{e}");
+        let mut partial = shapes_of(&cfg);
+        partial.remove("head.head.weight");
+        let e = WanConfig::infer_from_shapes(&partial).unwrap_err();
+        assert!(
+            matches!(&e, Error::MissingTensor(n) if n == "head.head.weight"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shapes_override_and_contradict_the_config() {
+        let mut cfg = WanConfig::i2v_14b();
+        cfg.image_dim = Some(1280);
+        let mut actual = cfg.clone();
+        actual.text_dim = 24;
+        actual.image_dim = Some(8);
+        cfg.reconcile_with_shapes(&shapes_of(&actual)).unwrap();
+        assert_eq!(cfg, actual);
+        let mut t2v = WanConfig::t2v_14b();
+        let e = t2v
+            .reconcile_with_shapes(&shapes_of(&WanConfig::i2v_14b()))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("k_img") || e.to_string().contains("img_emb"),
+            "{e}"
+        );
     }
 }

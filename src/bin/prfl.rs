@@ -1,2 +1,0 @@
-//! The `prfl` command-line tool.
-fn main() {}

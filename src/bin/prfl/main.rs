@@ -1,0 +1,150 @@
+//! The `prfl` command-line tool: inspect checkpoints, run the model on files, benchmark.
+
+mod alloc;
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use prfl::backend::cpu::Cpu;
+use prfl::model::checkpoint::{read_safetensors, write_safetensors, Checkpoint};
+use prfl::model::host::{run_forward, RunOptions};
+
+#[global_allocator]
+static GLOBAL: alloc::Counting = alloc::Counting;
+
+#[derive(Parser)]
+#[command(name = "prfl", version, about = "Latent reward models and PRFL for Wan2.1 video DiTs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Layout, configuration, parameter count and dtypes of a checkpoint (a directory as
+    /// released, a single safetensors file, or a sharded index json). Without a path, a built-in
+    /// tiny model is written to a temporary directory and inspected.
+    Inspect { checkpoint: Option<PathBuf> },
+    /// Runs the model on a safetensors file of inputs and writes the output (and gradients).
+    Forward {
+        /// Checkpoint: directory (config.json + safetensors, sharded or not), or one safetensors file.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Safetensors with `x`, `t`, `context` (I2V: `y`, `clip_fea`; with --grad: `cotangent`).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Output safetensors: `v`, and with --grad `grad.x`, `grad.context`, `grad.<param>`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also compute the gradients of sum(v * cotangent).
+        #[arg(long)]
+        grad: bool,
+        /// Recompute each block's activations during backward instead of keeping them.
+        #[arg(long)]
+        recompute: bool,
+    },
+    /// Forward and forward+backward throughput and peak memory of a small configuration.
+    Bench(bench::BenchArgs),
+}
+
+fn inspect(path: Option<&Path>) -> Result<(), String> {
+    let owned;
+    let path = match path {
+        Some(p) => p,
+        None => {
+            owned = builtin_tiny_checkpoint()?;
+            println!("(no checkpoint given: inspecting a built-in tiny model written to {})\n", owned.display());
+            &owned
+        }
+    };
+    let ckpt = Checkpoint::open(path).map_err(|e| e.to_string())?;
+    ckpt.verify().map_err(|e| e.to_string())?;
+    println!("{}", ckpt.summary());
+    Ok(())
+}
+
+/// A random tiny Wan2.1-architecture model saved in the original layout, so that the main command
+/// works on a fresh machine with no downloads.
+fn builtin_tiny_checkpoint() -> Result<PathBuf, String> {
+    use prfl::model::checkpoint::save_checkpoint;
+    use prfl::model::init::random_weights;
+    use prfl::model::names::Layout;
+    use prfl::model::{ModelType, WanConfig};
+    let cfg = WanConfig {
+        model_type: ModelType::T2V,
+        in_dim: 16,
+        out_dim: 16,
+        dim: 256,
+        ffn_dim: 512,
+        freq_dim: 256,
+        text_dim: 64,
+        image_dim: None,
+        num_heads: 2,
+        num_layers: 2,
+        eps: 1e-6,
+        text_len: 512,
+    };
+    let dir = std::env::temp_dir().join(format!("prfl-tiny-{}", std::process::id()));
+    save_checkpoint(&random_weights(&cfg, 0), &cfg, Layout::Original, &dir, None).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+fn forward(weights: &Path, inputs: &Path, out: &Path, grad: bool, recompute: bool) -> Result<(), String> {
+    let ckpt = Checkpoint::open(weights).map_err(|e| e.to_string())?;
+    let inputs = read_safetensors(inputs).map_err(|e| e.to_string())?;
+    let start = std::time::Instant::now();
+    let outputs = run_forward(&Cpu, &ckpt, &inputs, RunOptions { grad, recompute }).map_err(|e| e.to_string())?;
+    let secs = start.elapsed().as_secs_f64();
+    write_safetensors(out, outputs.iter().map(|(k, v)| (k.as_str(), v)), None).map_err(|e| e.to_string())?;
+    println!(
+        "wrote {} tensors to {} ({:.3} s{})",
+        outputs.len(),
+        out.display(),
+        secs,
+        if grad { ", with gradients" } else { "" }
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger_init();
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::Inspect { checkpoint } => inspect(checkpoint.as_deref()),
+        Cmd::Forward {
+            weights,
+            inputs,
+            out,
+            grad,
+            recompute,
+        } => forward(weights, inputs, out, *grad, *recompute),
+        Cmd::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Routes `log` records at warn level and above to stderr (no logger crate needed for this).
+fn env_logger_init() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::Level::Warn
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("[{}] {}", r.level(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
+}

@@ -11,6 +11,8 @@
 pub mod backend;
 pub mod error;
 pub mod model;
+pub mod optim;
+pub mod reward;
 pub mod schedule;
 pub mod tensor;
 #[doc(hidden)]

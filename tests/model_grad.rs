@@ -145,7 +145,7 @@ fn check_model_gradients(model_type: ModelType) {
     let mut rng = TestRng::new(11);
     for (name, t) in &tensors {
         let id = model.params.id(name).unwrap();
-        let analytic = be.to_host(grads.get(id).unwrap());
+        let analytic = be.download(grads.get(id).unwrap());
         let n = t.numel();
         let picks: Vec<usize> = (0..3).map(|_| ((rng.uniform() + 1.0) * 0.5 * n as f32) as usize % n).collect();
         let base = t.to_f32();

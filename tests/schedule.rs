@@ -38,7 +38,9 @@ impl Fixture {
 
     fn f64s(&self, name: &str) -> Vec<f64> {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("no tensor {name}"));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("no tensor {name}"));
         match t.dtype() {
             Dtype::F32 => t
                 .data()
@@ -93,7 +95,11 @@ fn grids_match_diffusers_exactly() {
             let fx = Fixture::load(&format!("{solver}_n{n}_s{s}"));
             let grid = grid_for(solver, n, s);
             assert_eq!(grid.steps(), n);
-            assert_eq!(grid.sigmas(), fx.f32s("sigmas").as_slice(), "{solver} n={n} s={s} sigmas");
+            assert_eq!(
+                grid.sigmas(),
+                fx.f32s("sigmas").as_slice(),
+                "{solver} n={n} s={s} sigmas"
+            );
             assert_eq!(
                 grid.timesteps(),
                 fx.f32s("timesteps").as_slice(),
@@ -193,7 +199,10 @@ fn level_draws_follow_the_distribution() {
     let mut rng = Rng::seed_from_u64(3);
     let uniform = TrainingLevels::new(5.0);
     let n = 20_000;
-    let mean = (0..n).map(|_| uniform.draw(&mut rng).index as f64).sum::<f64>() / n as f64;
+    let mean = (0..n)
+        .map(|_| uniform.draw(&mut rng).index as f64)
+        .sum::<f64>()
+        / n as f64;
     assert!((mean - 499.5).abs() < 10.0, "uniform mean index {mean}");
     // Logit-normal(0, 1): u concentrates around 0.5; a quarter of the draws fall within
     // |logit u| < 0.32, i.e. levels 420..580.
@@ -205,7 +214,10 @@ fn level_draws_follow_the_distribution() {
         .filter(|_| (420..580).contains(&ln.draw(&mut rng).index))
         .count() as f64
         / n as f64;
-    assert!((mid - 0.25).abs() < 0.02, "logit-normal mass in the middle {mid}");
+    assert!(
+        (mid - 0.25).abs() < 0.02,
+        "logit-normal mass in the middle {mid}"
+    );
     let shifted = uniform.with_distribution(LevelDistribution::LogitNormal {
         mean: 2.0,
         std: 0.1,
@@ -226,7 +238,9 @@ fn replay_unipc(sigmas: &[f32], x0: &[f32], outs: &[f32]) -> Vec<Vec<f64>> {
     let mut samples = Vec::new();
     for i in 0..n {
         let v = &outs[i * d..(i + 1) * d];
-        let m: Vec<f64> = (0..d).map(|j| x[j] - sigmas[i] as f64 * v[j] as f64).collect();
+        let m: Vec<f64> = (0..d)
+            .map(|j| x[j] - sigmas[i] as f64 * v[j] as f64)
+            .collect();
         let c = unipc::step_coefficients(sigmas, i);
         let xc: Vec<f64> = match c.corrector {
             None => x.clone(),
@@ -251,7 +265,10 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
 
 #[test]
 fn coefficients_reproduce_diffusers_unipc() {
-    let mut names: Vec<String> = CASES.iter().map(|(n, s)| format!("unipc_n{n}_s{s}")).collect();
+    let mut names: Vec<String> = CASES
+        .iter()
+        .map(|(n, s)| format!("unipc_n{n}_s{s}"))
+        .collect();
     names.push("unipc_wan_n40_s5".into());
     for name in names {
         let fx = Fixture::load(&name);
@@ -261,7 +278,12 @@ fn coefficients_reproduce_diffusers_unipc() {
         let samples = replay_unipc(&sigmas, &x, &outs);
         for (i, s) in samples.iter().enumerate() {
             let want_i = &want[i * d..(i + 1) * d];
-            assert_close(&format!("{name} step {i} (f32 loop)"), &to_f32(s), want_i, TOL);
+            assert_close(
+                &format!("{name} step {i} (f32 loop)"),
+                &to_f32(s),
+                want_i,
+                TOL,
+            );
         }
         if name != "unipc_wan_n40_s5" {
             // diffusers run in float64 on the same sigmas: only the float32 rounding of the
@@ -269,7 +291,12 @@ fn coefficients_reproduce_diffusers_unipc() {
             let want64 = fx.f32s("samples_f64");
             for (i, s) in samples.iter().enumerate() {
                 let want_i = &want64[i * d..(i + 1) * d];
-                assert_close(&format!("{name} step {i} (f64 loop)"), &to_f32(s), want_i, 1e-6);
+                assert_close(
+                    &format!("{name} step {i} (f64 loop)"),
+                    &to_f32(s),
+                    want_i,
+                    1e-6,
+                );
             }
         }
     }
@@ -279,7 +306,10 @@ fn coefficients_reproduce_diffusers_unipc() {
 fn coefficients_order1_unipc_predictor_is_euler() {
     // With m = x - sigma v, order-1 UniP is x' = (p.sample + p.cur) x - sigma p.cur v, which must
     // be x + (sigma' - sigma) v on every step of every grid.
-    for grid in [SamplingGrid::wan(40, 5.0), SamplingGrid::diffusers_unipc(10, 3.0)] {
+    for grid in [
+        SamplingGrid::wan(40, 5.0),
+        SamplingGrid::diffusers_unipc(10, 3.0),
+    ] {
         let s = grid.sigmas();
         for i in 0..grid.steps() {
             let p = unipc::predictor(s, i, 1);
@@ -287,7 +317,10 @@ fn coefficients_order1_unipc_predictor_is_euler() {
             let on_v = -(s[i] as f64) * p.cur;
             assert!((on_x - 1.0).abs() < 1e-12, "step {i}: x coefficient {on_x}");
             let dt = euler::euler_dt(s, i) as f64;
-            assert!((on_v - dt).abs() < 1e-7, "step {i}: v coefficient {on_v} vs {dt}");
+            assert!(
+                (on_v - dt).abs() < 1e-7,
+                "step {i}: v coefficient {on_v} vs {dt}"
+            );
         }
     }
 }
@@ -303,9 +336,17 @@ fn coefficients_solver_orders() {
     assert!(c.corrector.is_none());
     assert_eq!(c.predictor.prev, 0.0);
     // Step 1 corrects at order 1 (predictor 0 was order 1): no m_{i-2} term.
-    let c1 = unipc::step_coefficients(grid.sigmas(), 1).corrector.unwrap();
+    let c1 = unipc::step_coefficients(grid.sigmas(), 1)
+        .corrector
+        .unwrap();
     assert_eq!(c1.prev2, 0.0);
-    assert_ne!(unipc::step_coefficients(grid.sigmas(), 2).corrector.unwrap().prev2, 0.0);
+    assert_ne!(
+        unipc::step_coefficients(grid.sigmas(), 2)
+            .corrector
+            .unwrap()
+            .prev2,
+        0.0
+    );
     // The last step lands on the x0 prediction: x_n = m_{n-1}.
     let last = unipc::step_coefficients(grid.sigmas(), n - 1).predictor;
     assert_eq!((last.sample, last.cur, last.prev), (0.0, 1.0, 0.0));
@@ -314,7 +355,10 @@ fn coefficients_solver_orders() {
     for i in 0..n {
         let c = unipc::step_coefficients(grid.sigmas(), i);
         let p = c.predictor;
-        assert!((p.sample + p.cur + p.prev - 1.0).abs() < 1e-12, "predictor {i}");
+        assert!(
+            (p.sample + p.cur + p.prev - 1.0).abs() < 1e-12,
+            "predictor {i}"
+        );
         if let Some(k) = c.corrector {
             let sum = k.last_sample + k.cur + k.prev + k.prev2;
             assert!((sum - 1.0).abs() < 1e-12, "corrector {i}");
@@ -330,10 +374,18 @@ fn sampler_matches_diffusers_rollouts() {
     let mut runs: Vec<(String, SamplingGrid, SolverKind)> = Vec::new();
     for solver in ["euler", "unipc"] {
         for (n, s) in CASES {
-            runs.push((format!("{solver}_n{n}_s{s}"), grid_for(solver, n, s), kind_for(solver)));
+            runs.push((
+                format!("{solver}_n{n}_s{s}"),
+                grid_for(solver, n, s),
+                kind_for(solver),
+            ));
         }
     }
-    runs.push(("unipc_wan_n40_s5".into(), SamplingGrid::wan(40, 5.0), SolverKind::UniPc));
+    runs.push((
+        "unipc_wan_n40_s5".into(),
+        SamplingGrid::wan(40, 5.0),
+        SolverKind::UniPc,
+    ));
     for (name, grid, kind) in runs {
         let fx = Fixture::load(&name);
         let (x, outs, want) = (fx.f32s("x"), fx.f32s("model_outputs"), fx.f32s("samples"));
@@ -342,12 +394,17 @@ fn sampler_matches_diffusers_rollouts() {
         // Twice, to check that reset() really starts a new rollout.
         for _ in 0..2 {
             sampler.reset();
-            let mut sample = cpu.from_host(&x);
+            let mut sample = cpu.upload(&x);
             for i in 0..sampler.steps() {
-                let v = cpu.from_host(&outs[i * d..(i + 1) * d]);
+                let v = cpu.upload(&outs[i * d..(i + 1) * d]);
                 sample = sampler.step(&cpu, &v, &sample);
                 let want_i = &want[i * d..(i + 1) * d];
-                assert_close(&format!("{name} step {i}"), &cpu.to_host(&sample), want_i, TOL);
+                assert_close(
+                    &format!("{name} step {i}"),
+                    &cpu.download(&sample),
+                    want_i,
+                    TOL,
+                );
             }
             assert_eq!(sampler.index(), sampler.steps());
         }
@@ -364,18 +421,23 @@ fn sampler_run_to_then_step_equals_stepping() {
     let m = 17;
     let mut seen = Vec::new();
     let x_m = sampler
-        .run_to(&cpu, cpu.from_host(&x), m, |_, t, i| {
+        .run_to(&cpu, cpu.upload(&x), m, |_, t, i| {
             seen.push((i, t));
-            Ok(cpu.from_host(&outs[i * d..(i + 1) * d]))
+            Ok(cpu.upload(&outs[i * d..(i + 1) * d]))
         })
         .unwrap();
     assert_eq!(sampler.index(), m);
     assert_eq!(seen.len(), m);
     assert_eq!(seen[3], (3, 983.0));
-    assert_close("x_m", &cpu.to_host(&x_m), &want[(m - 1) * d..m * d], TOL);
-    let v = cpu.from_host(&outs[m * d..(m + 1) * d]);
+    assert_close("x_m", &cpu.download(&x_m), &want[(m - 1) * d..m * d], TOL);
+    let v = cpu.upload(&outs[m * d..(m + 1) * d]);
     let x_next = sampler.step(&cpu, &v, &x_m);
-    assert_close("x_{m+1}", &cpu.to_host(&x_next), &want[m * d..(m + 1) * d], TOL);
+    assert_close(
+        "x_{m+1}",
+        &cpu.download(&x_next),
+        &want[m * d..(m + 1) * d],
+        TOL,
+    );
 }
 
 /// `x_{i+1}` after replaying steps `0..i` with `outs` and taking step `i` with `v_i`.
@@ -384,9 +446,11 @@ fn step_i(sampler: &mut Sampler<Cpu>, x: &[f32], outs: &[f32], i: usize, v_i: &[
     let d = x.len();
     sampler.reset();
     let x_i = sampler
-        .run_to(&cpu, cpu.from_host(x), i, |_, _, k| Ok(cpu.from_host(&outs[k * d..(k + 1) * d])))
+        .run_to(&cpu, cpu.upload(x), i, |_, _, k| {
+            Ok(cpu.upload(&outs[k * d..(k + 1) * d]))
+        })
         .unwrap();
-    cpu.to_host(&sampler.step(&cpu, &cpu.from_host(v_i), &x_i))
+    cpu.download(&sampler.step(&cpu, &cpu.upload(v_i), &x_i))
 }
 
 #[test]
@@ -421,7 +485,10 @@ fn sampler_output_coefficient_matches_finite_difference() {
                 let c = sampler.output_coefficient(i);
                 let predicted: Vec<f32> = u.iter().map(|&e| c * e).collect();
                 let err = max_rel_err(&fd, &predicted);
-                assert!(err < 1e-3, "{name} {kind:?} step {i}: coefficient {c}, rel err {err:e}");
+                assert!(
+                    err < 1e-3,
+                    "{name} {kind:?} step {i}: coefficient {c}, rel err {err:e}"
+                );
             }
         }
     }
@@ -439,23 +506,38 @@ fn sampler_euler_equals_unipc_on_a_linear_problem() {
     rng.fill_normal(&mut x0);
     rng.fill_normal(&mut eps);
     let grid = SamplingGrid::wan(12, 5.0);
-    let x_start = cpu.to_host(&add_noise(&cpu, &cpu.from_host(&x0), &cpu.from_host(&eps), grid.sigma(0)));
+    let x_start = cpu.download(&add_noise(
+        &cpu,
+        &cpu.upload(&x0),
+        &cpu.upload(&eps),
+        grid.sigma(0),
+    ));
     let mut trajectories = Vec::new();
     for kind in [SolverKind::Euler, SolverKind::UniPc] {
         let mut sampler = Sampler::<Cpu>::new(grid.clone(), kind).unwrap();
-        let mut x = cpu.from_host(&x_start);
+        let mut x = cpu.upload(&x_start);
         let mut traj = Vec::new();
         for i in 0..grid.steps() {
             let s = grid.sigma(i);
-            let v: Vec<f32> = cpu.to_host(&x).iter().zip(&x0).map(|(xi, ai)| (xi - ai) / s).collect();
-            x = sampler.step(&cpu, &cpu.from_host(&v), &x);
+            let v: Vec<f32> = cpu
+                .download(&x)
+                .iter()
+                .zip(&x0)
+                .map(|(xi, ai)| (xi - ai) / s)
+                .collect();
+            x = sampler.step(&cpu, &cpu.upload(&v), &x);
             let exact: Vec<f32> = x0
                 .iter()
                 .zip(&eps)
                 .map(|(a, e)| (1.0 - grid.sigma(i + 1)) * a + grid.sigma(i + 1) * e)
                 .collect();
-            assert_close(&format!("{kind:?} step {i} vs exact path"), &cpu.to_host(&x), &exact, 1e-5);
-            traj.push(cpu.to_host(&x));
+            assert_close(
+                &format!("{kind:?} step {i} vs exact path"),
+                &cpu.download(&x),
+                &exact,
+                1e-5,
+            );
+            traj.push(cpu.download(&x));
         }
         trajectories.push(traj);
     }
@@ -475,15 +557,19 @@ fn training_noise_identities() {
     rng.fill_normal(&mut x0);
     rng.fill_normal(&mut eps);
     let level = TrainingLevels::default().level(300);
-    let (bx0, beps) = (cpu.from_host(&x0), cpu.from_host(&eps));
+    let (bx0, beps) = (cpu.upload(&x0), cpu.upload(&eps));
     let x_t = add_noise(&cpu, &bx0, &beps, level.sigma);
     let s = level.sigma;
-    let want: Vec<f32> = x0.iter().zip(&eps).map(|(a, e)| (1.0 - s) * a + s * e).collect();
-    assert_close("x_t", &cpu.to_host(&x_t), &want, 1e-6);
+    let want: Vec<f32> = x0
+        .iter()
+        .zip(&eps)
+        .map(|(a, e)| (1.0 - s) * a + s * e)
+        .collect();
+    assert_close("x_t", &cpu.download(&x_t), &want, 1e-6);
     let v = velocity_target(&cpu, &bx0, &beps);
     let want_v: Vec<f32> = x0.iter().zip(&eps).map(|(a, e)| e - a).collect();
-    assert_close("v", &cpu.to_host(&v), &want_v, 1e-6);
+    assert_close("v", &cpu.download(&v), &want_v, 1e-6);
     // The exact velocity recovers x0.
     let est = x0_estimate(&cpu, &x_t, &v, level.sigma);
-    assert_close("x0 estimate", &cpu.to_host(&est), &x0, 1e-5);
+    assert_close("x0 estimate", &cpu.download(&est), &x0, 1e-5);
 }

@@ -66,6 +66,21 @@ pub enum PatchOrder {
     ChannelMinor,
 }
 
+/// The scalars of one AdamW step (method.md sections 3 and 4).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWHyper {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Multiplies the gradient first (grad-norm clipping and accumulation averaging).
+    pub grad_scale: f32,
+    /// `1 - beta1^step` and `1 - beta2^step`.
+    pub bias_correction1: f32,
+    pub bias_correction2: f32,
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// An f32 device buffer.
     type Buf: Send + Sync;
@@ -76,8 +91,8 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---------------------------------------------------------------- memory
     fn zeros(&self, n: usize) -> Self::Buf;
-    fn from_host(&self, data: &[f32]) -> Self::Buf;
-    fn to_host(&self, buf: &Self::Buf) -> Vec<f32>;
+    fn upload(&self, data: &[f32]) -> Self::Buf;
+    fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     fn len(&self, buf: &Self::Buf) -> usize;
     fn fill_zero(&self, buf: &mut Self::Buf);
     /// `dst[dst_off .. dst_off + n] = src[src_off .. src_off + n]`.
@@ -127,6 +142,29 @@ pub trait Backend: Send + Sync + 'static {
     /// Exact (erf) GELU (the I2V image MLP).
     fn gelu_erf_forward(&self, x: &Self::Buf, y: &mut Self::Buf);
     fn gelu_erf_backward(&self, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf);
+
+    fn relu_forward(&self, x: &Self::Buf, y: &mut Self::Buf);
+    fn relu_backward(&self, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf);
+
+    // ---------------------------------------------------------------- reductions
+    /// `sum x^2` accumulated in f64 (gradient norms; a non-finite result flags a non-finite
+    /// entry).
+    fn sum_squares(&self, x: &Self::Buf) -> f64;
+
+    // ---------------------------------------------------------------- optimiser
+    /// One AdamW update of an f32 master parameter (decoupled weight decay, bias-corrected).
+    fn adamw_update(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        h: &AdamWHyper,
+    );
+    /// Overwrites a matrix weight with (the storage-dtype rounding of) an f32 master copy.
+    fn weight_assign(&self, w: &mut Self::Weight, master: &Self::Buf);
+    /// An f32 copy of a matrix weight (the optimiser's master weights).
+    fn weight_to_buf(&self, w: &Self::Weight) -> Self::Buf;
 
     // ---------------------------------------------------------------- linear algebra
     /// `y[n, out] = x[n, in] W^T (+ b)`.

@@ -142,73 +142,20 @@ impl Checkpoint {
             }
         };
 
-        // Names, with the repack prefix stripped and buffers skipped; duplicates are ambiguous.
-        let mut kept = Vec::new();
-        let mut seen = BTreeSet::new();
-        let mut ignored = 0;
-        let mut prefixed = false;
-        for (fi, tensors) in raw.into_iter().enumerate() {
-            for t in tensors {
-                if is_ignored_buffer(&t.name) {
-                    ignored += 1;
-                    continue;
-                }
-                let bare = strip_repack_prefix(&t.name).to_string();
-                prefixed |= bare.len() != t.name.len();
-                if !seen.insert(bare.clone()) {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!("tensor `{bare}` is stored twice (with and without the `{REPACK_PREFIX}` prefix, or in two shards)"),
-                    ));
-                }
-                kept.push((fi, bare, t));
-            }
-        }
-        let layout = detect_layout(path, kept.iter().map(|(_, bare, _)| bare.as_str()))?;
-
-        let mut entries = Vec::with_capacity(kept.len());
-        let mut by_canonical = BTreeMap::new();
-        for (file, bare, t) in kept {
-            let dtype = supported_dtype(t.dtype).ok_or_else(|| {
-                Error::UnsupportedDtype(format!(
-                    "{:?} of tensor `{}` in {} (expected F32, BF16 or F16)",
-                    t.dtype,
-                    t.name,
-                    files[file].path.display()
-                ))
-            })?;
-            let canonical = layout.to_canonical(&bare);
-            if let Some(c) = &canonical {
-                by_canonical.insert(c.clone(), entries.len());
-            }
-            entries.push(Entry {
-                stored: t.name,
-                canonical,
-                file,
-                dtype,
-                shape: t.shape,
-                start: t.start,
-                end: t.end,
-            });
-        }
-
-        let shapes: BTreeMap<String, Vec<usize>> = by_canonical
+        let names = index_tensors(path, &files, raw)?;
+        let shapes: BTreeMap<String, Vec<usize>> = names
+            .by_canonical
             .iter()
-            .map(|(c, &i)| (c.clone(), entries[i].shape.clone()))
+            .map(|(c, &i)| (c.clone(), names.entries[i].shape.clone()))
             .collect();
-        let config_path = weights_dir.join(CONFIG_NAME);
-        let (config, config_source) = if config_path.is_file() {
-            let mut cfg = read_config_json(&config_path)?;
-            cfg.reconcile_with_shapes(&shapes)
-                .map_err(|e| in_file(e, &config_path))?;
-            (cfg, ConfigSource::Json(config_path))
-        } else {
-            (
-                WanConfig::infer_from_shapes(&shapes)?,
-                ConfigSource::Inferred,
-            )
-        };
-
+        let (config, config_source) = resolve_config(&weights_dir, &shapes)?;
+        let TensorIndex {
+            layout,
+            prefixed,
+            entries,
+            by_canonical,
+            ignored,
+        } = names;
         let ckpt = Checkpoint {
             path: path.to_path_buf(),
             config,
@@ -391,7 +338,10 @@ impl Checkpoint {
         line("  eps", format!("{:e}", c.eps));
         line("  text_len", c.text_len.to_string());
         let n = self.parameter_count();
-        line("parameters", format!("{} ({:.3} B)", n, n as f64 / 1e9));
+        line(
+            "parameters",
+            format!("{n} ({})", human(n as f64, 1000.0, &["", " K", " M", " B"])),
+        );
         line("tensors", {
             let by: Vec<String> = self
                 .dtypes()
@@ -408,7 +358,10 @@ impl Checkpoint {
         let b = self.total_bytes();
         line(
             "bytes",
-            format!("{} ({:.2} GiB)", b, b as f64 / (1u64 << 30) as f64),
+            format!(
+                "{b} ({})",
+                human(b as f64, 1024.0, &[" B", " KiB", " MiB", " GiB"])
+            ),
         );
         line("files", self.files.len().to_string());
         s
@@ -461,6 +414,114 @@ impl Checkpoint {
             }
         }
         Ok(())
+    }
+}
+
+/// The tensors of a checkpoint, named canonically.
+struct TensorIndex {
+    layout: Layout,
+    prefixed: bool,
+    entries: Vec<Entry>,
+    by_canonical: BTreeMap<String, usize>,
+    ignored: usize,
+}
+
+/// Strips the repack prefix, skips buffers, detects the layout and translates every name; a name
+/// stored twice is ambiguous, and a dtype the engine cannot hold is rejected here, naming it.
+fn index_tensors(
+    path: &Path,
+    files: &[MappedFile],
+    raw: Vec<Vec<RawTensor>>,
+) -> Result<TensorIndex> {
+    let mut kept = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut ignored = 0;
+    let mut prefixed = false;
+    for (file, tensors) in raw.into_iter().enumerate() {
+        for t in tensors {
+            if is_ignored_buffer(&t.name) {
+                ignored += 1;
+                continue;
+            }
+            let bare = strip_repack_prefix(&t.name).to_string();
+            prefixed |= bare.len() != t.name.len();
+            if !seen.insert(bare.clone()) {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("tensor `{bare}` is stored twice (with and without the `{REPACK_PREFIX}` prefix, or in two shards)"),
+                ));
+            }
+            kept.push((file, bare, t));
+        }
+    }
+    let layout = detect_layout(path, kept.iter().map(|(_, bare, _)| bare.as_str()))?;
+
+    let mut entries = Vec::with_capacity(kept.len());
+    let mut by_canonical = BTreeMap::new();
+    for (file, bare, t) in kept {
+        let dtype = supported_dtype(t.dtype).ok_or_else(|| {
+            Error::UnsupportedDtype(format!(
+                "{:?} of tensor `{}` in {} (expected F32, BF16 or F16)",
+                t.dtype,
+                t.name,
+                files[file].path.display()
+            ))
+        })?;
+        let canonical = layout.to_canonical(&bare);
+        if let Some(c) = &canonical {
+            by_canonical.insert(c.clone(), entries.len());
+        }
+        entries.push(Entry {
+            stored: t.name,
+            canonical,
+            file,
+            dtype,
+            shape: t.shape,
+            start: t.start,
+            end: t.end,
+        });
+    }
+    Ok(TensorIndex {
+        layout,
+        prefixed,
+        entries,
+        by_canonical,
+        ignored,
+    })
+}
+
+/// The configuration from `config.json` beside the weights (reconciled with the tensor shapes),
+/// or inferred from the shapes when there is none.
+fn resolve_config(
+    weights_dir: &Path,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<(WanConfig, ConfigSource)> {
+    let config_path = weights_dir.join(CONFIG_NAME);
+    if config_path.is_file() {
+        let mut cfg = read_config_json(&config_path)?;
+        cfg.reconcile_with_shapes(shapes)
+            .map_err(|e| in_file(e, &config_path))?;
+        Ok((cfg, ConfigSource::Json(config_path)))
+    } else {
+        Ok((
+            WanConfig::infer_from_shapes(shapes)?,
+            ConfigSource::Inferred,
+        ))
+    }
+}
+
+/// `x` scaled to the largest unit not above it, e.g. 1.42 B or 5.29 GiB.
+fn human(x: f64, base: f64, units: &[&str]) -> String {
+    let mut x = x;
+    let mut u = 0;
+    while x >= base && u + 1 < units.len() {
+        x /= base;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{x}{}", units[0])
+    } else {
+        format!("{x:.2}{}", units[u])
     }
 }
 
@@ -981,6 +1042,14 @@ mod tests {
             e.contains("head.head.weight") && e.contains("proj_out.weight"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn human_units() {
+        let count = ["", " K", " M", " B"];
+        assert_eq!(human(1_418_996_800.0, 1000.0, &count), "1.42 B");
+        assert_eq!(human(60_800.0, 1000.0, &count), "60.80 K");
+        assert_eq!(human(512.0, 1024.0, &[" B", " KiB"]), "512 B");
     }
 
     #[test]

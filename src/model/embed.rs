@@ -54,7 +54,7 @@ impl TimeEmbedding {
 
     pub fn forward<B: Backend>(&self, be: &B, ps: &ParamStore<B>, t: &[f32]) -> TimeActs<B> {
         let n = t.len();
-        let sinusoid = be.from_host(&timestep_sinusoid(t, self.freq_dim));
+        let sinusoid = be.upload(&timestep_sinusoid(t, self.freq_dim));
         let h0 = self.lin0.forward(be, ps, &sinusoid, n);
         let h0_act = activate(be, &h0, B::silu_forward);
         let e = self.lin2.forward(be, ps, &h0_act, n);

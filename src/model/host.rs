@@ -107,7 +107,7 @@ pub fn run_forward<B: Backend>(
                     y.shape, x_t.shape
                 )));
             }
-            Some(be.from_host(&finite(y, "y")?))
+            Some(be.upload(&finite(y, "y")?))
         }
         None => None,
     };
@@ -120,12 +120,12 @@ pub fn run_forward<B: Backend>(
                     c.shape, shape.batch
                 )));
             }
-            (Some(be.from_host(&finite(c, "clip_fea")?)), s[1])
+            (Some(be.upload(&finite(c, "clip_fea")?)), s[1])
         }
         None => (None, 0),
     };
-    let x = be.from_host(&finite(x_t, "x")?);
-    let context = be.from_host(&finite(ctx_t, "context")?);
+    let x = be.upload(&finite(x_t, "x")?);
+    let context = be.upload(&finite(ctx_t, "context")?);
 
     let tensors = ckpt.load_all()?;
     let model = WanModel::new(be, cfg.clone(), &tensors, None)?;
@@ -147,7 +147,7 @@ pub fn run_forward<B: Backend>(
     };
     let (v, tape) = model.forward(be, &inp, mode)?;
     let mut out = BTreeMap::new();
-    out.insert("v".to_string(), HostTensor::from_f32(x_t.shape.clone(), be.to_host(&v))?);
+    out.insert("v".to_string(), HostTensor::from_f32(x_t.shape.clone(), be.download(&v))?);
     if let Some(tape) = tape {
         let cot = input(inputs, "cotangent")?;
         if cot.numel() != x_t.numel() {
@@ -156,22 +156,22 @@ pub fn run_forward<B: Backend>(
                 cot.shape, x_t.shape
             )));
         }
-        let dv = be.from_host(&finite(cot, "cotangent")?);
+        let dv = be.upload(&finite(cot, "cotangent")?);
         let mut grads = Grads::new(be, &model.params, |_| true);
         let g = model.backward(be, &tape, &dv, &mut grads)?;
         let like = |src: &HostTensor, data: Vec<f32>| HostTensor::from_f32(src.shape.clone(), data);
-        out.insert("grad.x".into(), like(x_t, be.to_host(&g.x))?);
-        out.insert("grad.context".into(), like(ctx_t, be.to_host(&g.context))?);
+        out.insert("grad.x".into(), like(x_t, be.download(&g.x))?);
+        out.insert("grad.context".into(), like(ctx_t, be.download(&g.context))?);
         if let (Some(gy), Some(y)) = (g.y, inputs.get("y")) {
-            out.insert("grad.y".into(), like(y, be.to_host(&gy))?);
+            out.insert("grad.y".into(), like(y, be.download(&gy))?);
         }
         if let (Some(gc), Some(c)) = (g.clip, inputs.get("clip_fea")) {
-            out.insert("grad.clip_fea".into(), like(c, be.to_host(&gc))?);
+            out.insert("grad.clip_fea".into(), like(c, be.download(&gc))?);
         }
         for id in 0..model.params.len() {
             let name = model.params.name(id);
             let stored = ckpt.stored_name(name).unwrap_or(name).to_string();
-            let data = be.to_host(grads.get(id).expect("all parameters are trainable here"));
+            let data = be.download(grads.get(id).expect("all parameters are trainable here"));
             let shape = model.params.shape(id).to_vec();
             out.insert(format!("grad.{stored}"), HostTensor::from_f32(shape, data)?);
         }

@@ -54,7 +54,7 @@ impl<B: Backend> ParamStore<B> {
                 };
                 ParamData::Matrix(backend.weight_from_host(&storage, rows, cols))
             } else {
-                ParamData::Vector(backend.from_host(&t.to_f32()))
+                ParamData::Vector(backend.upload(&t.to_f32()))
             };
             store.index.insert(name.clone(), store.names.len());
             store.names.push(name.clone());
@@ -121,7 +121,7 @@ impl<B: Backend> ParamStore<B> {
     pub fn to_host(&self, backend: &B, id: usize) -> HostTensor {
         let data = match &self.data[id] {
             ParamData::Matrix(w) => backend.weight_to_host(w),
-            ParamData::Vector(v) => Storage::F32(backend.to_host(v)),
+            ParamData::Vector(v) => Storage::F32(backend.download(v)),
         };
         HostTensor {
             shape: self.shapes[id].clone(),

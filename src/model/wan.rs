@@ -346,8 +346,8 @@ impl<B: Backend> WanModel<B> {
         };
         let (cos, sin) = rope_table(s.frames, s.height / 2, s.width / 2, c.head_dim());
         let rope = Rope {
-            cos: be.from_host(&cos),
-            sin: be.from_host(&sin),
+            cos: be.upload(&cos),
+            sin: be.upload(&sin),
         };
         let dims = self.block_dims(s, inp.text_len, inp.image_len);
 

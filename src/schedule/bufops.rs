@@ -16,7 +16,11 @@ pub(crate) fn clone_buf<B: Backend>(backend: &B, x: &B::Buf) -> B::Buf {
 pub(crate) fn lincomb<B: Backend>(backend: &B, n: usize, terms: &[(f64, &B::Buf)]) -> B::Buf {
     let mut out = backend.zeros(n);
     for &(c, x) in terms {
-        assert_eq!(backend.len(x), n, "linear combination of buffers of different lengths");
+        assert_eq!(
+            backend.len(x),
+            n,
+            "linear combination of buffers of different lengths"
+        );
         if c != 0.0 {
             backend.axpy(c as f32, x, &mut out);
         }

@@ -91,7 +91,8 @@ impl SamplingGrid {
         let train = NUM_TRAIN_TIMESTEPS as f32;
         // torch float32 arithmetic: a Python scalar operand is rounded to f32 first.
         let shift_f32 = |x: f32| (shift as f32 * x) / (1.0 + (shift - 1.0) as f32 * x);
-        let sigma_max = shift_f32(train / train) as f64;
+        // Training sigmas are linspace(1, 1000, 1000)[::-1] / 1000 in f32: 1 down to 1/1000.
+        let sigma_max = shift_f32(1.0) as f64;
         let sigma_min = shift_f32(1.0 / train) as f64;
         let t_train = NUM_TRAIN_TIMESTEPS as f64;
         let mut sigmas: Vec<f32> = (0..n)
@@ -120,10 +121,14 @@ impl SamplingGrid {
             return bad("non-finite value".into());
         }
         if sigmas[0] > 1.0 || *sigmas.last().unwrap() != 0.0 {
-            return bad(format!("sigmas must start <= 1 and end at 0, got {sigmas:?}"));
+            return bad(format!(
+                "sigmas must start <= 1 and end at 0, got {sigmas:?}"
+            ));
         }
         if sigmas.windows(2).any(|w| w[1] >= w[0]) {
-            return bad(format!("sigmas must be strictly decreasing, got {sigmas:?}"));
+            return bad(format!(
+                "sigmas must be strictly decreasing, got {sigmas:?}"
+            ));
         }
         Ok(SamplingGrid { sigmas, timesteps })
     }

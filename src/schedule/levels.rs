@@ -66,7 +66,11 @@ impl TrainingLevels {
 
     /// Level `index` (`< 1000`).
     pub fn level(&self, index: usize) -> NoiseLevel {
-        assert!(index < Self::COUNT, "training level {index} out of range 0..{}", Self::COUNT);
+        assert!(
+            index < Self::COUNT,
+            "training level {index} out of range 0..{}",
+            Self::COUNT
+        );
         let base = linspace_at(1.0, 0.0, Self::COUNT + 1, index);
         let sigma = shift_sigma(base, self.shift);
         NoiseLevel {

@@ -98,6 +98,22 @@ mod tests {
     }
 
     #[test]
+    fn pinned_stream() {
+        // xoshiro256++ seeded by SplitMix64(42), checked against an independent transcription
+        // of the reference C code. A change here silently changes every seeded run.
+        let mut r = Rng::seed_from_u64(42);
+        let got: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
+        assert_eq!(
+            got,
+            [
+                0xD076_4D4F_4476_689F,
+                0x519E_4174_576F_3791,
+                0xFBE0_7CFB_0C24_ED8C
+            ]
+        );
+    }
+
+    #[test]
     fn streams_are_deterministic_and_seed_dependent() {
         let a: Vec<u64> = {
             let mut r = Rng::seed_from_u64(7);

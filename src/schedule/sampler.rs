@@ -87,7 +87,11 @@ impl<B: Backend> Sampler<B> {
     /// output of step `i` is this scalar times the gradient arriving at `x_{i+1}`. For UniPC it
     /// includes both paths of `v_i`: the predictor and the corrector that rebuilds `x^c_i`.
     pub fn output_coefficient(&self, i: usize) -> f32 {
-        assert!(i < self.steps(), "step {i} out of range for {} steps", self.steps());
+        assert!(
+            i < self.steps(),
+            "step {i} out of range for {} steps",
+            self.steps()
+        );
         match self.kind {
             SolverKind::Euler => euler_dt(self.grid.sigmas(), i),
             SolverKind::UniPc => unipc::output_coefficient(self.grid.sigmas(), i) as f32,
@@ -98,9 +102,17 @@ impl<B: Backend> Sampler<B> {
     /// `v_i = model(x_i, timestep(i))`, returns `x_{i+1}`.
     pub fn step(&mut self, backend: &B, model_output: &B::Buf, x: &B::Buf) -> B::Buf {
         let i = self.index;
-        assert!(i < self.steps(), "rollout already complete ({} steps)", self.steps());
+        assert!(
+            i < self.steps(),
+            "rollout already complete ({} steps)",
+            self.steps()
+        );
         let n = backend.len(x);
-        assert_eq!(backend.len(model_output), n, "model output and sample lengths differ");
+        assert_eq!(
+            backend.len(model_output),
+            n,
+            "model output and sample lengths differ"
+        );
         let out = match self.kind {
             SolverKind::Euler => {
                 let mut out = clone_buf(backend, x);
@@ -123,8 +135,13 @@ impl<B: Backend> Sampler<B> {
         let corrected = match coeffs.corrector {
             None => clone_buf(backend, x),
             Some(c) => {
-                let last = self.last_sample.as_ref().expect("UniPC corrector without a previous step");
-                let prev = self.history[0].as_ref().expect("UniPC corrector without m_{i-1}");
+                let last = self
+                    .last_sample
+                    .as_ref()
+                    .expect("UniPC corrector without a previous step");
+                let prev = self.history[0]
+                    .as_ref()
+                    .expect("UniPC corrector without m_{i-1}");
                 let mut terms = vec![(c.last_sample, last), (c.cur, &m), (c.prev, prev)];
                 if let Some(prev2) = &self.history[1] {
                     terms.push((c.prev2, prev2));
@@ -149,7 +166,13 @@ impl<B: Backend> Sampler<B> {
     /// `model(x_i, timestep(i), i)` for each velocity, and returns `x_until`. Intermediate samples
     /// are dropped as soon as the next one exists: PRFL's gradient-free prefix keeps only what the
     /// solver itself needs.
-    pub fn run_to<F>(&mut self, backend: &B, mut x: B::Buf, until: usize, mut model: F) -> Result<B::Buf>
+    pub fn run_to<F>(
+        &mut self,
+        backend: &B,
+        mut x: B::Buf,
+        until: usize,
+        mut model: F,
+    ) -> Result<B::Buf>
     where
         F: FnMut(&B::Buf, f32, usize) -> Result<B::Buf>,
     {

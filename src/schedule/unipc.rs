@@ -76,7 +76,10 @@ fn bh2(sigma_s: f32, sigma_t: f32) -> (f64, f64, f64) {
 
 /// Predictor coefficients of step `i` at the given order (1 or 2) on `sigmas` (`n + 1` entries).
 pub fn predictor(sigmas: &[f32], i: usize, order: usize) -> PredictorCoefficients {
-    assert!(order == 1 || (order == 2 && i >= 1), "predictor order {order} at step {i}");
+    assert!(
+        order == 1 || (order == 2 && i >= 1),
+        "predictor order {order} at step {i}"
+    );
     let (s0, t) = (sigmas[i], sigmas[i + 1]);
     if t == 0.0 {
         // lambda_t = +inf, h_phi_1 = -1, alpha_t = 1: the step lands on the x0 prediction. Only
@@ -111,7 +114,10 @@ pub fn predictor(sigmas: &[f32], i: usize, order: usize) -> PredictorCoefficient
 /// `i - 1` ran at.
 pub fn corrector(sigmas: &[f32], i: usize, order: usize) -> CorrectorCoefficients {
     assert!(i >= 1, "step 0 has no corrector");
-    assert!(order == 1 || (order == 2 && i >= 2), "corrector order {order} at step {i}");
+    assert!(
+        order == 1 || (order == 2 && i >= 2),
+        "corrector order {order} at step {i}"
+    );
     let (s0, t) = (sigmas[i - 1], sigmas[i]);
     let alpha_t = 1.0 - t as f64;
     let (h, h_phi_1, b_h) = bh2(s0, t);

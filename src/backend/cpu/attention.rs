@@ -21,21 +21,30 @@
 //! (batch, head, query tile) owning `dQ` rows. Recomputing `S` and `dP` in the second pass costs
 //! about 40% more flops than a fused pass, but needs neither atomics nor a per-thread `dQ` copy.
 
+use std::marker::PhantomData;
+
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use crate::backend::AttnShape;
 
-/// Forward tile sizes. A query tile's output accumulator (`FWD_BQ x d`) and score tile
-/// (`FWD_BQ x FWD_BK`) stay in L2 while streaming over the keys.
-const FWD_BQ: usize = 64;
-const FWD_BK: usize = 128;
-/// Backward tile sizes: `BWD_BK` keys per item of the dK/dV pass and per inner step of the dQ
-/// pass, `BWD_BQ` queries per inner step of the dK/dV pass and per item of the dQ pass.
-const BWD_BQ: usize = 64;
-const BWD_BK: usize = 64;
+// Tile sizes, from measurements at heads 12, d 128 (gemm's AVX2 kernel, 2 cores). The tile a work
+// item owns is the larger one: the other operand is re-gathered from the strided input for every
+// inner step, so a bigger owned tile means fewer passes over that operand (and the gathers were
+// the second-largest cost after the GEMMs); the inner tile stays small so that the score tiles
+// live in L1/L2.
+/// Forward: queries per work item, keys per inner step.
+const FWD_BQ: usize = 256;
+const FWD_BK: usize = 64;
+/// Backward dK/dV pass: keys per work item, queries per inner step.
+const DKV_BK: usize = 256;
+const DKV_BQ: usize = 64;
+/// Backward dQ pass: queries per work item, keys per inner step.
+const DQ_BQ: usize = 256;
+const DQ_BK: usize = 64;
 
-/// Row-major `c[m, n] (dense) = (accumulate ? c : 0) + beta * a[m, k] b[k, n]`, single-threaded.
+/// Row-major `c[m, n] (dense) = (accumulate ? c : 0) + a[m, k] b[k, n]`, single-threaded, with
+/// `a` and `b` given by row and column strides so that transposes cost nothing.
 ///
 /// `matmul::gemm_strided` would spread every small tile product over the rayon pool from inside
 /// an already-parallel work item; here the tiles themselves are the parallel units.
@@ -52,13 +61,11 @@ fn gemm_serial(
     b_cs: usize,
     c: &mut [f32],
     accumulate: bool,
-    beta: f32,
 ) {
     if m == 0 || n == 0 {
         return;
     }
-    // Every element the GEMM reads or writes lies inside the slices (it only ever touches
-    // indices `i * rs + j * cs` for `i < rows`, `j < cols`).
+    // The GEMM touches exactly the indices `i * rs + j * cs` for `i < rows`, `j < cols`.
     assert!(k > 0, "gemm_serial: empty inner dimension");
     assert!(
         (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
@@ -69,7 +76,7 @@ fn gemm_serial(
         "gemm_serial: rhs too short"
     );
     assert!(m * n <= c.len(), "gemm_serial: dst too short");
-    // SAFETY: bounds checked above; `c` is exclusively borrowed and does not alias `a` or `b`.
+    // SAFETY: bounds checked above; `c` is exclusively borrowed, so it aliases neither `a` nor `b`.
     unsafe {
         gemm(
             m,
@@ -86,13 +93,31 @@ fn gemm_serial(
             b_cs as isize,
             b_rs as isize,
             1.0,
-            beta,
+            1.0,
             false,
             false,
             false,
             Parallelism::None,
         );
     }
+}
+
+// The three tile products of attention, on dense row-major tiles (`[rows, cols]`, row stride
+// `cols`).
+
+/// `c[m, n] = a[m, k] b[n, k]^T` (scores `Q K^T`, `dO V^T`).
+fn mul_abt(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    gemm_serial(m, n, k, a, k, 1, b, 1, k, c, false);
+}
+
+/// `c[m, n] += a[m, k] b[k, n]` (`P V`, `dS K`).
+fn mul_ab_acc(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    gemm_serial(m, n, k, a, k, 1, b, n, 1, c, true);
+}
+
+/// `c[m, n] += a[k, m]^T b[k, n]` (`P^T dO`, `dS^T Q`).
+fn mul_atb_acc(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    gemm_serial(m, n, k, a, 1, m, b, n, 1, c, true);
 }
 
 /// Where the rows of one head live in a `[batch, len, heads, d]` buffer.
@@ -138,29 +163,32 @@ impl HeadRows {
 ///
 /// The outputs are `[batch, len, heads, d]`, so the rows owned by one (batch, head, tile) item
 /// are strided and interleaved with other items' rows: no safe split of the slice expresses that.
+/// The lifetime keeps the buffer mutably borrowed for as long as the `Scatter` exists.
 #[derive(Clone, Copy)]
-struct Scatter {
+struct Scatter<'a> {
     ptr: *mut f32,
     len: usize,
+    _buf: PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: `Scatter` is only a pointer; the callers of `write_rows` guarantee disjoint writes.
-unsafe impl Send for Scatter {}
-unsafe impl Sync for Scatter {}
+// SAFETY: `Scatter` is a pointer into a buffer it borrows mutably; the callers of `write_rows`
+// guarantee that concurrent writes go to disjoint rows.
+unsafe impl Send for Scatter<'_> {}
+unsafe impl Sync for Scatter<'_> {}
 
-impl Scatter {
-    fn new(buf: &mut [f32]) -> Self {
+impl<'a> Scatter<'a> {
+    fn new(buf: &'a mut [f32]) -> Self {
         Scatter {
             ptr: buf.as_mut_ptr(),
             len: buf.len(),
+            _buf: PhantomData,
         }
     }
 
     /// `dst[b, l0 + r, h, :] = scale * tile[r, :]` for `r < n`.
     ///
     /// # Safety
-    /// No other thread may access these rows of the buffer while this runs, and the buffer
-    /// `Scatter::new` was made from must still be exclusively borrowed by the caller.
+    /// No other thread may access these rows of the buffer while this runs.
     #[allow(clippy::too_many_arguments)]
     unsafe fn write_rows(
         &self,
@@ -362,7 +390,7 @@ pub fn attention_forward(
                     krows.gather(k, b, h, k0, nk, 1.0, &mut ws.k);
                     krows.gather(v, b, h, k0, nk, 1.0, &mut ws.v);
                     // S[nq, nk] = Qs K^T.
-                    gemm_serial(nq, nk, d, &ws.q, d, 1, &ws.k, 1, d, &mut ws.s, false, 1.0);
+                    mul_abt(nq, nk, d, &ws.q, &ws.k, &mut ws.s);
                     for i in 0..nq {
                         let row = &mut ws.s[i * nk..(i + 1) * nk];
                         let mx = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
@@ -378,7 +406,7 @@ pub fn attention_forward(
                         }
                     }
                     // O[nq, d] += P V.
-                    gemm_serial(nq, d, nk, &ws.s, nk, 1, &ws.v, d, 1, &mut ws.o, true, 1.0);
+                    mul_ab_acc(nq, d, nk, &ws.s, &ws.v, &mut ws.o);
                 }
                 for i in 0..nq {
                     // l >= 1: the row max contributes exp(0).
@@ -386,8 +414,7 @@ pub fn attention_forward(
                     ws.o[i * d..(i + 1) * d].iter_mut().for_each(|x| *x *= inv);
                     lse_t[i] = ws.m[i] + ws.l[i].ln();
                 }
-                // SAFETY: this item is the only one writing rows q0..q0+nq of head h in sample b,
-                // and `out` stays mutably borrowed for the whole parallel loop.
+                // SAFETY: this item is the only one writing rows q0..q0+nq of head h in sample b.
                 unsafe { out_w.write_rows(qrows, b, h, q0, nq, 1.0, &ws.o) };
             },
         );
@@ -409,35 +436,24 @@ struct BwdScratch {
 }
 
 impl BwdScratch {
-    fn new(d: usize) -> Self {
+    /// Scratch for tiles of up to `bq` queries and `bk` keys, and accumulators of `acc0` and
+    /// `acc1` rows.
+    fn new(bq: usize, bk: usize, acc0: usize, acc1: usize, d: usize) -> Self {
         BwdScratch {
-            q: vec![0.0; BWD_BQ * d],
-            dout: vec![0.0; BWD_BQ * d],
-            k: vec![0.0; BWD_BK * d],
-            v: vec![0.0; BWD_BK * d],
-            p: vec![0.0; BWD_BQ * BWD_BK],
-            dp: vec![0.0; BWD_BQ * BWD_BK],
-            acc0: vec![0.0; BWD_BK.max(BWD_BQ) * d],
-            acc1: vec![0.0; BWD_BK * d],
+            q: vec![0.0; bq * d],
+            dout: vec![0.0; bq * d],
+            k: vec![0.0; bk * d],
+            v: vec![0.0; bk * d],
+            p: vec![0.0; bq * bk],
+            dp: vec![0.0; bq * bk],
+            acc0: vec![0.0; acc0 * d],
+            acc1: vec![0.0; acc1 * d],
         }
     }
 
     /// `p = P = exp(Qs K^T - lse)` from the gathered (scaled) query tile and the key tile.
     fn probs(&mut self, nq: usize, nk: usize, d: usize, lse: &[f32]) {
-        gemm_serial(
-            nq,
-            nk,
-            d,
-            &self.q,
-            d,
-            1,
-            &self.k,
-            1,
-            d,
-            &mut self.p,
-            false,
-            1.0,
-        );
+        mul_abt(nq, nk, d, &self.q, &self.k, &mut self.p);
         for (row, &l) in self.p[..nq * nk].chunks_exact_mut(nk).zip(lse) {
             exp_sub_sum(row, l);
         }
@@ -445,20 +461,7 @@ impl BwdScratch {
 
     /// `p = P * (dO V^T - delta)` (in place over `P`).
     fn ds(&mut self, nq: usize, nk: usize, d: usize, delta: &[f32]) {
-        gemm_serial(
-            nq,
-            nk,
-            d,
-            &self.dout,
-            d,
-            1,
-            &self.v,
-            1,
-            d,
-            &mut self.dp,
-            false,
-            1.0,
-        );
+        mul_abt(nq, nk, d, &self.dout, &self.v, &mut self.dp);
         let rows = self.p[..nq * nk]
             .chunks_exact_mut(nk)
             .zip(self.dp.chunks_exact(nk));
@@ -529,59 +532,32 @@ pub fn attention_backward(
     let delta = &delta;
 
     // Pass 1: each (batch, head, key tile) streams over all queries and owns its dK, dV rows.
-    let n_kt = lk.div_ceil(BWD_BK);
+    let n_kt = lk.div_ceil(DKV_BK);
     let (dk_w, dv_w) = (Scatter::new(dk), Scatter::new(dv));
     (0..batch * heads * n_kt).into_par_iter().for_each_init(
-        || BwdScratch::new(d),
+        || BwdScratch::new(DKV_BQ, DKV_BK, DKV_BK, DKV_BK, d),
         |ws, item| {
             let (bh, t) = (item / n_kt, item % n_kt);
             let (b, h) = (bh / heads, bh % heads);
-            let k0 = t * BWD_BK;
-            let nk = BWD_BK.min(lk - k0);
+            let k0 = t * DKV_BK;
+            let nk = DKV_BK.min(lk - k0);
             krows.gather(k, b, h, k0, nk, 1.0, &mut ws.k);
             krows.gather(v, b, h, k0, nk, 1.0, &mut ws.v);
             ws.acc0[..nk * d].fill(0.0); // dK
             ws.acc1[..nk * d].fill(0.0); // dV
-            for q0 in (0..lq).step_by(BWD_BQ) {
-                let nq = BWD_BQ.min(lq - q0);
+            for q0 in (0..lq).step_by(DKV_BQ) {
+                let nq = DKV_BQ.min(lq - q0);
                 let rows = bh * lq + q0..bh * lq + q0 + nq;
                 qrows.gather(q, b, h, q0, nq, scale, &mut ws.q);
                 qrows.gather(dout, b, h, q0, nq, 1.0, &mut ws.dout);
                 ws.probs(nq, nk, d, &lse[rows.clone()]);
                 // dV[nk, d] += P^T dO.
-                gemm_serial(
-                    nk,
-                    d,
-                    nq,
-                    &ws.p,
-                    1,
-                    nk,
-                    &ws.dout,
-                    d,
-                    1,
-                    &mut ws.acc1,
-                    true,
-                    1.0,
-                );
+                mul_atb_acc(nk, d, nq, &ws.p, &ws.dout, &mut ws.acc1);
                 ws.ds(nq, nk, d, &delta[rows]);
                 // dK[nk, d] += scale dS^T Q = dS^T Qs (the tile holds the scaled queries).
-                gemm_serial(
-                    nk,
-                    d,
-                    nq,
-                    &ws.p,
-                    1,
-                    nk,
-                    &ws.q,
-                    d,
-                    1,
-                    &mut ws.acc0,
-                    true,
-                    1.0,
-                );
+                mul_atb_acc(nk, d, nq, &ws.p, &ws.q, &mut ws.acc0);
             }
-            // SAFETY: this item is the only writer of rows k0..k0+nk of head h in sample b, and
-            // dk, dv stay mutably borrowed for the whole parallel loop.
+            // SAFETY: this item is the only writer of rows k0..k0+nk of head h in sample b.
             unsafe {
                 dk_w.write_rows(krows, b, h, k0, nk, 1.0, &ws.acc0);
                 dv_w.write_rows(krows, b, h, k0, nk, 1.0, &ws.acc1);
@@ -590,43 +566,29 @@ pub fn attention_backward(
     );
 
     // Pass 2: each (batch, head, query tile) streams over all keys and owns its dQ rows.
-    let n_qt = lq.div_ceil(BWD_BQ);
+    let n_qt = lq.div_ceil(DQ_BQ);
     let dq_w = Scatter::new(dq);
     (0..batch * heads * n_qt).into_par_iter().for_each_init(
-        || BwdScratch::new(d),
+        || BwdScratch::new(DQ_BQ, DQ_BK, DQ_BQ, 0, d),
         |ws, item| {
             let (bh, t) = (item / n_qt, item % n_qt);
             let (b, h) = (bh / heads, bh % heads);
-            let q0 = t * BWD_BQ;
-            let nq = BWD_BQ.min(lq - q0);
+            let q0 = t * DQ_BQ;
+            let nq = DQ_BQ.min(lq - q0);
             let rows = bh * lq + q0..bh * lq + q0 + nq;
             qrows.gather(q, b, h, q0, nq, scale, &mut ws.q);
             qrows.gather(dout, b, h, q0, nq, 1.0, &mut ws.dout);
             ws.acc0[..nq * d].fill(0.0); // dQ / scale
-            for k0 in (0..lk).step_by(BWD_BK) {
-                let nk = BWD_BK.min(lk - k0);
+            for k0 in (0..lk).step_by(DQ_BK) {
+                let nk = DQ_BK.min(lk - k0);
                 krows.gather(k, b, h, k0, nk, 1.0, &mut ws.k);
                 krows.gather(v, b, h, k0, nk, 1.0, &mut ws.v);
                 ws.probs(nq, nk, d, &lse[rows.clone()]);
                 ws.ds(nq, nk, d, &delta[rows.clone()]);
                 // dQ[nq, d] += dS K (scaled once at the end).
-                gemm_serial(
-                    nq,
-                    d,
-                    nk,
-                    &ws.p,
-                    nk,
-                    1,
-                    &ws.k,
-                    d,
-                    1,
-                    &mut ws.acc0,
-                    true,
-                    1.0,
-                );
+                mul_ab_acc(nq, d, nk, &ws.p, &ws.k, &mut ws.acc0);
             }
-            // SAFETY: this item is the only writer of rows q0..q0+nq of head h in sample b, and
-            // dq stays mutably borrowed for the whole parallel loop.
+            // SAFETY: this item is the only writer of rows q0..q0+nq of head h in sample b.
             unsafe { dq_w.write_rows(qrows, b, h, q0, nq, scale, &ws.acc0) };
         },
     );

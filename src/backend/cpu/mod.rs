@@ -7,10 +7,11 @@ pub mod attention;
 pub mod matmul;
 pub mod modulate;
 pub mod norm;
+pub mod optim;
 pub mod patch;
 pub mod rope;
 
-use super::{AttnShape, Backend, ModSlot, PatchOrder, PatchShape};
+use super::{AdamWHyper, AttnShape, Backend, ModSlot, PatchOrder, PatchShape};
 use crate::tensor::{DType, Storage};
 
 /// The CPU backend. Stateless: the rayon global pool provides the threads.
@@ -36,10 +37,10 @@ impl Backend for Cpu {
     fn zeros(&self, n: usize) -> Vec<f32> {
         vec![0.0; n]
     }
-    fn from_host(&self, data: &[f32]) -> Vec<f32> {
+    fn upload(&self, data: &[f32]) -> Vec<f32> {
         data.to_vec()
     }
-    fn to_host(&self, buf: &Vec<f32>) -> Vec<f32> {
+    fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
         buf.clone()
     }
     fn len(&self, buf: &Vec<f32>) -> usize {
@@ -109,6 +110,26 @@ impl Backend for Cpu {
     }
     fn gelu_erf_backward(&self, x: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) {
         activation::gelu_erf_backward(x, dy, dx);
+    }
+
+    fn relu_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>) {
+        activation::relu_forward(x, y);
+    }
+    fn relu_backward(&self, x: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) {
+        activation::relu_backward(x, dy, dx);
+    }
+    fn sum_squares(&self, x: &Vec<f32>) -> f64 {
+        optim::sum_squares(x)
+    }
+    fn adamw_update(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, h: &AdamWHyper) {
+        optim::adamw_update(param, grad, m, v, h);
+    }
+    fn weight_assign(&self, w: &mut CpuWeight, master: &Vec<f32>) {
+        assert_eq!(master.len(), w.rows * w.cols, "master copy does not match the weight");
+        w.data = Storage::from_f32(master, w.data.dtype());
+    }
+    fn weight_to_buf(&self, w: &CpuWeight) -> Vec<f32> {
+        w.data.to_f32()
     }
 
     fn linear_forward(&self, x: &Vec<f32>, n: usize, w: &CpuWeight, b: Option<&Vec<f32>>, y: &mut Vec<f32>) {

@@ -51,6 +51,7 @@ enum Cmd {
 
 fn inspect(path: Option<&Path>) -> Result<(), String> {
     let owned;
+    let path_is_temporary = path.is_none();
     let path = match path {
         Some(p) => p,
         None => {
@@ -59,10 +60,15 @@ fn inspect(path: Option<&Path>) -> Result<(), String> {
             &owned
         }
     };
-    let ckpt = Checkpoint::open(path).map_err(|e| e.to_string())?;
-    ckpt.verify().map_err(|e| e.to_string())?;
-    println!("{}", ckpt.summary());
-    Ok(())
+    let result = Checkpoint::open(path).and_then(|ckpt| {
+        ckpt.verify()?;
+        println!("{}", ckpt.summary());
+        Ok(())
+    });
+    if path_is_temporary {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    result.map_err(|e| e.to_string())
 }
 
 /// A random tiny Wan2.1-architecture model saved in the original layout, so that the main command

@@ -1,0 +1,1 @@
+//! PAVRM: the process-aware latent reward model (method.md section 3).

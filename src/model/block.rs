@@ -240,6 +240,35 @@ impl Block {
         })
     }
 
+    /// The linear layer a LoRA target names (`self_attn.q`, `cross_attn.o`, `ffn.0`,
+    /// `cross_attn.k_img`, ...).
+    pub fn linear_mut(&mut self, target: &str) -> Option<&mut Linear> {
+        let (module, proj) = target.split_once('.')?;
+        let attn = match module {
+            "self_attn" => &mut self.self_attn,
+            "cross_attn" => match (proj, self.image_attn.as_mut()) {
+                ("k_img", Some(ia)) => return Some(&mut ia.k),
+                ("v_img", Some(ia)) => return Some(&mut ia.v),
+                _ => &mut self.cross_attn,
+            },
+            "ffn" => {
+                return match proj {
+                    "0" => Some(&mut self.ffn0),
+                    "2" => Some(&mut self.ffn2),
+                    _ => None,
+                }
+            }
+            _ => return None,
+        };
+        match proj {
+            "q" => Some(&mut attn.q),
+            "k" => Some(&mut attn.k),
+            "v" => Some(&mut attn.v),
+            "o" => Some(&mut attn.o),
+            _ => None,
+        }
+    }
+
     /// Runs the block. `x: [B*L, D]`, `e0: [B, 6D]`. Returns the output and the saved activations.
     #[allow(clippy::too_many_arguments)]
     pub fn forward<B: Backend>(

@@ -6,13 +6,24 @@ use super::params::{Grads, ParamStore};
 use crate::backend::Backend;
 use crate::Result;
 
-/// `y = x W^T + b` with `W: [out, in]`.
+/// `y = x W^T + b` with `W: [out, in]`, optionally plus a low-rank adapter
+/// `scale * (x A^T) B^T` (LoRA; `A: [r, in]`, `B: [out, r]`).
 #[derive(Clone, Copy, Debug)]
 pub struct Linear {
     pub w: usize,
     pub b: usize,
     pub n_in: usize,
     pub n_out: usize,
+    pub lora: Option<LoraAdapter>,
+}
+
+/// Parameter indices and scale (`alpha / rank`) of a LoRA adapter on a [`Linear`].
+#[derive(Clone, Copy, Debug)]
+pub struct LoraAdapter {
+    pub a: usize,
+    pub b: usize,
+    pub rank: usize,
+    pub scale: f32,
 }
 
 impl Linear {
@@ -23,13 +34,25 @@ impl Linear {
         let shape = ps.shape(w);
         let n_out = shape[0];
         let n_in = ps.numel(w) / n_out.max(1);
-        Ok(Linear { w, b, n_in, n_out })
+        Ok(Linear {
+            w,
+            b,
+            n_in,
+            n_out,
+            lora: None,
+        })
     }
 
     /// `x: [n, in]` -> `[n, out]`.
     pub fn forward<B: Backend>(&self, be: &B, ps: &ParamStore<B>, x: &B::Buf, n: usize) -> B::Buf {
         let mut y = be.zeros(n * self.n_out);
         be.linear_forward(x, n, ps.matrix(self.w), Some(ps.vector(self.b)), &mut y);
+        if let Some(lo) = self.lora {
+            let h = lora_hidden(be, ps, &lo, x, n);
+            let mut up = be.zeros(n * self.n_out);
+            be.linear_forward(&h, n, ps.matrix(lo.b), None, &mut up);
+            be.axpy(lo.scale, &up, &mut y);
+        }
         y
     }
 
@@ -54,12 +77,55 @@ impl Linear {
             let mut scratch = be.zeros(self.n_out * self.n_in);
             be.linear_backward_weight(dy, x, n, self.n_in, self.n_out, &mut scratch, Some(db));
         }
-        need_dx.then(|| {
+        let mut dx = need_dx.then(|| {
             let mut dx = be.zeros(n * self.n_in);
             be.linear_backward_input(dy, n, ps.matrix(self.w), &mut dx);
             dx
-        })
+        });
+        if let Some(lo) = self.lora {
+            self.lora_backward(be, ps, grads, &lo, x, dy, n, dx.as_mut());
+        }
+        dx
     }
+
+    /// The adapter's share of the backward pass: `dB += s dy^T h`, `dA += (s dy B)^T x` and
+    /// `dx += (s dy B) A`, with `h = x A^T` recomputed (it is `n x r`, cheaper to redo than to keep).
+    #[allow(clippy::too_many_arguments)]
+    fn lora_backward<B: Backend>(
+        &self,
+        be: &B,
+        ps: &ParamStore<B>,
+        grads: &mut Grads<B>,
+        lo: &LoraAdapter,
+        x: &B::Buf,
+        dy: &B::Buf,
+        n: usize,
+        dx: Option<&mut B::Buf>,
+    ) {
+        let mut dys = be.zeros(n * self.n_out);
+        be.axpy(lo.scale, dy, &mut dys);
+        if let Some(db) = grads.get_mut(lo.b) {
+            let h = lora_hidden(be, ps, lo, x, n);
+            be.linear_backward_weight(&dys, &h, n, lo.rank, self.n_out, db, None);
+        }
+        let mut dh = be.zeros(n * lo.rank);
+        be.linear_backward_input(&dys, n, ps.matrix(lo.b), &mut dh);
+        if let Some(da) = grads.get_mut(lo.a) {
+            be.linear_backward_weight(&dh, x, n, self.n_in, lo.rank, da, None);
+        }
+        if let Some(dx) = dx {
+            let mut dxl = be.zeros(n * self.n_in);
+            be.linear_backward_input(&dh, n, ps.matrix(lo.a), &mut dxl);
+            be.add_assign(dx, &dxl);
+        }
+    }
+}
+
+/// `h = x A^T`, `[n, r]`.
+fn lora_hidden<B: Backend>(be: &B, ps: &ParamStore<B>, lo: &LoraAdapter, x: &B::Buf, n: usize) -> B::Buf {
+    let mut h = be.zeros(n * lo.rank);
+    be.linear_forward(x, n, ps.matrix(lo.a), None, &mut h);
+    h
 }
 
 /// Saved statistics of a LayerNorm call.

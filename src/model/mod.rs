@@ -7,6 +7,7 @@ pub mod embed;
 pub mod host;
 pub mod init;
 pub mod layers;
+pub mod lora;
 pub mod names;
 pub mod params;
 pub mod rope;

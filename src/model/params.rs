@@ -68,6 +68,25 @@ impl<B: Backend> ParamStore<B> {
         self.names.len()
     }
 
+    /// Adds a parameter (adapters attached after loading); returns its index.
+    pub fn insert(&mut self, backend: &B, name: &str, t: &HostTensor, as_matrix: bool) -> Result<usize> {
+        if self.index.contains_key(name) {
+            return Err(Error::InvalidInput(format!("parameter `{name}` already exists")));
+        }
+        let data = if as_matrix {
+            let rows = t.shape[0];
+            ParamData::Matrix(backend.weight_from_host(&t.data, rows, t.numel() / rows.max(1)))
+        } else {
+            ParamData::Vector(backend.upload(&t.to_f32()))
+        };
+        let id = self.names.len();
+        self.index.insert(name.to_string(), id);
+        self.names.push(name.to_string());
+        self.shapes.push(t.shape.clone());
+        self.data.push(data);
+        Ok(id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

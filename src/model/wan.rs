@@ -178,6 +178,10 @@ impl<B: Backend> WanModel<B> {
         })
     }
 
+    pub(crate) fn blocks_mut(&mut self) -> &mut [Block] {
+        &mut self.blocks
+    }
+
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()
     }

@@ -5,6 +5,8 @@
 //! Not cryptographic. One `Rng` per independent stream (per rank, per data-loader worker): seed
 //! them with distinct values rather than sharing one across threads.
 
+use crate::{Error, Result};
+
 /// SplitMix64 (Steele, Lea, Flood 2014), used to expand a 64-bit seed into xoshiro's state.
 fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -36,6 +38,47 @@ impl Rng {
             s,
             spare_normal: None,
         }
+    }
+
+    /// The generator's complete state, so that a resumed training run continues the very same
+    /// stream: the four xoshiro256++ words, then (only when a Box-Muller spare normal is pending)
+    /// that spare's f64 bits. Dropping the spare would shift every later normal draw.
+    pub fn state(&self) -> Vec<u64> {
+        let mut words = self.s.to_vec();
+        if let Some(z) = self.spare_normal {
+            words.push(z.to_bits());
+        }
+        words
+    }
+
+    /// Rebuilds a generator from [`Rng::state`]. Rejects a length other than 4 or 5 words and the
+    /// all-zero xoshiro state (a fixed point that would emit zeros forever), since either can only
+    /// come from a corrupt or foreign checkpoint.
+    pub fn from_state(words: &[u64]) -> Result<Self> {
+        let (s, spare) = match words {
+            [a, b, c, d] => ([*a, *b, *c, *d], None),
+            [a, b, c, d, z] => ([*a, *b, *c, *d], Some(f64::from_bits(*z))),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "rng state needs 4 or 5 words, got {}",
+                    words.len()
+                )))
+            }
+        };
+        if s == [0; 4] {
+            return Err(Error::InvalidInput(
+                "rng state is all zeros (not a reachable xoshiro256++ state)".into(),
+            ));
+        }
+        if spare.is_some_and(|z| !z.is_finite()) {
+            return Err(Error::InvalidInput(
+                "rng state holds a non-finite spare normal".into(),
+            ));
+        }
+        Ok(Rng {
+            s,
+            spare_normal: spare,
+        })
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -123,6 +166,28 @@ mod tests {
         assert_eq!(a, (0..4).map(|_| r.next_u64()).collect::<Vec<_>>());
         let mut other = Rng::seed_from_u64(8);
         assert_ne!(a[0], other.next_u64());
+    }
+
+    #[test]
+    fn state_round_trip_continues_the_stream() {
+        let mut a = Rng::seed_from_u64(3);
+        a.next_u64();
+        // An odd number of normals leaves a Box-Muller spare pending: it must travel too.
+        a.normal_f64();
+        let words = a.state();
+        assert_eq!(words.len(), 5);
+        let mut b = Rng::from_state(&words).unwrap();
+        for _ in 0..5 {
+            assert_eq!(a.normal_f64().to_bits(), b.normal_f64().to_bits());
+            assert_eq!(a.next_u64(), b.next_u64());
+        }
+        let mut c = Rng::seed_from_u64(9);
+        assert_eq!(c.state().len(), 4);
+        let mut d = Rng::from_state(&c.state()).unwrap();
+        assert_eq!(c.next_u64(), d.next_u64());
+        assert!(Rng::from_state(&[1, 2, 3]).is_err());
+        assert!(Rng::from_state(&[0; 4]).is_err());
+        assert!(Rng::from_state(&[1, 2, 3, 4, f64::NAN.to_bits()]).is_err());
     }
 
     #[test]

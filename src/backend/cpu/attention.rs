@@ -326,6 +326,37 @@ impl FwdScratch {
             l: vec![0.0; FWD_BQ],
         }
     }
+
+    /// Folds the score tile `s[nq, nk]` into the running row max `m` and sum `l`: `s` becomes
+    /// `exp(s - m_new)` (unnormalised probabilities) and the output rows accumulated so far are
+    /// rescaled by `exp(m_old - m_new)` so that they stay relative to the new max.
+    fn online_softmax(&mut self, nq: usize, nk: usize, d: usize) {
+        let rows = self.s[..nq * nk]
+            .chunks_exact_mut(nk)
+            .zip(self.o.chunks_exact_mut(d));
+        for ((s, o), (m, l)) in rows.zip(self.m.iter_mut().zip(self.l.iter_mut())) {
+            let m_new = s.iter().fold(*m, |a, &x| a.max(x));
+            let sum = exp_sub_sum(s, m_new);
+            // exp(-inf) = 0 on the first tile, where there is nothing to rescale yet.
+            let corr = (*m - m_new).exp();
+            if corr != 1.0 {
+                o.iter_mut().for_each(|x| *x *= corr);
+            }
+            *l = *l * corr + sum;
+            *m = m_new;
+        }
+    }
+
+    /// Normalises the output rows and writes `lse = m + ln l` for the `nq` rows of the tile.
+    fn finish(&mut self, nq: usize, d: usize, lse: &mut [f32]) {
+        let rows = self.o[..nq * d].chunks_exact_mut(d).zip(lse);
+        for ((o, lse), (m, l)) in rows.zip(self.m.iter().zip(&self.l)) {
+            // l >= 1: the row max contributes exp(0).
+            let inv = 1.0 / l;
+            o.iter_mut().for_each(|x| *x *= inv);
+            *lse = m + l.ln();
+        }
+    }
 }
 
 /// Softmax attention forward: writes `out: [batch, lq, heads, d]` and
@@ -391,29 +422,11 @@ pub fn attention_forward(
                     krows.gather(v, b, h, k0, nk, 1.0, &mut ws.v);
                     // S[nq, nk] = Qs K^T.
                     mul_abt(nq, nk, d, &ws.q, &ws.k, &mut ws.s);
-                    for i in 0..nq {
-                        let row = &mut ws.s[i * nk..(i + 1) * nk];
-                        let mx = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-                        let m_old = ws.m[i];
-                        let m_new = m_old.max(mx);
-                        let sum = exp_sub_sum(row, m_new);
-                        // exp(-inf) = 0 on the first tile, where there is nothing to rescale.
-                        let corr = (m_old - m_new).exp();
-                        ws.l[i] = ws.l[i] * corr + sum;
-                        ws.m[i] = m_new;
-                        if corr != 1.0 {
-                            ws.o[i * d..(i + 1) * d].iter_mut().for_each(|x| *x *= corr);
-                        }
-                    }
+                    ws.online_softmax(nq, nk, d);
                     // O[nq, d] += P V.
                     mul_ab_acc(nq, d, nk, &ws.s, &ws.v, &mut ws.o);
                 }
-                for i in 0..nq {
-                    // l >= 1: the row max contributes exp(0).
-                    let inv = 1.0 / ws.l[i];
-                    ws.o[i * d..(i + 1) * d].iter_mut().for_each(|x| *x *= inv);
-                    lse_t[i] = ws.m[i] + ws.l[i].ln();
-                }
+                ws.finish(nq, d, lse_t);
                 // SAFETY: this item is the only one writing rows q0..q0+nq of head h in sample b.
                 unsafe { out_w.write_rows(qrows, b, h, q0, nq, 1.0, &ws.o) };
             },
@@ -618,20 +631,20 @@ mod tests {
             heads,
             head_dim: d,
         } = s;
-        let (qr, kr) = (
-            HeadRows { len: lq, heads, d },
-            HeadRows { len: lk, heads, d },
-        );
+        // Element (b, l, h, c) of a [batch, len, heads, d] buffer, spelled out independently of
+        // the kernel's HeadRows.
+        let qr = |b: usize, h: usize, l: usize| ((b * lq + l) * heads + h) * d;
+        let kr = |b: usize, h: usize, l: usize| ((b * lk + l) * heads + h) * d;
         let scale = 1.0 / (d as f64).sqrt();
         let mut out = vec![0.0; batch * lq * heads * d];
         let mut lse = vec![0.0; batch * heads * lq];
         for b in 0..batch {
             for h in 0..heads {
                 for i in 0..lq {
-                    let qo = qr.offset(b, h, i);
+                    let qo = qr(b, h, i);
                     let sc: Vec<f64> = (0..lk)
                         .map(|j| {
-                            let ko = kr.offset(b, h, j);
+                            let ko = kr(b, h, j);
                             let dot: f64 =
                                 (0..d).map(|c| q[qo + c] as f64 * k[ko + c] as f64).sum();
                             dot * scale
@@ -643,7 +656,7 @@ mod tests {
                     lse[(b * heads + h) * lq + i] = l;
                     for (j, x) in sc.iter().enumerate() {
                         let p = (x - l).exp();
-                        let vo = kr.offset(b, h, j);
+                        let vo = kr(b, h, j);
                         for c in 0..d {
                             out[qo + c] += p * v[vo + c] as f64;
                         }
@@ -669,10 +682,10 @@ mod tests {
             heads,
             head_dim: d,
         } = s;
-        let (qr, kr) = (
-            HeadRows { len: lq, heads, d },
-            HeadRows { len: lk, heads, d },
-        );
+        // Element (b, l, h, c) of a [batch, len, heads, d] buffer, spelled out independently of
+        // the kernel's HeadRows.
+        let qr = |b: usize, h: usize, l: usize| ((b * lq + l) * heads + h) * d;
+        let kr = |b: usize, h: usize, l: usize| ((b * lk + l) * heads + h) * d;
         let scale = 1.0 / (d as f64).sqrt();
         let (_, lse) = naive_forward(q, k, v, s);
         let mut dq = vec![0.0; q.len()];
@@ -684,18 +697,16 @@ mod tests {
         for b in 0..batch {
             for h in 0..heads {
                 for i in 0..lq {
-                    let qo = qr.offset(b, h, i);
+                    let qo = qr(b, h, i);
                     let l = lse[(b * heads + h) * lq + i];
                     // p_j = softmax, dp_j = dO_i . v_j, ds_j = p_j (dp_j - sum_j' p_j' dp_j').
                     let p: Vec<f64> = (0..lk)
-                        .map(|j| (dot(q, qo, k, kr.offset(b, h, j)) * scale - l).exp())
+                        .map(|j| (dot(q, qo, k, kr(b, h, j)) * scale - l).exp())
                         .collect();
-                    let dp: Vec<f64> = (0..lk)
-                        .map(|j| dot(dout, qo, v, kr.offset(b, h, j)))
-                        .collect();
+                    let dp: Vec<f64> = (0..lk).map(|j| dot(dout, qo, v, kr(b, h, j))).collect();
                     let delta: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
                     for j in 0..lk {
-                        let ko = kr.offset(b, h, j);
+                        let ko = kr(b, h, j);
                         let ds = p[j] * (dp[j] - delta);
                         for c in 0..d {
                             dq[qo + c] += scale * ds * k[ko + c] as f64;
@@ -799,14 +810,16 @@ mod tests {
 
     #[test]
     fn matches_reference_on_ragged_shapes() {
+        // Tiles are 256 (owned per work item) x 64 (inner step): these cover one and several
+        // tiles on each side, ragged and exact.
         let shapes = [
             shape(1, 1, 1, 1, 8),
-            shape(2, 5, 1, 3, 8),     // a single key: out = v, dq = dk = 0
-            shape(1, 1, 300, 2, 16),  // a single query over several key tiles
-            shape(2, 70, 130, 3, 16), // lq != lk, both ragged for every tile size
-            shape(1, 129, 67, 2, 8),
-            shape(1, 65, 257, 1, 128),
-            shape(2, 64, 128, 2, 16), // exact multiples of the tile sizes
+            shape(2, 5, 1, 3, 8),      // a single key: out = v, dq = dk = 0
+            shape(1, 1, 300, 2, 16),   // a single query over several key tiles
+            shape(2, 70, 130, 3, 16),  // lq != lk, both ragged
+            shape(1, 300, 67, 2, 8),   // two query work items, the second ragged
+            shape(1, 65, 257, 1, 128), // two key work items, the second a single key
+            shape(2, 256, 128, 2, 16), // exact multiples of the tile sizes
         ];
         for (i, s) in shapes.into_iter().enumerate() {
             check_against_reference(s, 10 + i as u64, 1.0);
@@ -822,6 +835,23 @@ mod tests {
     fn large_scores_stay_finite() {
         // Scores of order +-100: exp would overflow without the running max.
         check_against_reference(shape(1, 150, 200, 2, 16), 4, 40.0);
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // Every work item computes its rows in a fixed order with a serial GEMM, so the result is
+        // bitwise the same whatever the pool size (reproducible runs across machines).
+        let c = case(shape(2, 300, 270, 3, 16), 8, 1.0);
+        let run = || {
+            let (out, lse) = run_forward(&c);
+            let grads = run_backward(&c, &out, &lse);
+            (out, lse, grads)
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert!(pool.install(run) == run());
     }
 
     #[test]

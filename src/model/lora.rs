@@ -116,8 +116,8 @@ impl<B: Backend> WanModel<B> {
             };
             let a = get("lora_A.weight", [lora.rank, *n_in])?;
             let b = get("lora_B.weight", [*n_out, lora.rank])?;
-            let ia = self.params.insert(be, &format!("{prefix}.lora_A.weight"), &a, true)?;
-            let ib = self.params.insert(be, &format!("{prefix}.lora_B.weight"), &b, true)?;
+            let ia = self.params.insert(be, &format!("{prefix}.lora_A.weight"), &a)?;
+            let ib = self.params.insert(be, &format!("{prefix}.lora_B.weight"), &b)?;
             let (block, target) = split_block(prefix);
             let lin = self.blocks_mut()[block]
                 .linear_mut(target)

@@ -68,12 +68,13 @@ impl<B: Backend> ParamStore<B> {
         self.names.len()
     }
 
-    /// Adds a parameter (adapters attached after loading); returns its index.
-    pub fn insert(&mut self, backend: &B, name: &str, t: &HostTensor, as_matrix: bool) -> Result<usize> {
+    /// Adds a parameter (adapters or a reward head attached after loading); returns its index.
+    /// Matrix weights keep the tensor's dtype.
+    pub fn insert(&mut self, backend: &B, name: &str, t: &HostTensor) -> Result<usize> {
         if self.index.contains_key(name) {
             return Err(Error::InvalidInput(format!("parameter `{name}` already exists")));
         }
-        let data = if as_matrix {
+        let data = if is_matrix(name, &t.shape) {
             let rows = t.shape[0];
             ParamData::Matrix(backend.weight_from_host(&t.data, rows, t.numel() / rows.max(1)))
         } else {

@@ -87,14 +87,13 @@ impl RewardHead {
             });
         }
         let widths = [pool.dim, cfg.hidden[0], cfg.hidden[1], 1];
-        let mut layers = [None; 3];
-        for (i, name) in MLP_LAYERS.iter().enumerate() {
-            let l = Linear::resolve(ps, name)?;
+        let layer = |i: usize| -> Result<Linear> {
+            let l = Linear::resolve(ps, MLP_LAYERS[i])?;
             check_shape(ps, l.w, &[widths[i + 1], widths[i]])?;
             check_shape(ps, l.b, &[widths[i + 1]])?;
-            layers[i] = Some(l);
-        }
-        let [fc0, fc1, fc2] = layers.map(|l| l.expect("resolved above"));
+            Ok(l)
+        };
+        let (fc0, fc1, fc2) = (layer(0)?, layer(1)?, layer(2)?);
         Ok(RewardHead {
             pool,
             fc0,

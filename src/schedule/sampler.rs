@@ -9,7 +9,8 @@ use crate::backend::Backend;
 use crate::{Error, Result};
 
 /// Which solver turns model outputs (velocities) into the next sample.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SolverKind {
     /// `x <- x + (sigma_next - sigma) v`.
     Euler,

@@ -1,0 +1,371 @@
+//! Process reward feedback learning (method.md section 4): fine-tune the generator against the
+//! frozen latent reward model, entirely in latent space.
+//!
+//! One PRFL micro-step: draw a mid step `m`; roll out from noise for `m` solver steps without
+//! gradients (no activations kept); run the generator at step `m` with a tape and apply the solver
+//! update to get `x_{m+1}`; score it with the frozen reward model at `t_{m+1}` (with a tape, for
+//! the gradient with respect to its input); loss `scale * relu(margin - score)`; backpropagate
+//! through the reward model's input, the solver update (a scalar: every update is linear in the
+//! model output) and the generator. Interleaved with the supervised flow-matching step on real
+//! latents. Full fine-tuning or LoRA (base frozen).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::sample::{Cond, SamplingPlan};
+use crate::backend::Backend;
+use crate::model::lora::LoraConfig;
+use crate::model::params::Grads;
+use crate::model::wan::{Mode, VideoShape, WanModel};
+use crate::optim::adamw::{AdamW, AdamWConfig, StepReport};
+use crate::reward::loss::sigmoid;
+use crate::reward::model::RewardModel;
+use crate::schedule::levels::TrainingLevels;
+use crate::schedule::rng::Rng;
+use crate::schedule::SolverKind;
+use crate::tensor::HostTensor;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrflConfig {
+    /// Sampling steps N of the rollout grid (Wan reference grid, sigma_max 0.999).
+    pub steps: usize,
+    pub shift: f64,
+    pub solver: SolverKind,
+    /// Inclusive range the mid step m is drawn from; default `[0, N-2]`.
+    pub mid_range: Option<(usize, usize)>,
+    /// Loss `scale * relu(margin - score)`.
+    pub margin: f32,
+    pub scale: f32,
+    /// Run the supervised flow-matching step before each PRFL step (as the reference does).
+    pub sft: bool,
+    pub lr: f32,
+    pub betas: (f32, f32),
+    pub weight_decay: f32,
+    pub eps: f32,
+    pub max_grad_norm: Option<f32>,
+    pub warmup_steps: u64,
+    pub accumulation: usize,
+    pub recompute: bool,
+    /// Train LoRA adapters (base frozen) instead of every weight.
+    pub lora: Option<LoraConfig>,
+    pub seed: u64,
+}
+
+impl Default for PrflConfig {
+    fn default() -> Self {
+        PrflConfig {
+            steps: 40,
+            shift: 5.0,
+            solver: SolverKind::UniPc,
+            mid_range: None,
+            margin: 2.0,
+            scale: 0.1,
+            sft: true,
+            lr: 5e-6,
+            betas: (0.9, 0.999),
+            weight_decay: 0.01,
+            eps: 1e-8,
+            max_grad_norm: Some(1.0),
+            warmup_steps: 0,
+            accumulation: 1,
+            recompute: true,
+            lora: None,
+            seed: 0,
+        }
+    }
+}
+
+/// What one PRFL micro-step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrflStepStats {
+    pub step: u64,
+    /// The mid step m and the timestep the reward read.
+    pub mid_step: usize,
+    pub reward_timestep: f32,
+    /// Mean reward score of `x_{m+1}` (before the update).
+    pub reward: f64,
+    pub prfl_loss: f64,
+    /// Flow-matching loss of the interleaved SFT step, when it ran.
+    pub sft_loss: Option<f64>,
+    pub update: Option<StepReport>,
+    pub seconds: f64,
+    /// Bytes of activations alive at the PRFL backward: the generator's tape plus the reward's.
+    pub tape_bytes: usize,
+}
+
+pub struct PrflTrainer<B: Backend> {
+    pub generator: WanModel<B>,
+    pub reward: RewardModel<B>,
+    pub cfg: PrflConfig,
+    plan: SamplingPlan,
+    opt: AdamW<B>,
+    grads: Grads<B>,
+    /// The reward model is frozen: no parameter gradients, only its input gradient.
+    reward_grads: Grads<B>,
+    levels: TrainingLevels,
+    rng: Rng,
+    micro: usize,
+    poisoned: bool,
+}
+
+impl<B: Backend> PrflTrainer<B> {
+    /// Wraps a generator (with adapters already attached when `cfg.lora` is set) and a trained
+    /// reward model.
+    pub fn new(be: &B, generator: WanModel<B>, reward: RewardModel<B>, cfg: PrflConfig) -> Result<Self> {
+        if cfg.accumulation == 0 {
+            return Err(Error::Config("accumulation must be at least 1".into()));
+        }
+        if reward.backbone.cfg.dim != generator.cfg.dim || reward.backbone.cfg.in_dim != generator.cfg.in_dim {
+            return Err(Error::Config(
+                "the reward model was not cut from a generator of this architecture".into(),
+            ));
+        }
+        let plan = SamplingPlan::wan(cfg.steps, cfg.shift, cfg.solver)?;
+        let lo_hi = cfg.mid_range.unwrap_or((0, cfg.steps - 2));
+        if lo_hi.0 > lo_hi.1 || lo_hi.1 > cfg.steps - 2 {
+            return Err(Error::Config(format!(
+                "mid_range {lo_hi:?} must lie within [0, {}]",
+                cfg.steps - 2
+            )));
+        }
+        let lora = cfg.lora.is_some();
+        let grads = Grads::new(be, &generator.params, |n| !lora || n.contains(".lora_"));
+        if lora && grads.bufs.iter().all(|g| g.is_none()) {
+            return Err(Error::Config("LoRA training asked for, but the generator has no adapters attached".into()));
+        }
+        let reward_grads = Grads::new(be, &reward.backbone.params, |_| false);
+        let opt = AdamW::new(
+            be,
+            &generator.params,
+            &grads,
+            AdamWConfig {
+                lr: cfg.lr,
+                betas: cfg.betas,
+                eps: cfg.eps,
+                weight_decay: cfg.weight_decay,
+                max_grad_norm: cfg.max_grad_norm,
+                warmup_steps: cfg.warmup_steps,
+            },
+        )?;
+        Ok(PrflTrainer {
+            levels: TrainingLevels::new(cfg.shift),
+            rng: Rng::seed_from_u64(cfg.seed),
+            plan,
+            opt,
+            grads,
+            reward_grads,
+            generator,
+            reward,
+            cfg,
+            micro: 0,
+            poisoned: false,
+        })
+    }
+
+    pub fn plan(&self) -> &SamplingPlan {
+        &self.plan
+    }
+
+    pub fn optimizer(&self) -> &AdamW<B> {
+        &self.opt
+    }
+
+    pub fn optimizer_mut(&mut self) -> &mut AdamW<B> {
+        &mut self.opt
+    }
+
+    pub fn rng(&self) -> &Rng {
+        &self.rng
+    }
+
+    pub fn set_rng(&mut self, rng: Rng) {
+        self.rng = rng;
+    }
+
+    pub fn grads(&self) -> &Grads<B> {
+        &self.grads
+    }
+
+    fn mode(&self) -> Mode {
+        if self.cfg.recompute {
+            Mode::TrainRecompute
+        } else {
+            Mode::Train
+        }
+    }
+
+    /// Draws the mid step m.
+    pub fn draw_mid_step(&mut self) -> usize {
+        let (lo, hi) = self.cfg.mid_range.unwrap_or((0, self.cfg.steps - 2));
+        lo + ((self.rng.uniform_f64() * (hi - lo + 1) as f64) as usize).min(hi - lo)
+    }
+
+    /// Rolls out from `noise` for `m` solver steps without gradients; returns `x_m` and the
+    /// sampler positioned at step m.
+    pub fn rollout(
+        &self,
+        be: &B,
+        shape: VideoShape,
+        cond: &Cond<'_, B>,
+        noise: B::Buf,
+        m: usize,
+    ) -> Result<(B::Buf, crate::schedule::Sampler<B>)> {
+        let mut sampler = self.plan.sampler::<B>()?;
+        let x = sampler.run_to(be, noise, m, |x, t, _| {
+            super::sample::velocity(be, &self.generator, shape, cond, None, x, t)
+        })?;
+        Ok((x, sampler))
+    }
+
+    /// The PRFL loss at a given `x_m` (the rollout held fixed) and, with `backward`, its gradient
+    /// accumulated into the generator's gradients. Returns `(loss, mean score, tape bytes)`.
+    pub fn prfl_loss_at(
+        &mut self,
+        be: &B,
+        shape: VideoShape,
+        cond: &Cond<'_, B>,
+        x_m: &B::Buf,
+        mut sampler: crate::schedule::Sampler<B>,
+        backward: bool,
+    ) -> Result<(f64, f64, usize)> {
+        let m = sampler.index();
+        let t_m = vec![sampler.timestep(m); shape.batch];
+        let mode = if backward { self.mode() } else { Mode::Inference };
+        let (v, tape) = self.generator.forward(be, &cond.inputs(shape, x_m, &t_m), mode)?;
+        let coef = sampler.output_coefficient(m);
+        let x_next = sampler.step(be, &v, x_m);
+        drop(v);
+        let t_next = vec![sampler.timestep(m + 1); shape.batch];
+        let rmode = if backward { Mode::Train } else { Mode::Inference };
+        let (logits, rtape) = self.reward.forward(be, &cond.inputs(shape, &x_next, &t_next), rmode)?;
+        let logits = be.download(&logits);
+        let n = shape.batch as f64;
+        let (margin, scale) = (self.cfg.margin, self.cfg.scale);
+        let scores: Vec<f32> = logits.iter().map(|&l| sigmoid(l)).collect();
+        let loss = scores.iter().map(|&s| (scale * (margin - s).max(0.0)) as f64).sum::<f64>() / n;
+        let mean = scores.iter().map(|&s| s as f64).sum::<f64>() / n;
+        let mut tape_bytes = 0;
+        if let (true, Some(tape), Some(rtape)) = (backward, tape, rtape) {
+            tape_bytes = tape.saved_block_bytes(be) + rtape.bytes(be);
+            // d loss / d logit = -scale/B * s (1 - s) where the hinge is active.
+            let dlogits: Vec<f32> = scores
+                .iter()
+                .map(|&s| if margin - s > 0.0 { -scale / n as f32 * s * (1.0 - s) } else { 0.0 })
+                .collect();
+            let g = self.reward.backward(be, &rtape, &be.upload(&dlogits), &mut self.reward_grads)?;
+            drop(rtape);
+            let mut dv = g.x;
+            be.scale(coef, &mut dv);
+            self.generator.backward(be, &tape, &dv, &mut self.grads)?;
+        }
+        Ok((loss, mean, tape_bytes))
+    }
+
+    /// The supervised flow-matching loss on clean latents `x0` (host data, `[B, C, F, H, W]`),
+    /// gradient accumulated. Returns the loss.
+    pub fn sft_micro(&mut self, be: &B, shape: VideoShape, cond: &Cond<'_, B>, x0: &[f32]) -> Result<f64> {
+        let per = x0.len() / shape.batch;
+        let mut x = vec![0.0f32; x0.len()];
+        let mut target = vec![0.0f32; x0.len()];
+        let mut t = Vec::with_capacity(shape.batch);
+        let mut eps = vec![0.0f32; per];
+        for b in 0..shape.batch {
+            let level = self.levels.draw(&mut self.rng);
+            self.rng.fill_normal(&mut eps);
+            let r = b * per..(b + 1) * per;
+            for ((xi, ti), (&a, &e)) in x[r.clone()].iter_mut().zip(&mut target[r.clone()]).zip(x0[r].iter().zip(&eps)) {
+                *xi = (1.0 - level.sigma) * a + level.sigma * e;
+                *ti = e - a;
+            }
+            t.push(level.timestep);
+        }
+        let xb = be.upload(&x);
+        let (v, tape) = self.generator.forward(be, &cond.inputs(shape, &xb, &t), self.mode())?;
+        let vh = be.download(&v);
+        let count = vh.len() as f64;
+        let loss = vh.iter().zip(&target).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / count;
+        if !loss.is_finite() {
+            self.poisoned = true;
+            return Ok(loss);
+        }
+        let dv: Vec<f32> = vh.iter().zip(&target).map(|(a, b)| (2.0 * (a - b) as f64 / count) as f32).collect();
+        self.generator.backward(be, &tape.expect("training mode"), &be.upload(&dv), &mut self.grads)?;
+        Ok(loss)
+    }
+
+    /// One training iteration on a batch: the SFT update on `x0` (when enabled and given), then
+    /// the PRFL micro-step (optimiser step once `accumulation` micro-steps are in).
+    pub fn micro_step(
+        &mut self,
+        be: &B,
+        shape: VideoShape,
+        cond: &Cond<'_, B>,
+        x0: Option<&[f32]>,
+    ) -> Result<PrflStepStats> {
+        let start = Instant::now();
+        let sft_loss = match (self.cfg.sft, x0) {
+            (true, Some(x0)) => {
+                let l = self.sft_micro(be, shape, cond, x0)?;
+                self.apply(be, 1);
+                Some(l)
+            }
+            _ => None,
+        };
+        let m = self.draw_mid_step();
+        let mut noise = vec![0.0f32; shape.batch * self.generator.cfg.out_dim * shape.voxels()];
+        self.rng.fill_normal(&mut noise);
+        let (x_m, sampler) = self.rollout(be, shape, cond, be.upload(&noise), m)?;
+        let reward_timestep = sampler.timestep(m + 1);
+        let (loss, reward, tape_bytes) = self.prfl_loss_at(be, shape, cond, &x_m, sampler, true)?;
+        if !loss.is_finite() {
+            self.poisoned = true;
+        }
+        self.micro += 1;
+        let update = (self.micro == self.cfg.accumulation).then(|| {
+            let k = self.micro;
+            self.micro = 0;
+            self.apply(be, k)
+        });
+        Ok(PrflStepStats {
+            step: self.opt.step_count(),
+            mid_step: m,
+            reward_timestep,
+            reward,
+            prfl_loss: loss,
+            sft_loss,
+            update,
+            seconds: start.elapsed().as_secs_f64(),
+            tape_bytes,
+        })
+    }
+
+    fn apply(&mut self, be: &B, micro: usize) -> StepReport {
+        let report = if self.poisoned {
+            StepReport {
+                grad_norm: f64::NAN,
+                clip_coef: 0.0,
+                skipped_nonfinite: true,
+                step: self.opt.step_count(),
+                lr: 0.0,
+            }
+        } else {
+            self.opt.step(be, &mut self.generator.params, &self.grads, micro)
+        };
+        self.poisoned = false;
+        self.grads.zero(be);
+        report
+    }
+
+    /// The trainable generator parameters (adapters under LoRA) as host tensors.
+    pub fn trainable_tensors(&self, be: &B) -> BTreeMap<String, HostTensor> {
+        let ps = &self.generator.params;
+        (0..ps.len())
+            .filter(|&i| self.grads.get(i).is_some())
+            .map(|i| (ps.name(i).to_string(), ps.to_host(be, i)))
+            .collect()
+    }
+}

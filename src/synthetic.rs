@@ -684,3 +684,20 @@ mod tests {
         [r / t, col / t]
     }
 }
+#[cfg(test)]
+mod scratch {
+    use super::*;
+    #[test]
+    fn scratch_distribution() {
+        for (frames, h, w, noise) in [(5, 8, 8, 0.3f32), (5, 8, 8, 0.6), (3, 8, 8, 0.3), (21, 30, 52, 0.3), (9, 16, 16, 0.3)] {
+            let cfg = WorldConfig { frames, height: h, width: w, noise_std: noise, ..WorldConfig::default() };
+            let mut rng = Rng::seed_from_u64(99);
+            for motion in [Motion::Smooth, Motion::Frozen, Motion::Jitter] {
+                let mut q: Vec<f32> = (0..1000).map(|i| motion_quality(&generate_clip_with(&cfg, &mut rng, motion, i % 4), cfg.shape())).collect();
+                q.sort_by(f32::total_cmp);
+                let wrong = q.iter().filter(|&&x| (x >= GOOD_THRESHOLD) != motion.is_good()).count();
+                println!("{frames}x{h}x{w} noise {noise} {motion:?}: min {:.3} p5 {:.3} p50 {:.3} p95 {:.3} max {:.3} wrong {wrong}/1000", q[0], q[50], q[500], q[950], q[999]);
+            }
+        }
+    }
+}

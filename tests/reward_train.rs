@@ -130,7 +130,7 @@ fn ce_training_learns_a_temporal_pattern_across_timesteps() {
     let mut trainer = RewardTrainer::new(&Cpu, reward_model(&world, 11), train_cfg(RewardLoss::Ce)).unwrap();
     // Fresh clips every step: the model must learn the pattern, it cannot memorise clips.
     let mut rng = Rng::seed_from_u64(99);
-    let steps = 300;
+    let steps = 450;
     for step in 0..steps {
         let s = trainer.micro_step(&Cpu, &pattern_batch(&mut rng, 8)).unwrap();
         assert!(s.loss.is_finite() && s.update.is_some());

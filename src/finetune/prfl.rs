@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::sample::{Cond, SamplingPlan};
+use super::sample::{Cond, GridKind, SamplingPlan};
 use crate::backend::Backend;
 use crate::model::lora::LoraConfig;
 use crate::model::params::Grads;
@@ -35,6 +35,7 @@ pub struct PrflConfig {
     pub steps: usize,
     pub shift: f64,
     pub solver: SolverKind,
+    pub grid: GridKind,
     /// Inclusive range the mid step m is drawn from; default `[0, N-2]`.
     pub mid_range: Option<(usize, usize)>,
     /// Loss `scale * relu(margin - score)`.
@@ -61,6 +62,7 @@ impl Default for PrflConfig {
             steps: 40,
             shift: 5.0,
             solver: SolverKind::UniPc,
+            grid: GridKind::Wan,
             mid_range: None,
             margin: 2.0,
             scale: 0.1,
@@ -124,7 +126,7 @@ impl<B: Backend> PrflTrainer<B> {
                 "the reward model was not cut from a generator of this architecture".into(),
             ));
         }
-        let plan = SamplingPlan::wan(cfg.steps, cfg.shift, cfg.solver)?;
+        let plan = SamplingPlan::new(cfg.grid, cfg.steps, cfg.shift, cfg.solver)?;
         let lo_hi = cfg.mid_range.unwrap_or((0, cfg.steps - 2));
         if lo_hi.0 > lo_hi.1 || lo_hi.1 > cfg.steps - 2 {
             return Err(Error::Config(format!(

@@ -65,6 +65,17 @@ pub fn velocity<B: Backend>(
     }
 }
 
+/// Which sigma grid a rollout uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GridKind {
+    /// The Wan2.1 reference grid (sigma_max 0.999), as the reference PRFL code samples.
+    #[default]
+    Wan,
+    /// diffusers' grid for the chosen solver (UniPC: from 1 - 1e-6; Euler: diffusers' Euler grid).
+    Diffusers,
+}
+
 /// What to sample with.
 #[derive(Clone, Debug)]
 pub struct SamplingPlan {
@@ -73,15 +84,22 @@ pub struct SamplingPlan {
 }
 
 impl SamplingPlan {
-    /// The Wan2.1 reference grid (sigma_max 0.999) with `steps` steps and `shift`.
-    pub fn wan(steps: usize, shift: f64, kind: SolverKind) -> Result<Self> {
+    /// `steps` steps of `kind` on the `grid` family with `shift`.
+    pub fn new(grid: GridKind, steps: usize, shift: f64, kind: SolverKind) -> Result<Self> {
         if steps < 2 {
             return Err(Error::Config(format!("sampling needs at least 2 steps, got {steps}")));
         }
-        Ok(SamplingPlan {
-            grid: SamplingGrid::wan(steps, shift),
-            kind,
-        })
+        let grid = match (grid, kind) {
+            (GridKind::Wan, _) => SamplingGrid::wan(steps, shift),
+            (GridKind::Diffusers, SolverKind::UniPc) => SamplingGrid::diffusers_unipc(steps, shift),
+            (GridKind::Diffusers, SolverKind::Euler) => SamplingGrid::diffusers_euler(steps, shift),
+        };
+        Ok(SamplingPlan { grid, kind })
+    }
+
+    /// The Wan2.1 reference grid (sigma_max 0.999) with `steps` steps and `shift`.
+    pub fn wan(steps: usize, shift: f64, kind: SolverKind) -> Result<Self> {
+        Self::new(GridKind::Wan, steps, shift, kind)
     }
 
     pub fn sampler<B: Backend>(&self) -> Result<Sampler<B>> {

@@ -156,9 +156,13 @@ impl RewardHead {
     ) -> B::Buf {
         let batch = acts.pool.batch();
         assert_eq!(be.len(dlogits), batch, "dlogits is not [batch]");
-        let da1 = self.fc2.backward(be, ps, grads, &acts.a1, dlogits, batch, true);
+        let da1 = self
+            .fc2
+            .backward(be, ps, grads, &acts.a1, dlogits, batch, true);
         let dh1 = activate_backward(be, &acts.h1, &da1.expect("need_dx"), B::relu_backward);
-        let da0 = self.fc1.backward(be, ps, grads, &acts.a0, &dh1, batch, true);
+        let da0 = self
+            .fc1
+            .backward(be, ps, grads, &acts.a0, &dh1, batch, true);
         let dh0 = activate_backward(be, &acts.h0, &da0.expect("need_dx"), B::relu_backward);
         let dpooled = self
             .fc0
@@ -170,7 +174,9 @@ impl RewardHead {
 
 /// `n` draws from `U(-bound, bound)`.
 fn uniform(rng: &mut Rng, n: usize, bound: f32) -> Vec<f32> {
-    (0..n).map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound).collect()
+    (0..n)
+        .map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound)
+        .collect()
 }
 
 /// torch's `xavier_uniform_` bound for a `[fan_out, fan_in]` matrix.
@@ -206,7 +212,10 @@ pub fn init_head_params(
     let mut rng = Rng::seed_from_u64(seed);
     let mut out = BTreeMap::new();
     let mut put = |name: String, shape: Vec<usize>, data: Vec<f32>| {
-        out.insert(name, HostTensor::from_f32(shape, data).expect("shape matches data"));
+        out.insert(
+            name,
+            HostTensor::from_f32(shape, data).expect("shape matches data"),
+        );
     };
 
     let p = POOL_PREFIX;
@@ -243,4 +252,77 @@ pub fn init_head_params(
         put(format!("{name}.bias"), vec![n_out], vec![0.0; n_out]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    fn max_abs(t: &HostTensor) -> f32 {
+        t.to_f32().iter().fold(0.0f32, |m, v| m.max(v.abs()))
+    }
+
+    #[test]
+    fn init_has_the_documented_shapes_bounds_and_zero_biases() {
+        let (dim, queries, hidden) = (16, 2, [12, 8]);
+        let p = init_head_params(dim, 4, queries, hidden, 3);
+        assert_eq!(p.len(), 1 + 8 + 6);
+        assert_eq!(p["pool.query"].shape, vec![queries, dim]);
+        assert_eq!(p["mlp.0.weight"].shape, vec![12, dim]);
+        assert_eq!(p["mlp.2.weight"].shape, vec![8, 12]);
+        assert_eq!(p["mlp.4.weight"].shape, vec![1, 8]);
+        for (name, t) in &p {
+            if name.ends_with(".bias") {
+                assert_eq!(max_abs(t), 0.0, "{name}");
+            } else {
+                assert!(max_abs(t) > 0.0, "{name}");
+            }
+        }
+        let within = |name: &str, bound: f32| {
+            let m = max_abs(&p[name]);
+            // Below the bound, and not drawn from a much narrower range either.
+            assert!(
+                m <= bound && m > 0.8 * bound,
+                "{name}: max {m}, bound {bound}"
+            );
+        };
+        within("pool.query", (6.0 / (dim + queries) as f32).sqrt());
+        within("pool.k_proj.weight", (6.0 / (4 * dim) as f32).sqrt());
+        within("pool.out_proj.weight", 1.0 / (dim as f32).sqrt());
+        within("mlp.0.weight", (6.0 / (dim + 12) as f32).sqrt());
+
+        // Deterministic in the seed.
+        let again = init_head_params(dim, 4, queries, hidden, 3);
+        let other = init_head_params(dim, 4, queries, hidden, 4);
+        assert_eq!(p["mlp.2.weight"].to_f32(), again["mlp.2.weight"].to_f32());
+        assert_ne!(p["mlp.2.weight"].to_f32(), other["mlp.2.weight"].to_f32());
+    }
+
+    #[test]
+    fn resolve_checks_the_configuration() {
+        let be = Cpu;
+        let cfg = RewardHeadConfig {
+            heads: 4,
+            queries: 2,
+            hidden: [12, 8],
+        };
+        let ps = ParamStore::from_host(&be, &init_head_params(16, 4, 2, [12, 8], 0), None);
+        let head = RewardHead::resolve(&ps, &cfg).unwrap();
+        assert_eq!(head.config(), cfg);
+        assert_eq!(head.dim(), 16);
+
+        let bad = [
+            RewardHeadConfig { heads: 3, ..cfg },
+            RewardHeadConfig { queries: 1, ..cfg },
+            RewardHeadConfig {
+                hidden: [12, 9],
+                ..cfg
+            },
+        ];
+        for c in bad {
+            assert!(RewardHead::resolve(&ps, &c).is_err(), "{c:?} accepted");
+        }
+        assert_eq!(RewardHeadConfig::default().hidden, [1024, 512]);
+    }
 }

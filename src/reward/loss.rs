@@ -56,7 +56,11 @@ pub fn bce_with_logits(logits: &[f32], labels: &[f32]) -> (f64, Vec<f32>) {
 /// `a` and `b` logits (`d_b = -d_a`).
 ///
 /// Panics if the slices differ in length or are empty.
-pub fn bradley_terry(logit_a: &[f32], logit_b: &[f32], a_wins: &[bool]) -> (f64, Vec<f32>, Vec<f32>) {
+pub fn bradley_terry(
+    logit_a: &[f32],
+    logit_b: &[f32],
+    a_wins: &[bool],
+) -> (f64, Vec<f32>, Vec<f32>) {
     assert_eq!(logit_a.len(), logit_b.len(), "one b logit per a logit");
     assert_eq!(logit_a.len(), a_wins.len(), "one outcome per pair");
     assert!(!logit_a.is_empty(), "no pairs");

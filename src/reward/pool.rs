@@ -68,7 +68,11 @@ impl<B: Backend> PoolActs<B> {
 }
 
 /// Fails with [`Error::ShapeMismatch`] unless parameter `id` has shape `expected`.
-pub(crate) fn check_shape<B: Backend>(ps: &ParamStore<B>, id: usize, expected: &[usize]) -> Result<()> {
+pub(crate) fn check_shape<B: Backend>(
+    ps: &ParamStore<B>,
+    id: usize,
+    expected: &[usize],
+) -> Result<()> {
     if ps.shape(id) == expected {
         Ok(())
     } else {
@@ -137,7 +141,11 @@ impl AttnPool {
     ) -> (B::Buf, PoolActs<B>) {
         let (d, nq) = (self.dim, self.queries);
         let n = batch * tokens;
-        assert_eq!(be.len(&x), n * d, "pooling input is not [batch * tokens, dim]");
+        assert_eq!(
+            be.len(&x),
+            n * d,
+            "pooling input is not [batch * tokens, dim]"
+        );
         assert!(tokens > 0, "pooling over zero tokens");
 
         // The queries are shared by every sample: project them once, then lay them out per sample
@@ -151,7 +159,14 @@ impl AttnPool {
         let v = self.v_proj.forward(be, ps, &x, n);
         let mut attn = be.zeros(batch * nq * d);
         let mut lse = be.zeros(batch * self.heads * nq);
-        be.attention_forward(&q, &k, &v, self.attn_shape(batch, tokens), &mut attn, &mut lse);
+        be.attention_forward(
+            &q,
+            &k,
+            &v,
+            self.attn_shape(batch, tokens),
+            &mut attn,
+            &mut lse,
+        );
         let o = self.out_proj.forward(be, ps, &attn, batch * nq);
 
         // Residual query add: per_query[b] = o[b] + query (the table broadcast over samples).
@@ -231,7 +246,10 @@ impl AttnPool {
         sum_over_batch(be, &dq, batch, nq * d, &mut dqp);
         let need_dquery = grads.get(self.query).is_some();
         let query = ps.vector(self.query);
-        if let Some(dquery_proj) = self.q_proj.backward(be, ps, grads, query, &dqp, nq, need_dquery) {
+        if let Some(dquery_proj) = self
+            .q_proj
+            .backward(be, ps, grads, query, &dqp, nq, need_dquery)
+        {
             let dquery = grads.get_mut(self.query).expect("checked above");
             be.add_assign(dquery, &dquery_proj);
         }
@@ -240,7 +258,13 @@ impl AttnPool {
 }
 
 /// `[batch, q, d]` -> `[batch, d]`, the mean over the `q` rows of each sample.
-fn mean_over_queries<B: Backend>(be: &B, per_query: B::Buf, batch: usize, q: usize, d: usize) -> B::Buf {
+fn mean_over_queries<B: Backend>(
+    be: &B,
+    per_query: B::Buf,
+    batch: usize,
+    q: usize,
+    d: usize,
+) -> B::Buf {
     if q == 1 {
         return per_query;
     }
@@ -254,7 +278,13 @@ fn mean_over_queries<B: Backend>(be: &B, per_query: B::Buf, batch: usize, q: usi
 }
 
 /// Backward of [`mean_over_queries`]: `[batch, d]` -> `[batch, q, d]`, each row divided by `q`.
-fn spread_over_queries<B: Backend>(be: &B, dpooled: &B::Buf, batch: usize, q: usize, d: usize) -> B::Buf {
+fn spread_over_queries<B: Backend>(
+    be: &B,
+    dpooled: &B::Buf,
+    batch: usize,
+    q: usize,
+    d: usize,
+) -> B::Buf {
     let mut out = be.zeros(batch * q * d);
     if q == 1 {
         be.copy_range(dpooled, 0, &mut out, 0, batch * d);

@@ -179,3 +179,44 @@ fn bt_pairs_train_and_nonfinite_losses_skip_the_update() {
     assert_eq!(trainer.optimizer().step_count(), opt_before);
     assert_eq!(trainer.model.trainable_tensors(&Cpu), before, "weights moved on a non-finite step");
 }
+
+#[test]
+fn resuming_a_checkpoint_reproduces_the_next_step_bit_for_bit() {
+    let world = WorldConfig::default();
+    let cfg = RewardTrainConfig { accumulation: 2, ..train_cfg(RewardLoss::Ce) };
+    let mut data_rng = Rng::seed_from_u64(5);
+    let batches: Vec<Batch> = (0..8).map(|_| pattern_batch(&mut data_rng, 4)).collect();
+    let path = temp_dir("reward-resume").with_extension("safetensors");
+
+    let mut a = RewardTrainer::new(&Cpu, reward_model(&world, 21), cfg.clone()).unwrap();
+    for b in &batches[..4] {
+        a.micro_step(&Cpu, b).unwrap();
+    }
+    // Mid-window checkpoints are refused: they could not resume exactly.
+    a.micro_step(&Cpu, &batches[4]).unwrap();
+    assert!(a.save_checkpoint(&Cpu, &path, 5).is_err());
+    a.micro_step(&Cpu, &batches[5]).unwrap();
+    a.save_checkpoint(&Cpu, &path, 6).unwrap();
+    for b in &batches[6..] {
+        a.micro_step(&Cpu, b).unwrap();
+    }
+
+    let mut b = RewardTrainer::new(&Cpu, reward_model(&world, 21), cfg).unwrap();
+    assert_eq!(b.resume(&Cpu, &path).unwrap(), 6);
+    for batch in &batches[6..] {
+        b.micro_step(&Cpu, batch).unwrap();
+    }
+    assert_eq!(a.model.trainable_tensors(&Cpu), b.model.trainable_tensors(&Cpu), "resumed run diverged");
+    assert_eq!(a.optimizer().step_count(), b.optimizer().step_count());
+
+    // A different reward-model shape refuses the checkpoint instead of loading garbage.
+    let mut other_cfg = RewardModelConfig { hidden: [32, 16], ..b.model.cfg.clone() };
+    other_cfg.trainable_blocks = None;
+    let g = generator_cfg(&world);
+    let head = init_head_params(g.dim, other_cfg.heads, other_cfg.queries, other_cfg.hidden, 1);
+    let other = RewardModel::from_tensors(&Cpu, g.clone(), &random_weights(&g, 21), &head, other_cfg, None).unwrap();
+    let mut c = RewardTrainer::new(&Cpu, other, train_cfg(RewardLoss::Ce)).unwrap();
+    let err = c.resume(&Cpu, &path).unwrap_err().to_string();
+    std::fs::remove_file(&path).ok();
+    assert!(err.contains("written for reward model"), "{err}");
+}

@@ -137,6 +137,25 @@ impl<B: Backend> ParamStore<B> {
         &mut self.data[id]
     }
 
+    /// Replaces a parameter's values (shape checked; matrix weights keep their storage dtype).
+    pub fn assign(&mut self, backend: &B, id: usize, t: &HostTensor) -> Result<()> {
+        if t.numel() != self.numel(id) {
+            return Err(Error::ShapeMismatch {
+                name: self.names[id].clone(),
+                got: t.shape.clone(),
+                expected: self.shapes[id].clone(),
+            });
+        }
+        match &mut self.data[id] {
+            ParamData::Matrix(w) => {
+                let master = backend.upload(&t.to_f32());
+                backend.weight_assign(w, &master);
+            }
+            ParamData::Vector(v) => *v = backend.upload(&t.to_f32()),
+        }
+        Ok(())
+    }
+
     /// Downloads one parameter as f32 host data in its stored shape.
     pub fn to_host(&self, backend: &B, id: usize) -> HostTensor {
         let data = match &self.data[id] {

@@ -176,6 +176,36 @@ impl<B: Backend> RewardModel<B> {
         self.backbone.backward_features(be, &tape.backbone, dfeats, grads)
     }
 
+    /// Loads a trained reward model: the frozen parts from the generator checkpoint it was cut
+    /// from, the trained parts (`param.<name>`) and the configuration from a reward training
+    /// checkpoint.
+    pub fn load(be: &B, generator: &Checkpoint, reward_ckpt: &std::path::Path) -> Result<Self> {
+        let (tensors, meta) = crate::optim::checkpoint::load_training_checkpoint(reward_ckpt)?;
+        let cfg: RewardModelConfig = serde_json::from_value(meta["config"]["model"].clone()).map_err(|e| {
+            Error::checkpoint(reward_ckpt, format!("not a reward-model checkpoint (config.model: {e})"))
+        })?;
+        let mut model = Self::from_generator(be, generator, cfg, None, 0)?;
+        model.assign_trained(be, &tensors, reward_ckpt)?;
+        Ok(model)
+    }
+
+    /// Overwrites every trainable parameter from `param.<name>` tensors; all must be present.
+    pub fn assign_trained(&mut self, be: &B, tensors: &BTreeMap<String, HostTensor>, source: &std::path::Path) -> Result<()> {
+        let ps = &mut self.backbone.params;
+        for id in 0..ps.len() {
+            let name = ps.name(id).to_string();
+            if !self.cfg.is_trainable(&name) {
+                continue;
+            }
+            let key = format!("{}{name}", crate::optim::state::PARAM_PREFIX);
+            let t = tensors
+                .get(&key)
+                .ok_or_else(|| Error::checkpoint(source, format!("missing tensor `{key}`")))?;
+            ps.assign(be, id, t)?;
+        }
+        Ok(())
+    }
+
     /// Trainable parameters as host tensors (the reward checkpoint's payload).
     pub fn trainable_tensors(&self, be: &B) -> BTreeMap<String, HostTensor> {
         let ps = &self.backbone.params;

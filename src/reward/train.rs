@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 use super::dataset::{Batch, BatchLatents, Dataset, SampleKind};
 use super::loss::{bce_with_logits, bradley_terry, sigmoid};
 use super::metrics::{accuracy, pairwise_accuracy, roc_auc};
-use super::model::RewardModel;
+use super::model::{RewardModel, RewardModelConfig};
 use crate::backend::Backend;
 use crate::model::params::Grads;
 use crate::model::wan::{Inputs, Mode, VideoShape};
 use crate::optim::adamw::{AdamW, AdamWConfig, StepReport};
+use crate::optim::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainingKind, TrainingMeta};
 use crate::schedule::levels::{LevelDistribution, TrainingLevels};
 use crate::schedule::rng::Rng;
 use crate::{Error, Result};
@@ -225,6 +226,55 @@ impl<B: Backend> RewardTrainer<B> {
 
     pub fn set_rng(&mut self, rng: Rng) {
         self.rng = rng;
+    }
+
+    /// Writes a training checkpoint (one atomic file): trainable weights, AdamW moments, the step,
+    /// the random stream and the configurations. Only between optimiser steps, so that a resumed
+    /// run continues exactly.
+    pub fn save_checkpoint(&self, be: &B, path: &std::path::Path, iteration: u64) -> Result<()> {
+        if self.micro != 0 {
+            return Err(Error::InvalidInput(format!(
+                "cannot checkpoint in the middle of an accumulation window ({} of {} micro-batches)",
+                self.micro, self.cfg.accumulation
+            )));
+        }
+        let tensors = self.opt.export_state(be, &self.model.backbone.params);
+        let meta = TrainingMeta {
+            step: iteration,
+            rng: self.rng.state(),
+            kind: TrainingKind::Reward,
+            config: serde_json::json!({
+                "model": self.model.cfg,
+                "train": self.cfg,
+                "wan": self.model.backbone.cfg,
+            }),
+        };
+        save_training_checkpoint(path, &tensors, &meta.to_json())
+    }
+
+    /// Restores a checkpoint written by [`RewardTrainer::save_checkpoint`] into this trainer
+    /// (built with the same configuration); returns the saved iteration count.
+    pub fn resume(&mut self, be: &B, path: &std::path::Path) -> Result<u64> {
+        let (tensors, meta) = load_training_checkpoint(path)?;
+        let meta = TrainingMeta::from_json(&meta)?;
+        if meta.kind != TrainingKind::Reward {
+            return Err(Error::checkpoint(path, "not a reward-model training checkpoint"));
+        }
+        let saved: RewardModelConfig = serde_json::from_value(meta.config["model"].clone())
+            .map_err(|e| Error::checkpoint(path, format!("config.model: {e}")))?;
+        if saved != self.model.cfg {
+            return Err(Error::checkpoint(
+                path,
+                format!("written for reward model {saved:?}, this trainer has {:?}", self.model.cfg),
+            ));
+        }
+        let rng = Rng::from_state(&meta.rng)?;
+        self.opt.import_state(be, &mut self.model.backbone.params, &tensors)?;
+        self.rng = rng;
+        self.micro = 0;
+        self.poisoned = false;
+        self.grads.zero(be);
+        Ok(meta.step)
     }
 
     /// Micro-batches accumulated towards the next optimiser step.

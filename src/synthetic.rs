@@ -272,15 +272,7 @@ pub fn motion_quality(latent: &[f32], shape: [usize; 4]) -> f32 {
     if f < 3 || c == 0 || h == 0 || w == 0 {
         return 0.0;
     }
-    let plane = f * h * w;
-    let mut energy = vec![0.0f32; plane];
-    for ch in latent.chunks_exact(plane) {
-        let centre = median(ch.to_vec());
-        energy
-            .iter_mut()
-            .zip(ch)
-            .for_each(|(e, &x)| *e += (x - centre) * (x - centre));
-    }
+    let energy = blob_energy(latent, c, f * h * w);
     let mut track = Vec::with_capacity(f);
     for frame in energy.chunks_exact(h * w) {
         let floor = median(frame.to_vec());
@@ -319,6 +311,79 @@ pub fn motion_quality(latent: &[f32], shape: [usize; 4]) -> f32 {
 /// Whether [`motion_quality`] reaches [`GOOD_THRESHOLD`].
 pub fn is_good(latent: &[f32], shape: [usize; 4]) -> bool {
     motion_quality(latent, shape) >= GOOD_THRESHOLD
+}
+
+/// Blob channel signatures, as many as a clip may hold: the energy is measured in their span.
+const SIGNATURES: usize = 2;
+
+/// Per pixel `[F, H, W]`, the energy of the latent within the span of the dominant channel
+/// directions. The blobs' signatures are unknown, but across the clip they dominate the
+/// channel covariance, so its top eigenvectors recover their span; projecting on it keeps the
+/// blobs whole while the isotropic background noise keeps only `SIGNATURES` of its `C`
+/// dimensions.
+fn blob_energy(latent: &[f32], c: usize, plane: usize) -> Vec<f32> {
+    // The per-channel median is the background level (blobs cover a minority of pixels).
+    let centres: Vec<f32> = latent
+        .chunks_exact(plane)
+        .map(|ch| median(ch.to_vec()))
+        .collect();
+    let centred = |ch: usize, i: usize| (latent[ch * plane + i] - centres[ch]) as f64;
+    let mut cov = vec![0.0f64; c * c];
+    for i in 0..plane {
+        for a in 0..c {
+            let xa = centred(a, i);
+            for b in a..c {
+                cov[a * c + b] += xa * centred(b, i);
+            }
+        }
+    }
+    for a in 0..c {
+        for b in 0..a {
+            cov[a * c + b] = cov[b * c + a];
+        }
+    }
+    let axes = top_eigenvectors(&mut cov, c, SIGNATURES.min(c));
+    (0..plane)
+        .map(|i| {
+            axes.iter()
+                .map(|axis| {
+                    let p: f64 = axis.iter().enumerate().map(|(ch, v)| v * centred(ch, i)).sum();
+                    p * p
+                })
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// The `k` leading eigenvectors of the symmetric `n x n` matrix `m` (power iteration with
+/// deflation; `m` is deflated in place). Deterministic: every iteration starts from the same
+/// vector.
+fn top_eigenvectors(m: &mut [f64], n: usize, k: usize) -> Vec<Vec<f64>> {
+    let mut out = Vec::with_capacity(k);
+    for _ in 0..k {
+        // A start with every component non-zero and distinct, so it is not orthogonal to the
+        // leading eigenvector in any but contrived cases.
+        let mut v: Vec<f64> = (0..n).map(|i| 1.0 + 0.1 * i as f64).collect();
+        let mut lambda = 0.0;
+        for _ in 0..100 {
+            let mv: Vec<f64> = (0..n)
+                .map(|r| (0..n).map(|j| m[r * n + j] * v[j]).sum())
+                .collect();
+            let norm = mv.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            lambda = norm;
+            v = mv.into_iter().map(|x| x / norm).collect();
+        }
+        for r in 0..n {
+            for j in 0..n {
+                m[r * n + j] -= lambda * v[r] * v[j];
+            }
+        }
+        out.push(v);
+    }
+    out
 }
 
 fn median(mut v: Vec<f32>) -> f32 {

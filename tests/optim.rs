@@ -8,7 +8,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use prfl::backend::cpu::Cpu;
-use prfl::backend::Backend;
 use prfl::model::checkpoint::write_safetensors;
 use prfl::model::params::{Grads, ParamStore};
 use prfl::optim::{
@@ -97,9 +96,14 @@ fn f32s(t: &HostTensor) -> Vec<f32> {
     t.to_f32()
 }
 
+/// Gradients of `w.weight`, `b.bias` and `h.weight` for one step.
+type StepGrads = ([f32; 6], [f32; 3], [f32; 3]);
+
+/// Expected weights, first and second moments of one parameter.
+type Expected<'a> = (&'a str, &'a [f32], &'a [f32], &'a [f32]);
+
 /// Per step, the gradients summed over 2 micro-batches (shared with the torch script).
-#[allow(clippy::type_complexity)]
-const TORCH_GRADS: [([f32; 6], [f32; 3], [f32; 3]); 3] = [
+const TORCH_GRADS: [StepGrads; 3] = [
     (
         [3.0, -1.0, 2.0, 0.5, -4.0, 1.0],
         [1.0, -2.0, 0.5],
@@ -165,7 +169,7 @@ fn matches_torch_adamw_with_clipping_groups_and_warmup() {
     }
     let state = opt.export_state(&Cpu, &params);
     #[rustfmt::skip]
-    let want: [(&str, &[f32], &[f32], &[f32]); 3] = [
+    let want: [Expected; 3] = [
         ("w.weight",
          &[0.486_831_75, -0.237_796_19, 0.979_266_5, 0.104_220_99, 2.017_052_4, -1.514_011_3],
          &[0.009_644_833, 0.000_201_723_5, 0.061_646_57, 0.057_499_15, -0.051_843_118, 0.009_148_279],
@@ -180,12 +184,13 @@ fn matches_torch_adamw_with_clipping_groups_and_warmup() {
          &[0.000_119_048_02, 2.998_677_5e-5, 0.000_180_384_12]),
     ];
     for (name, p, m, v) in want {
-        // A few ulps: torch rounds in a slightly different order (lerp for the first moment,
-        // `p * (1 - lr wd)` with the factor computed in f64).
-        assert_close(name, &values(&params, name), p, 1e-6);
-        assert_close(name, &f32s(&state[&format!("param.{name}")]), p, 1e-6);
-        assert_close(name, &f32s(&state[&format!("adam.m.{name}")]), m, 1e-5);
-        assert_close(name, &f32s(&state[&format!("adam.v.{name}")]), v, 1e-5);
+        // Within an ulp or two (measured: weights <= 1.4 ulp, moments <= 2.5 ulp): torch rounds
+        // in a slightly different order (lerp for the first moment, `1 - lr wd` in f64).
+        let ulps = |n: f32| n * f32::EPSILON;
+        assert_close(name, &values(&params, name), p, ulps(2.0));
+        assert_close(name, &f32s(&state[&format!("param.{name}")]), p, ulps(2.0));
+        assert_close(name, &f32s(&state[&format!("adam.m.{name}")]), m, ulps(4.0));
+        assert_close(name, &f32s(&state[&format!("adam.v.{name}")]), v, ulps(4.0));
     }
     assert_eq!(values(&params, "frozen.weight"), [1.0, 2.0, 3.0, 4.0]);
     assert!(!state.contains_key("param.frozen.weight"));
@@ -209,13 +214,14 @@ impl TextbookAdamW {
         let (b1, b2) = (cfg.betas.0 as f64, cfg.betas.1 as f64);
         let lr = cfg.lr as f64;
         self.t += 1;
-        for i in 0..self.p.len() {
-            let gi = g[i] * coef;
-            self.m[i] = b1 * self.m[i] + (1.0 - b1) * gi;
-            self.v[i] = b2 * self.v[i] + (1.0 - b2) * gi * gi;
-            let mhat = self.m[i] / (1.0 - b1.powi(self.t));
-            let vhat = self.v[i] / (1.0 - b2.powi(self.t));
-            self.p[i] = self.p[i] * (1.0 - lr * cfg.weight_decay as f64)
+        let moments = self.m.iter_mut().zip(self.v.iter_mut());
+        for ((p, (m, v)), g) in self.p.iter_mut().zip(moments).zip(&g) {
+            let gi = g * coef;
+            *m = b1 * *m + (1.0 - b1) * gi;
+            *v = b2 * *v + (1.0 - b2) * gi * gi;
+            let mhat = *m / (1.0 - b1.powi(self.t));
+            let vhat = *v / (1.0 - b2.powi(self.t));
+            *p = *p * (1.0 - lr * cfg.weight_decay as f64)
                 - lr * mhat / (vhat.sqrt() + cfg.eps as f64);
         }
     }
@@ -254,7 +260,8 @@ fn matches_a_textbook_f64_adamw_over_many_steps() {
     }
     assert_eq!(clipped, 6);
     let want: Vec<f32> = reference.p.iter().map(|&x| x as f32).collect();
-    assert_close("p", &values(&params, "p.bias"), &want, 2e-6);
+    // Measured: within 5 f32 ulps after 12 steps.
+    assert_close("p", &values(&params, "p.bias"), &want, 1e-6);
 }
 
 #[test]
@@ -360,10 +367,7 @@ fn nonfinite_gradients_skip_the_step_and_change_nothing() {
     for k in 1..3 {
         fill(&pa, &mut ga, k);
         fill(&pb, &mut gb, k);
-        assert_eq!(
-            a.step(&Cpu, &mut pa, &ga, 2),
-            b.step(&Cpu, &mut pb, &gb, 2)
-        );
+        assert_eq!(a.step(&Cpu, &mut pa, &ga, 2), b.step(&Cpu, &mut pb, &gb, 2));
     }
     assert_eq!(a.export_state(&Cpu, &pa), b.export_state(&Cpu, &pb));
 }
@@ -536,20 +540,31 @@ fn damaged_or_foreign_files_are_refused_by_name() {
         let e = load_training_checkpoint(&p).unwrap_err().to_string();
         assert!(e.contains(name) && e.contains(want), "{name}: {e}");
     };
-    expect_err("truncated.safetensors", &bytes[..bytes.len() - 10], "truncated");
+    expect_err(
+        "truncated.safetensors",
+        &bytes[..bytes.len() - 10],
+        "truncated",
+    );
     expect_err("stub.safetensors", &bytes[..5], "truncated");
     let mut flipped = bytes.clone();
     let last = flipped.len() - 3;
     flipped[last] ^= 0x10;
     expect_err("flipped.safetensors", &flipped, "checksum");
-    expect_err("text.safetensors", b"definitely not a checkpoint", "corrupt");
+    expect_err(
+        "text.safetensors",
+        b"definitely not a checkpoint",
+        "corrupt",
+    );
 
     // A model checkpoint (format "pt") or a file with no metadata is not a training checkpoint.
     let model = dir.path().join("model.safetensors");
     let pt: std::collections::HashMap<String, String> = [("format".into(), "pt".into())].into();
     write_safetensors(&model, &tensors, Some(&pt)).unwrap();
     let e = load_training_checkpoint(&model).unwrap_err().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("\"pt\""), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("\"pt\""),
+        "{e}"
+    );
     write_safetensors(&model, &tensors, None).unwrap();
     let e = load_training_checkpoint(&model).unwrap_err().to_string();
     assert!(e.contains("model.safetensors") && e.contains(FORMAT), "{e}");

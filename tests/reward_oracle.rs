@@ -343,30 +343,24 @@ fn fd_check(which: &str, analytic: &[f32], numeric: &[f32], worst: &mut (f32, St
     }
 }
 
-/// Runs `eval(params, x)` with one tensor (`which`: a parameter name or "x") replaced by `v`.
-fn perturbed<'a>(
-    params: &'a Tensors,
-    x: &'a [f32],
-    which: &'a str,
-) -> (Vec<f32>, impl Fn(&[f32]) -> (Tensors, Vec<f32>) + 'a) {
-    let base = if which == "x" {
+/// The current value of `which` (a parameter name or "x").
+fn value_of(params: &Tensors, x: &[f32], which: &str) -> Vec<f32> {
+    if which == "x" {
         x.to_vec()
     } else {
         params[which].to_f32()
-    };
-    let f = move |v: &[f32]| {
-        if which == "x" {
-            (params.clone(), v.to_vec())
-        } else {
-            let mut p = params.clone();
-            p.insert(
-                which.to_string(),
-                HostTensor::from_f32(params[which].shape.clone(), v.to_vec()).unwrap(),
-            );
-            (p, x.to_vec())
-        }
-    };
-    (base, f)
+    }
+}
+
+/// The parameters and features with `which` (a parameter name or "x") replaced by `v`.
+fn with_value(params: &Tensors, x: &[f32], which: &str, v: &[f32]) -> (Tensors, Vec<f32>) {
+    if which == "x" {
+        return (params.clone(), v.to_vec());
+    }
+    let mut p = params.clone();
+    let t = HostTensor::from_f32(params[which].shape.clone(), v.to_vec()).unwrap();
+    p.insert(which.to_string(), t);
+    (p, x.to_vec())
 }
 
 /// The pooling alone (Q = 2, so the mean over queries is covered) against central differences of
@@ -409,9 +403,9 @@ fn pool_backward_matches_finite_differences() {
         } else {
             be.download(grads.get(ps.id(which).unwrap()).unwrap())
         };
-        let (base, with) = perturbed(&params, &x, which);
+        let base = value_of(&params, &x, which);
         let numeric = numeric_grad(&base, 1e-2, |v| {
-            let (p, xv) = with(v);
+            let (p, xv) = with_value(&params, &x, which, v);
             value(&p, &xv)
         });
         if which == "pool.k_proj.bias" {
@@ -469,11 +463,11 @@ fn head_backward_matches_finite_differences() {
         } else {
             r.grads[which].clone().unwrap()
         };
-        let (base, with) = perturbed(&params, &x, which);
+        let base = value_of(&params, &x, which);
         // Central differences are valid only if no ReLU pre-activation crosses zero within one
         // step; with this seed none does (a crossing would show as one entry far off).
         let numeric = numeric_grad(&base, 1e-2, |v| {
-            let (p, xv) = with(v);
+            let (p, xv) = with_value(&params, &x, which, v);
             run(
                 &p,
                 &cfg,

@@ -20,6 +20,7 @@ use crate::model::lora::LoraConfig;
 use crate::model::params::Grads;
 use crate::model::wan::{Mode, VideoShape, WanModel};
 use crate::optim::adamw::{AdamW, AdamWConfig, StepReport};
+use crate::optim::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainingKind, TrainingMeta};
 use crate::reward::loss::sigmoid;
 use crate::reward::model::RewardModel;
 use crate::schedule::levels::TrainingLevels;
@@ -360,6 +361,42 @@ impl<B: Backend> PrflTrainer<B> {
         self.poisoned = false;
         self.grads.zero(be);
         report
+    }
+
+    /// Writes a training checkpoint (one atomic file): trainable weights (adapters under LoRA),
+    /// AdamW moments, the iteration, the random stream and the configuration.
+    pub fn save_checkpoint(&self, be: &B, path: &std::path::Path, iteration: u64) -> Result<()> {
+        if self.micro != 0 {
+            return Err(Error::InvalidInput(format!(
+                "cannot checkpoint in the middle of an accumulation window ({} of {} micro-steps)",
+                self.micro, self.cfg.accumulation
+            )));
+        }
+        let tensors = self.opt.export_state(be, &self.generator.params);
+        let meta = TrainingMeta {
+            step: iteration,
+            rng: self.rng.state(),
+            kind: TrainingKind::Prfl,
+            config: serde_json::json!({ "prfl": self.cfg, "wan": self.generator.cfg }),
+        };
+        save_training_checkpoint(path, &tensors, &meta.to_json())
+    }
+
+    /// Restores [`PrflTrainer::save_checkpoint`]'s file into this trainer (same configuration);
+    /// returns the saved iteration.
+    pub fn resume(&mut self, be: &B, path: &std::path::Path) -> Result<u64> {
+        let (tensors, meta) = load_training_checkpoint(path)?;
+        let meta = TrainingMeta::from_json(&meta)?;
+        if meta.kind != TrainingKind::Prfl {
+            return Err(Error::checkpoint(path, "not a PRFL training checkpoint"));
+        }
+        let rng = Rng::from_state(&meta.rng)?;
+        self.opt.import_state(be, &mut self.generator.params, &tensors)?;
+        self.rng = rng;
+        self.micro = 0;
+        self.poisoned = false;
+        self.grads.zero(be);
+        Ok(meta.step)
     }
 
     /// The trainable generator parameters (adapters under LoRA) as host tensors.

@@ -131,7 +131,7 @@ impl Checkpoint {
         };
         let (files, raw) = match &source {
             Source::Single(p) => {
-                let (file, tensors) = map_safetensors(p)?;
+                let (file, tensors, _) = map_safetensors(p)?;
                 (vec![file], vec![tensors])
             }
             Source::Index(p) => open_index(p)?,
@@ -620,7 +620,7 @@ fn open_index(index: &Path) -> Result<(Vec<MappedFile>, Vec<Vec<RawTensor>>)> {
     let mut raw = Vec::new();
     let mut contents: HashMap<&str, BTreeSet<String>> = HashMap::new();
     for name in shard_names {
-        let (file, tensors) = map_safetensors(&dir.join(name))?;
+        let (file, tensors, _) = map_safetensors(&dir.join(name))?;
         contents.insert(name, tensors.iter().map(|t| t.name.clone()).collect());
         files.push(file);
         raw.push(tensors);
@@ -695,7 +695,7 @@ fn safetensors_dtype(d: DType) -> StDtype {
 }
 
 /// Maps a safetensors file and parses (and validates) its header; tensor bytes are not touched.
-fn map_safetensors(path: &Path) -> Result<(MappedFile, Vec<RawTensor>)> {
+fn map_safetensors(path: &Path) -> Result<(MappedFile, Vec<RawTensor>, HashMap<String, String>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len < 8 {
@@ -737,18 +737,25 @@ fn map_safetensors(path: &Path) -> Result<(MappedFile, Vec<RawTensor>)> {
         })
         .collect();
     tensors.sort_by_key(|t| t.start);
+    let user_meta = meta.metadata().clone().unwrap_or_default();
     Ok((
         MappedFile {
             path: path.to_path_buf(),
             mmap,
         },
         tensors,
+        user_meta,
     ))
+}
+
+/// The `__metadata__` string map of a safetensors file (empty when it has none).
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    Ok(map_safetensors(path)?.2)
 }
 
 /// Reads every tensor of a safetensors file (any names; F32, BF16 or F16).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
-    let (file, tensors) = map_safetensors(path)?;
+    let (file, tensors, _) = map_safetensors(path)?;
     let mut out = BTreeMap::new();
     for t in tensors {
         let dtype = supported_dtype(t.dtype).ok_or_else(|| {

@@ -186,3 +186,43 @@ pub fn merge_lora(
     }
     Ok(out)
 }
+
+/// Writes adapters as a peft/diffusers LoRA file (atomically), with `rank`, `alpha` and the
+/// targets in the safetensors metadata so that [`load_peft`] restores the configuration.
+pub fn save_peft(path: &std::path::Path, adapters: &BTreeMap<String, HostTensor>, lora: &LoraConfig) -> Result<()> {
+    let meta: std::collections::HashMap<String, String> = [
+        ("format".to_string(), "prfl-lora/1".to_string()),
+        ("rank".to_string(), lora.rank.to_string()),
+        ("alpha".to_string(), lora.alpha.to_string()),
+        ("targets".to_string(), lora.targets.join(",")),
+    ]
+    .into();
+    let peft = to_peft_names(adapters);
+    super::checkpoint::write_safetensors(path, peft.iter().map(|(k, v)| (k.as_str(), v)), Some(&meta))
+}
+
+/// Reads a file written by [`save_peft`]: the configuration and the adapters under canonical
+/// names (`blocks.3.self_attn.q.lora_A.weight`).
+pub fn load_peft(path: &std::path::Path) -> Result<(LoraConfig, BTreeMap<String, HostTensor>)> {
+    let meta = super::checkpoint::read_safetensors_metadata(path)?;
+    let field = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| Error::checkpoint(path, format!("LoRA file lacks `{k}` in its metadata")))
+    };
+    let rank: usize = field("rank")?.parse().map_err(|_| Error::checkpoint(path, "bad LoRA rank"))?;
+    let alpha: f32 = field("alpha")?.parse().map_err(|_| Error::checkpoint(path, "bad LoRA alpha"))?;
+    let targets = field("targets")?.split(',').map(String::from).collect();
+    let mut adapters = BTreeMap::new();
+    for (name, t) in super::checkpoint::read_safetensors(path)? {
+        let bare = name.strip_prefix("transformer.").unwrap_or(&name);
+        let (layer, which) = bare
+            .rsplit_once(".lora_")
+            .ok_or_else(|| Error::UnexpectedTensor(name.clone()))?;
+        let canonical = super::names::from_diffusers(&format!("{layer}.weight"))
+            .ok_or_else(|| Error::UnexpectedTensor(name.clone()))?;
+        let layer = canonical.strip_suffix(".weight").unwrap_or(&canonical);
+        adapters.insert(format!("{layer}.lora_{which}"), t);
+    }
+    Ok((LoraConfig { rank, alpha, targets }, adapters))
+}

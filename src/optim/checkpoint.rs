@@ -158,7 +158,10 @@ pub fn load_training_checkpoint(path: &Path) -> Result<(BTreeMap<String, HostTen
         use safetensors::SafeTensorError as E;
         fail(match e {
             E::HeaderTooSmall | E::InvalidHeaderLength | E::MetadataIncompleteBuffer => {
-                format!("truncated or corrupt: {} bytes do not match the header", mmap.len())
+                format!(
+                    "truncated or corrupt: {} bytes do not match the header",
+                    mmap.len()
+                )
             }
             other => format!("corrupt or not a safetensors file: {other:?}"),
         })
@@ -190,7 +193,11 @@ pub fn load_training_checkpoint(path: &Path) -> Result<(BTreeMap<String, HostTen
             StDtype::F32 => DType::F32,
             StDtype::BF16 => DType::BF16,
             StDtype::F16 => DType::F16,
-            other => return Err(fail(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+            other => {
+                return Err(fail(format!(
+                    "tensor `{name}` has unsupported dtype {other:?}"
+                )))
+            }
         };
         // `read_metadata` checked that the offsets tile the data section exactly.
         let bytes = &mmap[data_start + t.data_offsets.0..data_start + t.data_offsets.1];

@@ -100,8 +100,14 @@ impl<B: Backend> AdamW<B> {
                 }
             };
             out.insert(format!("{PARAM_PREFIX}{name}"), host(slot.id, values));
-            out.insert(format!("{M_PREFIX}{name}"), host(slot.id, be.download(&slot.m)));
-            out.insert(format!("{V_PREFIX}{name}"), host(slot.id, be.download(&slot.v)));
+            out.insert(
+                format!("{M_PREFIX}{name}"),
+                host(slot.id, be.download(&slot.m)),
+            );
+            out.insert(
+                format!("{V_PREFIX}{name}"),
+                host(slot.id, be.download(&slot.v)),
+            );
         }
         out.insert(STEP_NAME.to_string(), encode_step(self.step));
         out

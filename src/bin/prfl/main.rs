@@ -2,6 +2,9 @@
 
 mod alloc;
 mod bench;
+mod finetune_cmd;
+mod progress;
+mod reward_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,6 +50,38 @@ enum Cmd {
     },
     /// Forward and forward+backward throughput and peak memory of a small configuration.
     Bench(bench::BenchArgs),
+    /// Trains a reward model (PAVRM) from a TOML configuration.
+    TrainReward { config: PathBuf },
+    /// Accuracy and ROC-AUC of a trained reward model per timestep on a dataset.
+    EvalReward {
+        #[arg(long)]
+        generator: PathBuf,
+        #[arg(long)]
+        reward: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "201,400,600,800,1000")]
+        timesteps: Vec<f32>,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+    },
+    /// Scores latents (a safetensors file with `latent` and `text`) at a timestep.
+    Score {
+        #[arg(long)]
+        generator: PathBuf,
+        #[arg(long)]
+        reward: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value_t = 0.0)]
+        timestep: f32,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Fine-tunes a generator with PRFL from a TOML configuration.
+    Finetune { config: PathBuf },
+    /// Samples latents from a generator (+ LoRA) with UniPC or Euler.
+    Sample(finetune_cmd::SampleArgs),
 }
 
 fn inspect(path: Option<&Path>) -> Result<(), String> {
@@ -127,6 +162,23 @@ fn main() -> ExitCode {
             recompute,
         } => forward(weights, inputs, out, *grad, *recompute),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::TrainReward { config } => reward_cmd::train_reward(config),
+        Cmd::EvalReward {
+            generator,
+            reward,
+            data,
+            timesteps,
+            batch_size,
+        } => reward_cmd::eval_reward(generator, reward, data, timesteps, *batch_size),
+        Cmd::Score {
+            generator,
+            reward,
+            input,
+            timestep,
+            out,
+        } => reward_cmd::score(generator, reward, input, *timestep, out.as_deref()),
+        Cmd::Finetune { config } => finetune_cmd::finetune(config),
+        Cmd::Sample(a) => finetune_cmd::sample_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,9 @@
 //! - [`error`]: the crate's error type (the C ABI maps it to status codes).
 
 pub mod backend;
+pub mod demo;
 pub mod error;
+pub mod ffi;
 pub mod finetune;
 pub mod model;
 pub mod optim;

@@ -275,7 +275,8 @@ pub fn motion_quality(latent: &[f32], shape: [usize; 4]) -> f32 {
     let energy = blob_energy(latent, c, f * h * w);
     let mut track = Vec::with_capacity(f);
     for frame in energy.chunks_exact(h * w) {
-        let floor = median(frame.to_vec());
+        let k: f32 = std::env::var("K").map(|v| v.parse().unwrap()).unwrap_or(1.0);
+        let floor = k * median(frame.to_vec());
         let (mut total, mut row, mut col) = (0.0f64, 0.0f64, 0.0f64);
         for (i, &e) in frame.iter().enumerate() {
             let weight = ((e - floor).max(0.0) as f64).powi(2);
@@ -288,22 +289,42 @@ pub fn motion_quality(latent: &[f32], shape: [usize; 4]) -> f32 {
         }
         track.push([row / total, col / total]);
     }
+    let mode: u32 = std::env::var("MODE").map(|v| v.parse().unwrap()).unwrap_or(0);
+    let kappa: f64 = std::env::var("KAPPA").map(|v| v.parse().unwrap()).unwrap_or(1.0);
+    let (speed, spread);
+    let n = (f - 1) as f64;
+    if mode == 0 {
     let steps: Vec<[f64; 2]> = track
         .windows(2)
         .map(|p| [p[1][0] - p[0][0], p[1][1] - p[0][1]])
         .collect();
-    let n = steps.len() as f64;
     let mean = [
         steps.iter().map(|s| s[0]).sum::<f64>() / n,
         steps.iter().map(|s| s[1]).sum::<f64>() / n,
     ];
-    let spread = (steps
+    spread = (steps
         .iter()
         .map(|s| (s[0] - mean[0]).powi(2) + (s[1] - mean[1]).powi(2))
         .sum::<f64>()
         / n)
         .sqrt();
-    let speed = mean[0].hypot(mean[1]);
+    speed = mean[0].hypot(mean[1]);
+    } else {
+        let mid = n / 2.0;
+        let tt: f64 = (0..f).map(|i| (i as f64 - mid).powi(2)).sum();
+        let mut v = [0.0; 2];
+        let mut mean = [0.0; 2];
+        for ax in 0..2 {
+            mean[ax] = track.iter().map(|p| p[ax]).sum::<f64>() / f as f64;
+            v[ax] = track.iter().enumerate().map(|(i, p)| (i as f64 - mid) * p[ax]).sum::<f64>() / tt;
+        }
+        let e = (track.iter().enumerate().map(|(i, p)| {
+            let t = i as f64 - mid;
+            (p[0] - mean[0] - v[0] * t).powi(2) + (p[1] - mean[1] - v[1] * t).powi(2)
+        }).sum::<f64>() / f as f64).sqrt();
+        speed = v[0].hypot(v[1]);
+        spread = kappa * e;
+    }
     let tau = 0.12 * h.min(w) as f64 / n;
     (speed / (speed + spread + tau)) as f32
 }
@@ -347,7 +368,11 @@ fn blob_energy(latent: &[f32], c: usize, plane: usize) -> Vec<f32> {
         .map(|i| {
             axes.iter()
                 .map(|axis| {
-                    let p: f64 = axis.iter().enumerate().map(|(ch, v)| v * centred(ch, i)).sum();
+                    let p: f64 = axis
+                        .iter()
+                        .enumerate()
+                        .map(|(ch, v)| v * centred(ch, i))
+                        .sum();
                     p * p
                 })
                 .sum::<f64>() as f32
@@ -754,13 +779,35 @@ mod scratch {
     use super::*;
     #[test]
     fn scratch_distribution() {
-        for (frames, h, w, noise) in [(5, 8, 8, 0.3f32), (5, 8, 8, 0.6), (3, 8, 8, 0.3), (21, 30, 52, 0.3), (9, 16, 16, 0.3)] {
-            let cfg = WorldConfig { frames, height: h, width: w, noise_std: noise, ..WorldConfig::default() };
+        for (frames, h, w, noise) in [
+            (5, 8, 8, 0.3f32),
+            (5, 8, 8, 0.6),
+            (3, 8, 8, 0.3),
+            (21, 30, 52, 0.3),
+            (9, 16, 16, 0.3),
+        ] {
+            let cfg = WorldConfig {
+                frames,
+                height: h,
+                width: w,
+                noise_std: noise,
+                ..WorldConfig::default()
+            };
             let mut rng = Rng::seed_from_u64(99);
             for motion in [Motion::Smooth, Motion::Frozen, Motion::Jitter] {
-                let mut q: Vec<f32> = (0..1000).map(|i| motion_quality(&generate_clip_with(&cfg, &mut rng, motion, i % 4), cfg.shape())).collect();
+                let mut q: Vec<f32> = (0..1000)
+                    .map(|i| {
+                        motion_quality(
+                            &generate_clip_with(&cfg, &mut rng, motion, i % 4),
+                            cfg.shape(),
+                        )
+                    })
+                    .collect();
                 q.sort_by(f32::total_cmp);
-                let wrong = q.iter().filter(|&&x| (x >= GOOD_THRESHOLD) != motion.is_good()).count();
+                let wrong = q
+                    .iter()
+                    .filter(|&&x| (x >= GOOD_THRESHOLD) != motion.is_good())
+                    .count();
                 println!("{frames}x{h}x{w} noise {noise} {motion:?}: min {:.3} p5 {:.3} p50 {:.3} p95 {:.3} max {:.3} wrong {wrong}/1000", q[0], q[50], q[500], q[950], q[999]);
             }
         }

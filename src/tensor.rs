@@ -188,7 +188,11 @@ mod tests {
             assert_eq!(s, back);
             let wide = s.to_f32();
             for (a, b) in x.iter().zip(&wide) {
-                let tol = if dt == DType::F32 { 0.0 } else { 4e-3 * a.abs() };
+                let tol = if dt == DType::F32 {
+                    0.0
+                } else {
+                    4e-3 * a.abs()
+                };
                 assert!((a - b).abs() <= tol, "{dt:?}: {a} vs {b}");
             }
         }

@@ -6,7 +6,10 @@ pub struct TestRng(u64);
 
 impl TestRng {
     pub fn new(seed: u64) -> Self {
-        TestRng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x2545_F491_4F6C_DD1D))
+        TestRng(
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(0x2545_F491_4F6C_DD1D),
+        )
     }
 
     /// Uniform in [-1, 1).

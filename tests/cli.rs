@@ -12,8 +12,15 @@ use prfl::synthetic::{generate_dataset, prompt_states, WorldConfig};
 use prfl::tensor::HostTensor;
 
 fn prfl(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_prfl")).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_prfl"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "prfl {args:?} failed:\n{text}");
     text
 }
@@ -48,12 +55,22 @@ fn reward_and_prfl_pipeline_from_the_command_line() {
         text_len: 512,
     };
     let gen = dir.join("gen");
-    save_checkpoint(&random_weights(&cfg, 1), &cfg, Layout::Diffusers, &gen, None).unwrap();
+    save_checkpoint(
+        &random_weights(&cfg, 1),
+        &cfg,
+        Layout::Diffusers,
+        &gen,
+        None,
+    )
+    .unwrap();
     let data = dir.join("data");
     generate_dataset(&data, &world, 12, 4, 3).unwrap();
 
     let out = prfl(&["inspect", s(&gen)]);
-    assert!(out.contains("diffusers") && out.contains("num_layers    3"), "{out}");
+    assert!(
+        out.contains("diffusers") && out.contains("num_layers    3"),
+        "{out}"
+    );
 
     std::fs::write(
         dir.join("reward.toml"),
@@ -61,22 +78,58 @@ fn reward_and_prfl_pipeline_from_the_command_line() {
     )
     .unwrap();
     let out = prfl(&["train-reward", s(&dir.join("reward.toml"))]);
-    assert!(out.contains("reward model: 2 of 3 generator blocks") && out.contains("6 steps"), "{out}");
+    assert!(
+        out.contains("reward model: 2 of 3 generator blocks") && out.contains("6 steps"),
+        "{out}"
+    );
     // Asking for more steps resumes from the checkpoint instead of starting over.
-    let cfg_text = std::fs::read_to_string(dir.join("reward.toml")).unwrap().replace("steps = 6", "steps = 8");
+    let cfg_text = std::fs::read_to_string(dir.join("reward.toml"))
+        .unwrap()
+        .replace("steps = 6", "steps = 8");
     std::fs::write(dir.join("reward.toml"), cfg_text).unwrap();
     let out = prfl(&["train-reward", s(&dir.join("reward.toml"))]);
-    assert!(out.contains("resumed from") && out.contains("at step 6"), "{out}");
+    assert!(
+        out.contains("resumed from") && out.contains("at step 6"),
+        "{out}"
+    );
     let ckpt = dir.join("reward/checkpoint.safetensors");
 
-    let out = prfl(&["eval-reward", "--generator", s(&gen), "--reward", s(&ckpt), "--data", s(&data), "--timesteps", "201,800"]);
-    assert!(out.contains("201") && out.contains("800") && out.contains("auc"), "{out}");
+    let out = prfl(&[
+        "eval-reward",
+        "--generator",
+        s(&gen),
+        "--reward",
+        s(&ckpt),
+        "--data",
+        s(&data),
+        "--timesteps",
+        "201,800",
+    ]);
+    assert!(
+        out.contains("201") && out.contains("800") && out.contains("auc"),
+        "{out}"
+    );
 
     // Score one clip at two noise levels.
     let clip = read_safetensors(&data.join("clip-00000.safetensors")).unwrap();
     let input = dir.join("score_in.safetensors");
-    write_safetensors(&input, [("latent", &clip["latent"]), ("text", &clip["text"])], None).unwrap();
-    let out = prfl(&["score", "--generator", s(&gen), "--reward", s(&ckpt), "--input", s(&input), "--timestep", "400"]);
+    write_safetensors(
+        &input,
+        [("latent", &clip["latent"]), ("text", &clip["text"])],
+        None,
+    )
+    .unwrap();
+    let out = prfl(&[
+        "score",
+        "--generator",
+        s(&gen),
+        "--reward",
+        s(&ckpt),
+        "--input",
+        s(&input),
+        "--timestep",
+        "400",
+    ]);
     assert!(out.contains("\"scores\""), "{out}");
 
     std::fs::write(
@@ -89,14 +142,37 @@ fn reward_and_prfl_pipeline_from_the_command_line() {
     let out = prfl(&["inspect", s(&dir.join("prfl/merged"))]);
     assert!(out.contains("original"), "{out}");
 
-    let text = HostTensor::from_f32(vec![world.text_len, world.text_dim], prompt_states(&world, 0)).unwrap();
+    let text = HostTensor::from_f32(
+        vec![world.text_len, world.text_dim],
+        prompt_states(&world, 0),
+    )
+    .unwrap();
     let prompt = dir.join("prompt.safetensors");
     write_safetensors(&prompt, [("text", &text)], None).unwrap();
     let sampled = dir.join("sampled.safetensors");
     let lora = dir.join("prfl/lora.safetensors");
     prfl(&[
-        "sample", "--generator", s(&gen), "--lora", s(&lora), "--text", s(&prompt), "--negative", s(&prompt), "--frames", "3",
-        "--height", "4", "--width", "4", "--count", "2", "--steps", "3", "--out", s(&sampled),
+        "sample",
+        "--generator",
+        s(&gen),
+        "--lora",
+        s(&lora),
+        "--text",
+        s(&prompt),
+        "--negative",
+        s(&prompt),
+        "--frames",
+        "3",
+        "--height",
+        "4",
+        "--width",
+        "4",
+        "--count",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        s(&sampled),
     ]);
     let x = read_safetensors(&sampled).unwrap();
     assert_eq!(x["latent"].shape, vec![2, 16, 3, 4, 4]);
@@ -106,7 +182,10 @@ fn reward_and_prfl_pipeline_from_the_command_line() {
 
 #[test]
 fn bad_paths_and_inputs_fail_with_a_message() {
-    let out = Command::new(env!("CARGO_BIN_EXE_prfl")).args(["inspect", "/nonexistent/ckpt"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_prfl"))
+        .args(["inspect", "/nonexistent/ckpt"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/ckpt"), "{err}");

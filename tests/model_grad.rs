@@ -37,9 +37,17 @@ fn random_params(cfg: &WanConfig, seed: u64) -> BTreeMap<String, HostTensor> {
         .into_iter()
         .map(|p| {
             let n = p.numel();
-            let fan_in = if p.shape.len() >= 2 { n / p.shape[0] } else { 1 };
+            let fan_in = if p.shape.len() >= 2 {
+                n / p.shape[0]
+            } else {
+                1
+            };
             let scale = 1.0 / (fan_in as f32).sqrt();
-            let base = if p.name.contains("norm") && p.name.ends_with(".weight") { 1.0 } else { 0.0 };
+            let base = if p.name.contains("norm") && p.name.ends_with(".weight") {
+                1.0
+            } else {
+                0.0
+            };
             let data = rng.vec(n).into_iter().map(|u| base + u * scale).collect();
             (p.name, HostTensor::from_f32(p.shape, data).unwrap())
         })
@@ -62,7 +70,12 @@ struct Case {
 fn case(model_type: ModelType) -> Case {
     let cfg = tiny(model_type);
     let mut rng = TestRng::new(7);
-    let shape = VideoShape { batch: 2, frames: 3, height: 2, width: 4 };
+    let shape = VideoShape {
+        batch: 2,
+        frames: 3,
+        height: 2,
+        width: 4,
+    };
     let vox = shape.voxels() * shape.batch;
     let text_len = 5;
     let image_len = 3;
@@ -105,7 +118,10 @@ fn run(
         image_len: c.image_len,
     };
     let (v, _) = model.forward(be, &inp, Mode::Inference).unwrap();
-    v.iter().zip(&c.cot).map(|(a, b)| *a as f64 * *b as f64).sum()
+    v.iter()
+        .zip(&c.cot)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum()
 }
 
 fn check_model_gradients(model_type: ModelType) {
@@ -125,19 +141,53 @@ fn check_model_gradients(model_type: ModelType) {
     };
     let (_, tape) = model.forward(&be, &inp, Mode::Train).unwrap();
     let mut grads = Grads::new(&be, &model.params, |_| true);
-    let g = model.backward(&be, &tape.unwrap(), &c.cot, &mut grads).unwrap();
+    let g = model
+        .backward(&be, &tape.unwrap(), &c.cot, &mut grads)
+        .unwrap();
 
     let h = 1e-2;
-    let num_x = numeric_grad(&c.x, h, |x| run(&be, &model, &c, x, &c.context, c.y.as_deref(), c.clip.as_deref()));
+    let num_x = numeric_grad(&c.x, h, |x| {
+        run(
+            &be,
+            &model,
+            &c,
+            x,
+            &c.context,
+            c.y.as_deref(),
+            c.clip.as_deref(),
+        )
+    });
     assert_grad_close("d loss / d x", &g.x, &num_x, 2e-2);
-    let num_ctx = numeric_grad(&c.context, h, |ctx| run(&be, &model, &c, &c.x, ctx, c.y.as_deref(), c.clip.as_deref()));
+    let num_ctx = numeric_grad(&c.context, h, |ctx| {
+        run(
+            &be,
+            &model,
+            &c,
+            &c.x,
+            ctx,
+            c.y.as_deref(),
+            c.clip.as_deref(),
+        )
+    });
     assert_grad_close("d loss / d context", &g.context, &num_ctx, 2e-2);
     if let (Some(y), Some(gy)) = (&c.y, &g.y) {
-        let num = numeric_grad(y, h, |y| run(&be, &model, &c, &c.x, &c.context, Some(y), c.clip.as_deref()));
+        let num = numeric_grad(y, h, |y| {
+            run(
+                &be,
+                &model,
+                &c,
+                &c.x,
+                &c.context,
+                Some(y),
+                c.clip.as_deref(),
+            )
+        });
         assert_grad_close("d loss / d y", gy, &num, 2e-2);
     }
     if let (Some(clip), Some(gc)) = (&c.clip, &g.clip) {
-        let num = numeric_grad(clip, h, |cl| run(&be, &model, &c, &c.x, &c.context, c.y.as_deref(), Some(cl)));
+        let num = numeric_grad(clip, h, |cl| {
+            run(&be, &model, &c, &c.x, &c.context, c.y.as_deref(), Some(cl))
+        });
         assert_grad_close("d loss / d clip_fea", gc, &num, 2e-2);
     }
 
@@ -147,7 +197,9 @@ fn check_model_gradients(model_type: ModelType) {
         let id = model.params.id(name).unwrap();
         let analytic = be.download(grads.get(id).unwrap());
         let n = t.numel();
-        let picks: Vec<usize> = (0..3).map(|_| ((rng.uniform() + 1.0) * 0.5 * n as f32) as usize % n).collect();
+        let picks: Vec<usize> = (0..3)
+            .map(|_| ((rng.uniform() + 1.0) * 0.5 * n as f32) as usize % n)
+            .collect();
         let base = t.to_f32();
         let mut num = Vec::new();
         let mut ana = Vec::new();
@@ -156,15 +208,29 @@ fn check_model_gradients(model_type: ModelType) {
                 let mut p = tensors.clone();
                 let mut data = base.clone();
                 data[i] += delta;
-                p.insert(name.clone(), HostTensor::from_f32(t.shape.clone(), data).unwrap());
+                p.insert(
+                    name.clone(),
+                    HostTensor::from_f32(t.shape.clone(), data).unwrap(),
+                );
                 let m = WanModel::new(&be, c.cfg.clone(), &p, None).unwrap();
-                run(&be, &m, &c, &c.x, &c.context, c.y.as_deref(), c.clip.as_deref())
+                run(
+                    &be,
+                    &m,
+                    &c,
+                    &c.x,
+                    &c.context,
+                    c.y.as_deref(),
+                    c.clip.as_deref(),
+                )
             };
             num.push(((f(h) - f(-h)) / (2.0 * h as f64)) as f32);
             ana.push(analytic[i]);
         }
         // Relative to the parameter's largest gradient entry, so tiny entries do not dominate.
-        let scale = analytic.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
+        let scale = analytic
+            .iter()
+            .fold(0.0f32, |m, x| m.max(x.abs()))
+            .max(1e-3);
         for (a, n) in ana.iter().zip(&num) {
             assert!(
                 (a - n).abs() <= 2e-2 * scale + 1e-3,
@@ -215,7 +281,12 @@ fn recompute_gives_the_same_gradients_and_saves_memory() {
         assert_eq!(full.1, rec.1, "dx differs");
         assert_eq!(full.2, rec.2, "dcontext differs");
         assert_eq!(full.3, rec.3, "parameter gradients differ");
-        assert!(rec.4 * 10 < full.4, "recompute saved {} bytes vs {} in full mode", rec.4, full.4);
+        assert!(
+            rec.4 * 10 < full.4,
+            "recompute saved {} bytes vs {} in full mode",
+            rec.4,
+            full.4
+        );
     }
 }
 
@@ -235,15 +306,27 @@ fn bad_inputs_are_rejected_with_a_message() {
         clip: None,
         image_len: 0,
     };
-    let err = model.forward(&be, &inp, Mode::Inference).err().unwrap().to_string();
+    let err = model
+        .forward(&be, &inp, Mode::Inference)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("x holds 5 values"), "{err}");
     inp.x = &c.x;
     inp.shape.width = 3;
-    let err = model.forward(&be, &inp, Mode::Inference).err().unwrap().to_string();
+    let err = model
+        .forward(&be, &inp, Mode::Inference)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("must be even"), "{err}");
     inp.shape.width = 4;
     let nan_t = [f32::NAN, 1.0];
     inp.t = &nan_t;
-    let err = model.forward(&be, &inp, Mode::Inference).err().unwrap().to_string();
+    let err = model
+        .forward(&be, &inp, Mode::Inference)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("not finite"), "{err}");
 }

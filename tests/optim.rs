@@ -124,7 +124,16 @@ const TORCH_GRADS: [StepGrads; 3] = [
 /// Numbers from torch 2.15 (CPU, f32): `p.grad = G / 2`, `clip_grad_norm_(params, 1.0)`,
 /// `AdamW([{w, b}: lr 1e-2, {h}: lr 5e-2], betas (0.9, 0.999), eps 1e-8, weight_decay 0.01,
 /// foreach=False)` with `LambdaLR(min(1, (s + 1) / 2))`, three steps; every hyper-parameter
-/// given as its f32 value. The script is reproduced in this crate's optimiser report.
+/// given as its f32 value. To regenerate (with `w, b, h` the `small_model` tensors):
+///
+/// ```python
+/// f = lambda x: float(np.float32(x))
+/// opt = torch.optim.AdamW([{"params": [w, b], "lr": f(1e-2)}, {"params": [h], "lr": f(5e-2)}],
+///     betas=(f(0.9), f(0.999)), eps=f(1e-8), weight_decay=f(0.01), foreach=False)
+/// sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 2))
+/// for g in TORCH_GRADS:  # per step: p.grad = G / 2; clip; step; sched.step()
+///     ...; torch.nn.utils.clip_grad_norm_([w, b, h], 1.0, foreach=False); opt.step(); sched.step()
+/// ```
 #[test]
 fn matches_torch_adamw_with_clipping_groups_and_warmup() {
     let host = small_model();

@@ -47,7 +47,12 @@ fn reward(seed: u64) -> RewardModel<Cpu> {
     RewardModel::from_tensors(&Cpu, g.clone(), &random_weights(&g, seed), &head, cfg, None).unwrap()
 }
 
-const SHAPE: VideoShape = VideoShape { batch: 2, frames: 3, height: 2, width: 4 };
+const SHAPE: VideoShape = VideoShape {
+    batch: 2,
+    frames: 3,
+    height: 2,
+    width: 4,
+};
 const TEXT_LEN: usize = 3;
 
 fn text() -> Vec<f32> {
@@ -57,7 +62,13 @@ fn text() -> Vec<f32> {
 }
 
 fn cond(text: &Vec<f32>) -> Cond<'_, Cpu> {
-    Cond { text, text_len: TEXT_LEN, y: None, clip: None, image_len: 0 }
+    Cond {
+        text,
+        text_len: TEXT_LEN,
+        y: None,
+        clip: None,
+        image_len: 0,
+    }
 }
 
 fn noise(seed: u64) -> Vec<f32> {
@@ -83,7 +94,9 @@ fn perturb(trainer: &mut PrflTrainer<Cpu>, id: usize, i: usize, delta: f32) {
     match trainer.generator.params.data_mut(id) {
         ParamData::Vector(v) => v[i] += delta,
         ParamData::Matrix(w) => {
-            let Storage::F32(d) = &mut w.data else { panic!("f32 weights expected") };
+            let Storage::F32(d) = &mut w.data else {
+                panic!("f32 weights expected")
+            };
             d[i] += delta;
         }
     }
@@ -91,17 +104,31 @@ fn perturb(trainer: &mut PrflTrainer<Cpu>, id: usize, i: usize, delta: f32) {
 
 #[test]
 fn prfl_step_gradient_matches_finite_differences() {
-    for (solver, m) in [(SolverKind::UniPc, 3), (SolverKind::Euler, 2), (SolverKind::UniPc, 0)] {
+    for (solver, m) in [
+        (SolverKind::UniPc, 3),
+        (SolverKind::Euler, 2),
+        (SolverKind::UniPc, 0),
+    ] {
         let g = gen_cfg();
         let generator = WanModel::new(&Cpu, g.clone(), &random_weights(&g, 1), None).unwrap();
         let mut tr = PrflTrainer::new(&Cpu, generator, reward(2), cfg(solver)).unwrap();
         let t = text();
         let c = cond(&t);
-        let (x_m, sampler) = tr.rollout(&Cpu, SHAPE, &c, Cpu.upload(&noise(4)), m).unwrap();
-        let (loss, _, tape_bytes) = tr.prfl_loss_at(&Cpu, SHAPE, &c, &x_m, sampler, true).unwrap();
+        let (x_m, sampler) = tr
+            .rollout(&Cpu, SHAPE, &c, Cpu.upload(&noise(4)), m)
+            .unwrap();
+        let (loss, _, tape_bytes) = tr
+            .prfl_loss_at(&Cpu, SHAPE, &c, &x_m, sampler, true)
+            .unwrap();
         assert!(loss > 0.0 && tape_bytes > 0);
         let h = 1e-2f32;
-        for name in ["blocks.1.self_attn.q.weight", "blocks.0.ffn.2.bias", "head.head.weight", "time_projection.1.weight", "blocks.0.modulation"] {
+        for name in [
+            "blocks.1.self_attn.q.weight",
+            "blocks.0.ffn.2.bias",
+            "head.head.weight",
+            "time_projection.1.weight",
+            "blocks.0.modulation",
+        ] {
             let id = tr.generator.params.id(name).unwrap();
             let analytic = Cpu.download(tr.grads().get(id).unwrap());
             let scale = analytic.iter().fold(0.0f32, |a, v| a.max(v.abs()));
@@ -110,7 +137,9 @@ fn prfl_step_gradient_matches_finite_differences() {
                 // The rollout runs with the unperturbed weights (the method stops gradients
                 // there); only the step at m sees the perturbation.
                 let at = |delta: f32, tr: &mut PrflTrainer<Cpu>| {
-                    let (x_m, sampler) = tr.rollout(&Cpu, SHAPE, &c, Cpu.upload(&noise(4)), m).unwrap();
+                    let (x_m, sampler) = tr
+                        .rollout(&Cpu, SHAPE, &c, Cpu.upload(&noise(4)), m)
+                        .unwrap();
                     perturb(tr, id, i, delta);
                     let l = x_m_loss(tr, &c, x_m, sampler);
                     perturb(tr, id, i, -delta);
@@ -127,19 +156,44 @@ fn prfl_step_gradient_matches_finite_differences() {
     }
 }
 
-fn x_m_loss(tr: &mut PrflTrainer<Cpu>, c: &Cond<'_, Cpu>, x_m: Vec<f32>, sampler: prfl::schedule::Sampler<Cpu>) -> f64 {
-    tr.prfl_loss_at(&Cpu, SHAPE, c, &x_m, sampler, false).unwrap().0
+fn x_m_loss(
+    tr: &mut PrflTrainer<Cpu>,
+    c: &Cond<'_, Cpu>,
+    x_m: Vec<f32>,
+    sampler: prfl::schedule::Sampler<Cpu>,
+) -> f64 {
+    tr.prfl_loss_at(&Cpu, SHAPE, c, &x_m, sampler, false)
+        .unwrap()
+        .0
 }
 
 #[test]
 fn lora_prfl_trains_only_adapters() {
     let g = gen_cfg();
     let base = random_weights(&g, 1);
-    let mut generator = WanModel::new(&Cpu, g.clone(), &base, Some(prfl::tensor::DType::BF16)).unwrap();
-    let lora = LoraConfig { rank: 2, alpha: 4.0, ..LoraConfig::default() };
-    generator.attach_lora(&Cpu, &lora, &init_lora(&g, &lora, 5).unwrap()).unwrap();
-    let mut tr = PrflTrainer::new(&Cpu, generator, reward(2), PrflConfig { lora: Some(lora), ..cfg(SolverKind::UniPc) }).unwrap();
-    let before: Vec<_> = (0..tr.generator.params.len()).map(|i| tr.generator.params.to_host(&Cpu, i)).collect();
+    let mut generator =
+        WanModel::new(&Cpu, g.clone(), &base, Some(prfl::tensor::DType::BF16)).unwrap();
+    let lora = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        ..LoraConfig::default()
+    };
+    generator
+        .attach_lora(&Cpu, &lora, &init_lora(&g, &lora, 5).unwrap())
+        .unwrap();
+    let mut tr = PrflTrainer::new(
+        &Cpu,
+        generator,
+        reward(2),
+        PrflConfig {
+            lora: Some(lora),
+            ..cfg(SolverKind::UniPc)
+        },
+    )
+    .unwrap();
+    let before: Vec<_> = (0..tr.generator.params.len())
+        .map(|i| tr.generator.params.to_host(&Cpu, i))
+        .collect();
     let t = text();
     for _ in 0..2 {
         let s = tr.micro_step(&Cpu, SHAPE, &cond(&t), None).unwrap();
@@ -161,16 +215,37 @@ fn lora_prfl_trains_only_adapters() {
 fn prfl_raises_the_reward_of_fresh_samples() {
     let g = gen_cfg();
     let generator = WanModel::new(&Cpu, g.clone(), &random_weights(&g, 7), None).unwrap();
-    let mut tr = PrflTrainer::new(&Cpu, generator, reward(8), PrflConfig { lr: 2e-3, ..cfg(SolverKind::UniPc) }).unwrap();
+    let mut tr = PrflTrainer::new(
+        &Cpu,
+        generator,
+        reward(8),
+        PrflConfig {
+            lr: 2e-3,
+            ..cfg(SolverKind::UniPc)
+        },
+    )
+    .unwrap();
     let t = text();
     let plan = SamplingPlan::wan(6, 5.0, SolverKind::UniPc).unwrap();
     // Mean reward of fresh samples, scored clean (t = 0), over a fixed set of seeds.
     let mean_reward = |tr: &PrflTrainer<Cpu>| -> f64 {
         let mut total = 0.0;
         for seed in 100..104 {
-            let x = sample(&Cpu, &tr.generator, SHAPE, &cond(&t), None, &plan, Cpu.upload(&noise(seed))).unwrap();
+            let x = sample(
+                &Cpu,
+                &tr.generator,
+                SHAPE,
+                &cond(&t),
+                None,
+                &plan,
+                Cpu.upload(&noise(seed)),
+            )
+            .unwrap();
             let zeros = vec![0.0; SHAPE.batch];
-            let s = tr.reward.score(&Cpu, &cond(&t).inputs(SHAPE, &x, &zeros)).unwrap();
+            let s = tr
+                .reward
+                .score(&Cpu, &cond(&t).inputs(SHAPE, &x, &zeros))
+                .unwrap();
             total += s.iter().map(|&v| v as f64).sum::<f64>() / s.len() as f64;
         }
         total / 4.0
@@ -181,5 +256,8 @@ fn prfl_raises_the_reward_of_fresh_samples() {
     }
     let after = mean_reward(&tr);
     eprintln!("mean reward of fresh samples: {before:.4} -> {after:.4}");
-    assert!(after > before + 0.05, "reward rose only from {before:.4} to {after:.4}");
+    assert!(
+        after > before + 0.05,
+        "reward rose only from {before:.4} to {after:.4}"
+    );
 }

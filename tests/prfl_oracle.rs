@@ -77,7 +77,10 @@ fn trainer(be: &Cpu, fx: &Fixture, m: usize, recompute: bool) -> PrflTrainer<Cpu
         queries: u(&r["queries"]),
         hidden: [u(&r["hidden"][0]), u(&r["hidden"][1])],
     };
-    assert!(rcfg.blocks < wan.num_layers, "the fixture's reward model should be a cut");
+    assert!(
+        rcfg.blocks < wan.num_layers,
+        "the fixture's reward model should be a cut"
+    );
     let backbone = read_safetensors(&d.join("reward_backbone.safetensors")).unwrap();
     let head = read_safetensors(&d.join("reward_head.safetensors")).unwrap();
     let reward = RewardModel::from_tensors(be, wan, &backbone, &head, rcfg, None).unwrap();
@@ -105,7 +108,11 @@ fn check(m: usize, recompute: bool) {
     let be = Cpu;
     let fx = load_fixture();
     assert!(
-        fx.meta["mid_steps"].as_array().unwrap().iter().any(|v| v.as_u64() == Some(m as u64)),
+        fx.meta["mid_steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v.as_u64() == Some(m as u64)),
         "the fixture has no case m = {m}"
     );
     let mut tr = trainer(&be, &fx, m, recompute);
@@ -118,8 +125,16 @@ fn check(m: usize, recompute: bool) {
     };
 
     // The sampling grid is diffusers' exactly: sigmas bit for bit, timesteps trunc(1000 sigma).
-    assert_eq!(tr.plan().grid.sigmas(), &fx.case["sigmas"].to_f32()[..], "{tag}: sigmas");
-    assert_eq!(tr.plan().grid.timesteps(), &fx.case["timesteps"].to_f32()[..], "{tag}: timesteps");
+    assert_eq!(
+        tr.plan().grid.sigmas(),
+        &fx.case["sigmas"].to_f32()[..],
+        "{tag}: sigmas"
+    );
+    assert_eq!(
+        tr.plan().grid.timesteps(),
+        &fx.case["timesteps"].to_f32()[..],
+        "{tag}: timesteps"
+    );
     assert_eq!(tr.draw_mid_step(), m);
 
     let shape = fx.shape;
@@ -137,29 +152,58 @@ fn check(m: usize, recompute: bool) {
     let (x_m, mut sampler) = tr.rollout(&be, shape, &cond, be.upload(&noise), m).unwrap();
     assert_eq!(sampler.index(), m);
     let e_xm = max_rel_err(&be.download(&x_m), &want("x_m"));
-    let v = velocity(&be, &tr.generator, shape, &cond, None, &x_m, sampler.timestep(m)).unwrap();
+    let v = velocity(
+        &be,
+        &tr.generator,
+        shape,
+        &cond,
+        None,
+        &x_m,
+        sampler.timestep(m),
+    )
+    .unwrap();
     let x_next = sampler.step(&be, &v, &x_m);
     let e_xnext = max_rel_err(&be.download(&x_next), &want("x_next"));
     let t_next = vec![sampler.timestep(m + 1); shape.batch];
     assert_eq!(
         t_next[0] as u64,
-        fx.meta["reward_timesteps"][format!("m{m}")].as_u64().unwrap(),
+        fx.meta["reward_timesteps"][format!("m{m}")]
+            .as_u64()
+            .unwrap(),
         "{tag}: reward timestep"
     );
-    let scores = tr.reward.score(&be, &cond.inputs(shape, &x_next, &t_next)).unwrap();
+    let scores = tr
+        .reward
+        .score(&be, &cond.inputs(shape, &x_next, &t_next))
+        .unwrap();
     let e_scores = max_rel_err(&scores, &want("score"));
     assert!(e_xm <= FWD_TOL, "{tag}: x_m relative error {e_xm:e}");
-    assert!(e_xnext <= FWD_TOL, "{tag}: x_next relative error {e_xnext:e}");
-    assert!(e_scores <= FWD_TOL, "{tag}: scores {scores:?} vs {:?} ({e_scores:e})", want("score"));
+    assert!(
+        e_xnext <= FWD_TOL,
+        "{tag}: x_next relative error {e_xnext:e}"
+    );
+    assert!(
+        e_scores <= FWD_TOL,
+        "{tag}: scores {scores:?} vs {:?} ({e_scores:e})",
+        want("score")
+    );
 
     // The PRFL step itself, with the backward into the generator.
     let (x_m, sampler) = tr.rollout(&be, shape, &cond, be.upload(&noise), m).unwrap();
-    let (loss, mean_score, tape_bytes) = tr.prfl_loss_at(&be, shape, &cond, &x_m, sampler, true).unwrap();
+    let (loss, mean_score, tape_bytes) = tr
+        .prfl_loss_at(&be, shape, &cond, &x_m, sampler, true)
+        .unwrap();
     let want_loss = want("loss")[0] as f64;
     let want_mean = want("score").iter().map(|&s| s as f64).sum::<f64>() / shape.batch as f64;
     let (e_loss, e_mean) = (rel(loss, want_loss), rel(mean_score, want_mean));
-    assert!(e_loss <= FWD_TOL as f64, "{tag}: loss {loss} vs {want_loss} ({e_loss:e})");
-    assert!(e_mean <= FWD_TOL as f64, "{tag}: mean score {mean_score} vs {want_mean} ({e_mean:e})");
+    assert!(
+        e_loss <= FWD_TOL as f64,
+        "{tag}: loss {loss} vs {want_loss} ({e_loss:e})"
+    );
+    assert!(
+        e_mean <= FWD_TOL as f64,
+        "{tag}: mean score {mean_score} vs {want_mean} ({e_mean:e})"
+    );
     assert!(tape_bytes > 0);
 
     let ps = &tr.generator.params;
@@ -167,19 +211,38 @@ fn check(m: usize, recompute: bool) {
     let mut worst = (0.0f32, String::new());
     for i in 0..ps.len() {
         let name = ps.name(i);
-        let g = grads.get(i).unwrap_or_else(|| panic!("{tag}: no gradient buffer for `{name}`"));
+        let g = grads
+            .get(i)
+            .unwrap_or_else(|| panic!("{tag}: no gradient buffer for `{name}`"));
         let key = format!("m{m}.grad.{name}");
-        let w = fx.case.get(&key).unwrap_or_else(|| panic!("{tag}: fixture lacks `{key}`"));
+        let w = fx
+            .case
+            .get(&key)
+            .unwrap_or_else(|| panic!("{tag}: fixture lacks `{key}`"));
         assert_eq!(w.numel(), ps.numel(i), "{tag}: size of `{name}`");
         let err = max_rel_err(&be.download(g), &w.to_f32());
         if err > worst.0 || worst.1.is_empty() {
             worst = (err, name.to_string());
         }
-        assert!(err <= GRAD_TOL, "{tag}: gradient of `{name}` relative error {err:e} > {GRAD_TOL:e}");
+        assert!(
+            err <= GRAD_TOL,
+            "{tag}: gradient of `{name}` relative error {err:e} > {GRAD_TOL:e}"
+        );
     }
-    let n_fixture = fx.case.keys().filter(|k| k.starts_with(&format!("m{m}.grad."))).count();
-    assert_eq!(ps.len(), n_fixture, "{tag}: parameter count differs from the oracle's");
-    assert_eq!(n_fixture, fx.meta["generator"]["params"].as_u64().unwrap() as usize);
+    let n_fixture = fx
+        .case
+        .keys()
+        .filter(|k| k.starts_with(&format!("m{m}.grad.")))
+        .count();
+    assert_eq!(
+        ps.len(),
+        n_fixture,
+        "{tag}: parameter count differs from the oracle's"
+    );
+    assert_eq!(
+        n_fixture,
+        fx.meta["generator"]["params"].as_u64().unwrap() as usize
+    );
     eprintln!(
         "{tag}: x_m {e_xm:.2e}, x_next {e_xnext:.2e}, scores {e_scores:.2e}, loss {e_loss:.2e}, \
          mean score {e_mean:.2e}, worst of {} gradients {:.2e} ({})",

@@ -8,12 +8,12 @@ use prfl::backend::cpu::Cpu;
 use prfl::model::init::random_weights;
 use prfl::model::{ModelType, WanConfig};
 use prfl::reward::dataset::{write_clip, Batch, BatchLatents, Conditioning, Dataset, TokenStates};
-use prfl::tensor::DType;
-use prfl::schedule::rng::Rng;
 use prfl::reward::head::init_head_params;
 use prfl::reward::model::{RewardModel, RewardModelConfig};
 use prfl::reward::train::{evaluate, RewardLoss, RewardTrainConfig, RewardTrainer};
+use prfl::schedule::rng::Rng;
 use prfl::synthetic::{generate_dataset, WorldConfig};
+use prfl::tensor::DType;
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("prfl-{name}-{}", std::process::id()));
@@ -74,7 +74,9 @@ fn pattern_clip(rng: &mut Rng, with_pattern: bool) -> Vec<f32> {
         for fr in 0..f {
             let sign = if with_pattern && fr % 2 == 1 { -s } else { s };
             let base = (ch * f + fr) * h * w;
-            x[base..base + h * w].iter_mut().for_each(|v| *v = 0.5 * *v + sign);
+            x[base..base + h * w]
+                .iter_mut()
+                .for_each(|v| *v = 0.5 * *v + sign);
         }
     }
     x
@@ -115,27 +117,47 @@ fn ce_training_learns_a_temporal_pattern_across_timesteps() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng::seed_from_u64(1234);
     let held_batch = pattern_batch(&mut rng, 64);
-    let BatchLatents::Clips { latents, labels } = &held_batch.latents else { unreachable!() };
+    let BatchLatents::Clips { latents, labels } = &held_batch.latents else {
+        unreachable!()
+    };
     let per: usize = SHAPE.iter().product();
     for (i, label) in labels.iter().enumerate() {
         let cond = Conditioning {
-            text: TokenStates { data: held_batch.text[..TEXT.0 * TEXT.1].to_vec(), len: TEXT.0, dim: TEXT.1 },
+            text: TokenStates {
+                data: held_batch.text[..TEXT.0 * TEXT.1].to_vec(),
+                len: TEXT.0,
+                dim: TEXT.1,
+            },
             i2v: None,
         };
-        write_clip(&dir.join(format!("clip-{i:03}.safetensors")), SHAPE, &latents[i * per..(i + 1) * per], *label, &cond, DType::BF16).unwrap();
+        write_clip(
+            &dir.join(format!("clip-{i:03}.safetensors")),
+            SHAPE,
+            &latents[i * per..(i + 1) * per],
+            *label,
+            &cond,
+            DType::BF16,
+        )
+        .unwrap();
     }
     let held = Dataset::open(&dir).unwrap();
     std::fs::remove_dir_all(&dir).ok();
 
-    let mut trainer = RewardTrainer::new(&Cpu, reward_model(&world, 11), train_cfg(RewardLoss::Ce)).unwrap();
+    let mut trainer =
+        RewardTrainer::new(&Cpu, reward_model(&world, 11), train_cfg(RewardLoss::Ce)).unwrap();
     // Fresh clips every step: the model must learn the pattern, it cannot memorise clips.
     let mut rng = Rng::seed_from_u64(99);
     let steps = 450;
     for step in 0..steps {
-        let s = trainer.micro_step(&Cpu, &pattern_batch(&mut rng, 8)).unwrap();
+        let s = trainer
+            .micro_step(&Cpu, &pattern_batch(&mut rng, 8))
+            .unwrap();
         assert!(s.loss.is_finite() && s.update.is_some());
         if step % 25 == 24 {
-            eprintln!("step {step}: loss {:.3} acc {:.3} t {:.0}", s.loss, s.accuracy, s.mean_timestep);
+            eprintln!(
+                "step {step}: loss {:.3} acc {:.3} t {:.0}",
+                s.loss, s.accuracy, s.mean_timestep
+            );
         }
     }
     let rows = evaluate(&Cpu, &trainer.model, &held, &[400.0, 800.0], 16, 9).unwrap();
@@ -143,7 +165,10 @@ fn ce_training_learns_a_temporal_pattern_across_timesteps() {
     eprintln!("after {steps} steps: accuracy {a400:.3} at t=400 (auc {:?}), {a800:.3} at t=800 (auc {:?})", rows[0].auc, rows[1].auc);
     assert_eq!(rows[0].clips, 64);
     assert!(a400 >= 0.9, "accuracy at t=400 is {a400}");
-    assert!(a800 > 0.6, "accuracy at t=800 is {a800}: not better than chance");
+    assert!(
+        a800 > 0.6,
+        "accuracy at t=800 is {a800}: not better than chance"
+    );
 }
 
 #[test]
@@ -152,7 +177,8 @@ fn bt_pairs_train_and_nonfinite_losses_skip_the_update() {
     let dir = temp_dir("reward-bt");
     generate_dataset(&dir, &world, 0, 24, 8).unwrap();
     let ds = Dataset::open(&dir).unwrap();
-    let mut trainer = RewardTrainer::new(&Cpu, reward_model(&world, 12), train_cfg(RewardLoss::Bt)).unwrap();
+    let mut trainer =
+        RewardTrainer::new(&Cpu, reward_model(&world, 12), train_cfg(RewardLoss::Bt)).unwrap();
     let mut first = None;
     let mut last = 0.0;
     for epoch in 0..6 {
@@ -163,7 +189,10 @@ fn bt_pairs_train_and_nonfinite_losses_skip_the_update() {
             assert!(s.update.is_some_and(|u| !u.skipped_nonfinite));
         }
     }
-    assert!(last < first.unwrap(), "BT loss did not fall: {first:?} -> {last}");
+    assert!(
+        last < first.unwrap(),
+        "BT loss did not fall: {first:?} -> {last}"
+    );
 
     // Poison a batch: the step is reported as skipped and nothing moves.
     let mut batch = ds.stack(&[0, 1]).unwrap();
@@ -174,16 +203,26 @@ fn bt_pairs_train_and_nonfinite_losses_skip_the_update() {
     let opt_before = trainer.optimizer().step_count();
     let s = trainer.micro_step(&Cpu, &batch).unwrap();
     std::fs::remove_dir_all(&dir).ok();
-    assert!(s.nonfinite_loss || s.update.as_ref().unwrap().skipped_nonfinite, "{s:?}");
+    assert!(
+        s.nonfinite_loss || s.update.as_ref().unwrap().skipped_nonfinite,
+        "{s:?}"
+    );
     assert!(s.update.unwrap().skipped_nonfinite);
     assert_eq!(trainer.optimizer().step_count(), opt_before);
-    assert_eq!(trainer.model.trainable_tensors(&Cpu), before, "weights moved on a non-finite step");
+    assert_eq!(
+        trainer.model.trainable_tensors(&Cpu),
+        before,
+        "weights moved on a non-finite step"
+    );
 }
 
 #[test]
 fn resuming_a_checkpoint_reproduces_the_next_step_bit_for_bit() {
     let world = WorldConfig::default();
-    let cfg = RewardTrainConfig { accumulation: 2, ..train_cfg(RewardLoss::Ce) };
+    let cfg = RewardTrainConfig {
+        accumulation: 2,
+        ..train_cfg(RewardLoss::Ce)
+    };
     let mut data_rng = Rng::seed_from_u64(5);
     let batches: Vec<Batch> = (0..8).map(|_| pattern_batch(&mut data_rng, 4)).collect();
     let path = temp_dir("reward-resume").with_extension("safetensors");
@@ -206,15 +245,36 @@ fn resuming_a_checkpoint_reproduces_the_next_step_bit_for_bit() {
     for batch in &batches[6..] {
         b.micro_step(&Cpu, batch).unwrap();
     }
-    assert_eq!(a.model.trainable_tensors(&Cpu), b.model.trainable_tensors(&Cpu), "resumed run diverged");
+    assert_eq!(
+        a.model.trainable_tensors(&Cpu),
+        b.model.trainable_tensors(&Cpu),
+        "resumed run diverged"
+    );
     assert_eq!(a.optimizer().step_count(), b.optimizer().step_count());
 
     // A different reward-model shape refuses the checkpoint instead of loading garbage.
-    let mut other_cfg = RewardModelConfig { hidden: [32, 16], ..b.model.cfg.clone() };
+    let mut other_cfg = RewardModelConfig {
+        hidden: [32, 16],
+        ..b.model.cfg.clone()
+    };
     other_cfg.trainable_blocks = None;
     let g = generator_cfg(&world);
-    let head = init_head_params(g.dim, other_cfg.heads, other_cfg.queries, other_cfg.hidden, 1);
-    let other = RewardModel::from_tensors(&Cpu, g.clone(), &random_weights(&g, 21), &head, other_cfg, None).unwrap();
+    let head = init_head_params(
+        g.dim,
+        other_cfg.heads,
+        other_cfg.queries,
+        other_cfg.hidden,
+        1,
+    );
+    let other = RewardModel::from_tensors(
+        &Cpu,
+        g.clone(),
+        &random_weights(&g, 21),
+        &head,
+        other_cfg,
+        None,
+    )
+    .unwrap();
     let mut c = RewardTrainer::new(&Cpu, other, train_cfg(RewardLoss::Ce)).unwrap();
     let err = c.resume(&Cpu, &path).unwrap_err().to_string();
     std::fs::remove_file(&path).ok();

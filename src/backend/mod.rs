@@ -122,7 +122,15 @@ pub trait Backend: Send + Sync + 'static {
     /// `x *= alpha`.
     fn scale(&self, alpha: f32, x: &mut Self::Buf);
     /// `out[b, k*w + j] = x[b, j] + table[k*w + j]` for `x: [batch, w]`, `table: [k*w]`.
-    fn broadcast_add(&self, x: &Self::Buf, table: &Self::Buf, batch: usize, w: usize, k: usize, out: &mut Self::Buf);
+    fn broadcast_add(
+        &self,
+        x: &Self::Buf,
+        table: &Self::Buf,
+        batch: usize,
+        w: usize,
+        k: usize,
+        out: &mut Self::Buf,
+    );
     /// Backward of [`Backend::broadcast_add`]: `dx[b, j] += sum_k dout[b, k*w + j]`,
     /// `dtable += sum_b dout[b, :]`.
     fn broadcast_add_backward(
@@ -168,7 +176,14 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---------------------------------------------------------------- linear algebra
     /// `y[n, out] = x[n, in] W^T (+ b)`.
-    fn linear_forward(&self, x: &Self::Buf, n: usize, w: &Self::Weight, b: Option<&Self::Buf>, y: &mut Self::Buf);
+    fn linear_forward(
+        &self,
+        x: &Self::Buf,
+        n: usize,
+        w: &Self::Weight,
+        b: Option<&Self::Buf>,
+        y: &mut Self::Buf,
+    );
     /// `dx[n, in] = dy[n, out] W` (overwrites `dx`).
     fn linear_backward_input(&self, dy: &Self::Buf, n: usize, w: &Self::Weight, dx: &mut Self::Buf);
     /// `dw[out, in] += dy^T x`, `db[out] += sum_rows dy`.
@@ -345,5 +360,11 @@ pub trait Backend: Send + Sync + 'static {
     /// `x: [batch, C, F, H, W]` -> `tokens: [batch, L, C*4]` in the given patch order.
     fn patchify(&self, x: &Self::Buf, shape: PatchShape, order: PatchOrder, tokens: &mut Self::Buf);
     /// Inverse of [`Backend::patchify`] (and therefore its backward, and vice versa).
-    fn unpatchify(&self, tokens: &Self::Buf, shape: PatchShape, order: PatchOrder, x: &mut Self::Buf);
+    fn unpatchify(
+        &self,
+        tokens: &Self::Buf,
+        shape: PatchShape,
+        order: PatchOrder,
+        x: &mut Self::Buf,
+    );
 }

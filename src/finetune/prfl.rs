@@ -20,7 +20,9 @@ use crate::model::lora::LoraConfig;
 use crate::model::params::Grads;
 use crate::model::wan::{Mode, VideoShape, WanModel};
 use crate::optim::adamw::{AdamW, AdamWConfig, StepReport};
-use crate::optim::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainingKind, TrainingMeta};
+use crate::optim::checkpoint::{
+    load_training_checkpoint, save_training_checkpoint, TrainingKind, TrainingMeta,
+};
 use crate::reward::loss::sigmoid;
 use crate::reward::model::RewardModel;
 use crate::schedule::levels::TrainingLevels;
@@ -118,11 +120,18 @@ pub struct PrflTrainer<B: Backend> {
 impl<B: Backend> PrflTrainer<B> {
     /// Wraps a generator (with adapters already attached when `cfg.lora` is set) and a trained
     /// reward model.
-    pub fn new(be: &B, generator: WanModel<B>, reward: RewardModel<B>, cfg: PrflConfig) -> Result<Self> {
+    pub fn new(
+        be: &B,
+        generator: WanModel<B>,
+        reward: RewardModel<B>,
+        cfg: PrflConfig,
+    ) -> Result<Self> {
         if cfg.accumulation == 0 {
             return Err(Error::Config("accumulation must be at least 1".into()));
         }
-        if reward.backbone.cfg.dim != generator.cfg.dim || reward.backbone.cfg.in_dim != generator.cfg.in_dim {
+        if reward.backbone.cfg.dim != generator.cfg.dim
+            || reward.backbone.cfg.in_dim != generator.cfg.in_dim
+        {
             return Err(Error::Config(
                 "the reward model was not cut from a generator of this architecture".into(),
             ));
@@ -138,7 +147,9 @@ impl<B: Backend> PrflTrainer<B> {
         let lora = cfg.lora.is_some();
         let grads = Grads::new(be, &generator.params, |n| !lora || n.contains(".lora_"));
         if lora && grads.bufs.iter().all(|g| g.is_none()) {
-            return Err(Error::Config("LoRA training asked for, but the generator has no adapters attached".into()));
+            return Err(Error::Config(
+                "LoRA training asked for, but the generator has no adapters attached".into(),
+            ));
         }
         let reward_grads = Grads::new(be, &reward.backbone.params, |_| false);
         let opt = AdamW::new(
@@ -237,19 +248,35 @@ impl<B: Backend> PrflTrainer<B> {
     ) -> Result<(f64, f64, usize)> {
         let m = sampler.index();
         let t_m = vec![sampler.timestep(m); shape.batch];
-        let mode = if backward { self.mode() } else { Mode::Inference };
-        let (v, tape) = self.generator.forward(be, &cond.inputs(shape, x_m, &t_m), mode)?;
+        let mode = if backward {
+            self.mode()
+        } else {
+            Mode::Inference
+        };
+        let (v, tape) = self
+            .generator
+            .forward(be, &cond.inputs(shape, x_m, &t_m), mode)?;
         let coef = sampler.output_coefficient(m);
         let x_next = sampler.step(be, &v, x_m);
         drop(v);
         let t_next = vec![sampler.timestep(m + 1); shape.batch];
-        let rmode = if backward { Mode::Train } else { Mode::Inference };
-        let (logits, rtape) = self.reward.forward(be, &cond.inputs(shape, &x_next, &t_next), rmode)?;
+        let rmode = if backward {
+            Mode::Train
+        } else {
+            Mode::Inference
+        };
+        let (logits, rtape) =
+            self.reward
+                .forward(be, &cond.inputs(shape, &x_next, &t_next), rmode)?;
         let logits = be.download(&logits);
         let n = shape.batch as f64;
         let (margin, scale) = (self.cfg.margin, self.cfg.scale);
         let scores: Vec<f32> = logits.iter().map(|&l| sigmoid(l)).collect();
-        let loss = scores.iter().map(|&s| (scale * (margin - s).max(0.0)) as f64).sum::<f64>() / n;
+        let loss = scores
+            .iter()
+            .map(|&s| (scale * (margin - s).max(0.0)) as f64)
+            .sum::<f64>()
+            / n;
         let mean = scores.iter().map(|&s| s as f64).sum::<f64>() / n;
         let mut tape_bytes = 0;
         if let (true, Some(tape), Some(rtape)) = (backward, tape, rtape) {
@@ -257,9 +284,17 @@ impl<B: Backend> PrflTrainer<B> {
             // d loss / d logit = -scale/B * s (1 - s) where the hinge is active.
             let dlogits: Vec<f32> = scores
                 .iter()
-                .map(|&s| if margin - s > 0.0 { -scale / n as f32 * s * (1.0 - s) } else { 0.0 })
+                .map(|&s| {
+                    if margin - s > 0.0 {
+                        -scale / n as f32 * s * (1.0 - s)
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
-            let g = self.reward.backward(be, &rtape, &be.upload(&dlogits), &mut self.reward_grads)?;
+            let g =
+                self.reward
+                    .backward(be, &rtape, &be.upload(&dlogits), &mut self.reward_grads)?;
             drop(rtape);
             let mut dv = g.x;
             be.scale(coef, &mut dv);
@@ -270,7 +305,13 @@ impl<B: Backend> PrflTrainer<B> {
 
     /// The supervised flow-matching loss on clean latents `x0` (host data, `[B, C, F, H, W]`),
     /// gradient accumulated. Returns the loss.
-    pub fn sft_micro(&mut self, be: &B, shape: VideoShape, cond: &Cond<'_, B>, x0: &[f32]) -> Result<f64> {
+    pub fn sft_micro(
+        &mut self,
+        be: &B,
+        shape: VideoShape,
+        cond: &Cond<'_, B>,
+        x0: &[f32],
+    ) -> Result<f64> {
         let per = x0.len() / shape.batch;
         let mut x = vec![0.0f32; x0.len()];
         let mut target = vec![0.0f32; x0.len()];
@@ -280,23 +321,43 @@ impl<B: Backend> PrflTrainer<B> {
             let level = self.levels.draw(&mut self.rng);
             self.rng.fill_normal(&mut eps);
             let r = b * per..(b + 1) * per;
-            for ((xi, ti), (&a, &e)) in x[r.clone()].iter_mut().zip(&mut target[r.clone()]).zip(x0[r].iter().zip(&eps)) {
+            for ((xi, ti), (&a, &e)) in x[r.clone()]
+                .iter_mut()
+                .zip(&mut target[r.clone()])
+                .zip(x0[r].iter().zip(&eps))
+            {
                 *xi = (1.0 - level.sigma) * a + level.sigma * e;
                 *ti = e - a;
             }
             t.push(level.timestep);
         }
         let xb = be.upload(&x);
-        let (v, tape) = self.generator.forward(be, &cond.inputs(shape, &xb, &t), self.mode())?;
+        let (v, tape) = self
+            .generator
+            .forward(be, &cond.inputs(shape, &xb, &t), self.mode())?;
         let vh = be.download(&v);
         let count = vh.len() as f64;
-        let loss = vh.iter().zip(&target).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / count;
+        let loss = vh
+            .iter()
+            .zip(&target)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / count;
         if !loss.is_finite() {
             self.poisoned = true;
             return Ok(loss);
         }
-        let dv: Vec<f32> = vh.iter().zip(&target).map(|(a, b)| (2.0 * (a - b) as f64 / count) as f32).collect();
-        self.generator.backward(be, &tape.expect("training mode"), &be.upload(&dv), &mut self.grads)?;
+        let dv: Vec<f32> = vh
+            .iter()
+            .zip(&target)
+            .map(|(a, b)| (2.0 * (a - b) as f64 / count) as f32)
+            .collect();
+        self.generator.backward(
+            be,
+            &tape.expect("training mode"),
+            &be.upload(&dv),
+            &mut self.grads,
+        )?;
         Ok(loss)
     }
 
@@ -356,7 +417,8 @@ impl<B: Backend> PrflTrainer<B> {
                 lr: 0.0,
             }
         } else {
-            self.opt.step(be, &mut self.generator.params, &self.grads, micro)
+            self.opt
+                .step(be, &mut self.generator.params, &self.grads, micro)
         };
         self.poisoned = false;
         self.grads.zero(be);
@@ -391,7 +453,8 @@ impl<B: Backend> PrflTrainer<B> {
             return Err(Error::checkpoint(path, "not a PRFL training checkpoint"));
         }
         let rng = Rng::from_state(&meta.rng)?;
-        self.opt.import_state(be, &mut self.generator.params, &tensors)?;
+        self.opt
+            .import_state(be, &mut self.generator.params, &tensors)?;
         self.rng = rng;
         self.micro = 0;
         self.poisoned = false;

@@ -87,7 +87,9 @@ impl SamplingPlan {
     /// `steps` steps of `kind` on the `grid` family with `shift`.
     pub fn new(grid: GridKind, steps: usize, shift: f64, kind: SolverKind) -> Result<Self> {
         if steps < 2 {
-            return Err(Error::Config(format!("sampling needs at least 2 steps, got {steps}")));
+            return Err(Error::Config(format!(
+                "sampling needs at least 2 steps, got {steps}"
+            )));
         }
         let grid = match (grid, kind) {
             (GridKind::Wan, _) => SamplingGrid::wan(steps, shift),
@@ -119,5 +121,7 @@ pub fn sample<B: Backend>(
 ) -> Result<B::Buf> {
     let mut sampler = plan.sampler::<B>()?;
     let steps = sampler.steps();
-    sampler.run_to(be, noise, steps, |x, t, _| velocity(be, gen, shape, cond, guidance, x, t))
+    sampler.run_to(be, noise, steps, |x, t, _| {
+        velocity(be, gen, shape, cond, guidance, x, t)
+    })
 }

@@ -216,7 +216,13 @@ impl<B: Backend> BlockActs<B> {
 
 impl Block {
     /// Resolves block `i`'s parameters (canonical names).
-    pub fn resolve<B: Backend>(ps: &ParamStore<B>, i: usize, dim: usize, eps: f32, i2v: bool) -> Result<Self> {
+    pub fn resolve<B: Backend>(
+        ps: &ParamStore<B>,
+        i: usize,
+        dim: usize,
+        eps: f32,
+        i2v: bool,
+    ) -> Result<Self> {
         let p = format!("blocks.{i}");
         let image_attn = if i2v {
             Some(ImageAttnParams {
@@ -319,7 +325,14 @@ impl Block {
         let cv = ca.v.forward(be, ps, ctx.text, nt);
         let mut ca_out = be.zeros(n * d);
         let mut ca_lse = be.zeros(bsz * dims.heads * l);
-        be.attention_forward(&cq, &ck, &cv, dims.attn(dims.text_len), &mut ca_out, &mut ca_lse);
+        be.attention_forward(
+            &cq,
+            &ck,
+            &cv,
+            dims.attn(dims.text_len),
+            &mut ca_out,
+            &mut ca_lse,
+        );
         let mut attn_sum = be.zeros(n * d);
         be.copy_range(&ca_out, 0, &mut attn_sum, 0, n * d);
         let image = match (self.image_attn, ctx.image) {
@@ -421,16 +434,45 @@ impl Block {
 
         // FFN branch: x3 = x2 + y3 * s5.
         let mut dy3 = be.zeros(n * d);
-        be.gated_add_backward(&dx3, &a.y3, bsz, l, d, &a.mods, slot(d, 5), &mut dy3, &mut dmods);
-        let df1g = self.ffn2.backward(be, ps, grads, &a.f1g, &dy3, n, true).unwrap();
+        be.gated_add_backward(
+            &dx3,
+            &a.y3,
+            bsz,
+            l,
+            d,
+            &a.mods,
+            slot(d, 5),
+            &mut dy3,
+            &mut dmods,
+        );
+        let df1g = self
+            .ffn2
+            .backward(be, ps, grads, &a.f1g, &dy3, n, true)
+            .unwrap();
         drop(dy3);
         let df1 = activate_backward(be, &a.f1, &df1g, B::gelu_tanh_backward);
         drop(df1g);
-        let dm2 = self.ffn0.backward(be, ps, grads, &a.m2, &df1, n, true).unwrap();
+        let dm2 = self
+            .ffn0
+            .backward(be, ps, grads, &a.m2, &df1, n, true)
+            .unwrap();
         drop(df1);
         let mut dln2 = be.zeros(n * d);
-        be.modulate_backward(&dm2, &a.ln2, bsz, l, d, &a.mods, slot(d, 3), slot(d, 4), &mut dln2, &mut dmods);
-        let mut dx2 = self.norm2.backward(be, ps, grads, &a.x2, &a.ln2_stats, &dln2, n);
+        be.modulate_backward(
+            &dm2,
+            &a.ln2,
+            bsz,
+            l,
+            d,
+            &a.mods,
+            slot(d, 3),
+            slot(d, 4),
+            &mut dln2,
+            &mut dmods,
+        );
+        let mut dx2 = self
+            .norm2
+            .backward(be, ps, grads, &a.x2, &a.ln2_stats, &dln2, n);
         be.add_assign(&mut dx2, &dx3);
         drop(dx3);
 
@@ -441,7 +483,9 @@ impl Block {
         if let Some(img) = &a.image {
             be.add_assign(&mut attn_sum, &img.out);
         }
-        let dattn = ca.o.backward(be, ps, grads, &attn_sum, &dx2, n, true).unwrap();
+        let dattn =
+            ca.o.backward(be, ps, grads, &attn_sum, &dx2, n, true)
+                .unwrap();
         drop(attn_sum);
         let nt = bsz * dims.text_len;
         let mut dcq = be.zeros(n * d);
@@ -459,9 +503,15 @@ impl Block {
             &mut dck,
             &mut dcv,
         );
-        let dck_pre = ca.norm_k.backward(be, ps, grads, &a.ck_pre, &a.ck_rstd, &dck, nt);
-        let mut dtext = ca.k.backward(be, ps, grads, ctx.text, &dck_pre, nt, true).unwrap();
-        let dtext_v = ca.v.backward(be, ps, grads, ctx.text, &dcv, nt, true).unwrap();
+        let dck_pre = ca
+            .norm_k
+            .backward(be, ps, grads, &a.ck_pre, &a.ck_rstd, &dck, nt);
+        let mut dtext =
+            ca.k.backward(be, ps, grads, ctx.text, &dck_pre, nt, true)
+                .unwrap();
+        let dtext_v =
+            ca.v.backward(be, ps, grads, ctx.text, &dcv, nt, true)
+                .unwrap();
         be.add_assign(&mut dtext, &dtext_v);
         let dimage = match (&a.image, self.image_attn, ctx.image) {
             (Some(img), Some(ia), Some(image)) => {
@@ -482,8 +532,12 @@ impl Block {
                     &mut dv,
                 );
                 be.add_assign(&mut dcq, &dq_img);
-                let dk_pre = ia.norm_k.backward(be, ps, grads, &img.k_pre, &img.k_rstd, &dk, ni);
-                let mut dimg = ia.k.backward(be, ps, grads, image, &dk_pre, ni, true).unwrap();
+                let dk_pre = ia
+                    .norm_k
+                    .backward(be, ps, grads, &img.k_pre, &img.k_rstd, &dk, ni);
+                let mut dimg =
+                    ia.k.backward(be, ps, grads, image, &dk_pre, ni, true)
+                        .unwrap();
                 let dimg_v = ia.v.backward(be, ps, grads, image, &dv, ni, true).unwrap();
                 be.add_assign(&mut dimg, &dimg_v);
                 Some(dimg)
@@ -491,17 +545,35 @@ impl Block {
             _ => None,
         };
         drop(dattn);
-        let dcq_pre = ca.norm_q.backward(be, ps, grads, &a.cq_pre, &a.cq_rstd, &dcq, n);
-        let dln3 = ca.q.backward(be, ps, grads, &a.ln3, &dcq_pre, n, true).unwrap();
-        let mut dx1 = self.norm3.backward(be, ps, grads, &a.x1, &a.ln3_stats, &dln3, n);
+        let dcq_pre = ca
+            .norm_q
+            .backward(be, ps, grads, &a.cq_pre, &a.cq_rstd, &dcq, n);
+        let dln3 =
+            ca.q.backward(be, ps, grads, &a.ln3, &dcq_pre, n, true)
+                .unwrap();
+        let mut dx1 = self
+            .norm3
+            .backward(be, ps, grads, &a.x1, &a.ln3_stats, &dln3, n);
         be.add_assign(&mut dx1, &dx2);
         drop(dx2);
 
         // Self-attention branch: x1 = x + o(attn(rope(norm(q)), rope(norm(k)), v)) * s2.
         let sa = &self.self_attn;
         let mut dy1 = be.zeros(n * d);
-        be.gated_add_backward(&dx1, &a.y1, bsz, l, d, &a.mods, slot(d, 2), &mut dy1, &mut dmods);
-        let dsa = sa.o.backward(be, ps, grads, &a.sa_out, &dy1, n, true).unwrap();
+        be.gated_add_backward(
+            &dx1,
+            &a.y1,
+            bsz,
+            l,
+            d,
+            &a.mods,
+            slot(d, 2),
+            &mut dy1,
+            &mut dmods,
+        );
+        let dsa =
+            sa.o.backward(be, ps, grads, &a.sa_out, &dy1, n, true)
+                .unwrap();
         drop(dy1);
         let mut dq = be.zeros(n * d);
         let mut dk = be.zeros(n * d);
@@ -522,16 +594,37 @@ impl Block {
         // The rotation is orthogonal: its backward is the inverse rotation.
         be.rope(&mut dq, bsz, l, dims.heads, hd, &rope.cos, &rope.sin, true);
         be.rope(&mut dk, bsz, l, dims.heads, hd, &rope.cos, &rope.sin, true);
-        let dq_pre = sa.norm_q.backward(be, ps, grads, &a.q_pre, &a.q_rstd, &dq, n);
-        let dk_pre = sa.norm_k.backward(be, ps, grads, &a.k_pre, &a.k_rstd, &dk, n);
-        let mut dm1 = sa.q.backward(be, ps, grads, &a.m1, &dq_pre, n, true).unwrap();
-        let dm1_k = sa.k.backward(be, ps, grads, &a.m1, &dk_pre, n, true).unwrap();
+        let dq_pre = sa
+            .norm_q
+            .backward(be, ps, grads, &a.q_pre, &a.q_rstd, &dq, n);
+        let dk_pre = sa
+            .norm_k
+            .backward(be, ps, grads, &a.k_pre, &a.k_rstd, &dk, n);
+        let mut dm1 =
+            sa.q.backward(be, ps, grads, &a.m1, &dq_pre, n, true)
+                .unwrap();
+        let dm1_k =
+            sa.k.backward(be, ps, grads, &a.m1, &dk_pre, n, true)
+                .unwrap();
         be.add_assign(&mut dm1, &dm1_k);
         let dm1_v = sa.v.backward(be, ps, grads, &a.m1, &dv, n, true).unwrap();
         be.add_assign(&mut dm1, &dm1_v);
         let mut dln1 = be.zeros(n * d);
-        be.modulate_backward(&dm1, &a.ln1, bsz, l, d, &a.mods, slot(d, 0), slot(d, 1), &mut dln1, &mut dmods);
-        let mut dx = self.norm1.backward(be, ps, grads, &a.x, &a.ln1_stats, &dln1, n);
+        be.modulate_backward(
+            &dm1,
+            &a.ln1,
+            bsz,
+            l,
+            d,
+            &a.mods,
+            slot(d, 0),
+            slot(d, 1),
+            &mut dln1,
+            &mut dmods,
+        );
+        let mut dx = self
+            .norm1
+            .backward(be, ps, grads, &a.x, &a.ln1_stats, &dln1, n);
         be.add_assign(&mut dx, &dx1);
 
         // mods = modulation + e0: the table gets the batch sum, e0 the per-sample gradient.

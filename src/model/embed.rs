@@ -83,12 +83,19 @@ impl TimeEmbedding {
         de0: &B::Buf,
         n: usize,
     ) {
-        let de_act = self.proj.backward(be, ps, grads, &a.e_act, de0, n, true).unwrap();
+        let de_act = self
+            .proj
+            .backward(be, ps, grads, &a.e_act, de0, n, true)
+            .unwrap();
         let de_silu = activate_backward(be, &a.e, &de_act, B::silu_backward);
         be.add_assign(&mut de, &de_silu);
-        let dh0_act = self.lin2.backward(be, ps, grads, &a.h0_act, &de, n, true).unwrap();
+        let dh0_act = self
+            .lin2
+            .backward(be, ps, grads, &a.h0_act, &de, n, true)
+            .unwrap();
         let dh0 = activate_backward(be, &a.h0, &dh0_act, B::silu_backward);
-        self.lin0.backward(be, ps, grads, &a.sinusoid, &dh0, n, false);
+        self.lin0
+            .backward(be, ps, grads, &a.sinusoid, &dh0, n, false);
     }
 }
 
@@ -113,7 +120,13 @@ impl TextEmbedding {
         })
     }
 
-    pub fn forward<B: Backend>(&self, be: &B, ps: &ParamStore<B>, context: &B::Buf, rows: usize) -> TextActs<B> {
+    pub fn forward<B: Backend>(
+        &self,
+        be: &B,
+        ps: &ParamStore<B>,
+        context: &B::Buf,
+        rows: usize,
+    ) -> TextActs<B> {
         let h0 = self.lin0.forward(be, ps, context, rows);
         let h0_act = activate(be, &h0, B::gelu_tanh_forward);
         let out = self.lin2.forward(be, ps, &h0_act, rows);
@@ -132,9 +145,14 @@ impl TextEmbedding {
         dout: &B::Buf,
         rows: usize,
     ) -> B::Buf {
-        let dh0_act = self.lin2.backward(be, ps, grads, &a.h0_act, dout, rows, true).unwrap();
+        let dh0_act = self
+            .lin2
+            .backward(be, ps, grads, &a.h0_act, dout, rows, true)
+            .unwrap();
         let dh0 = activate_backward(be, &a.h0, &dh0_act, B::gelu_tanh_backward);
-        self.lin0.backward(be, ps, grads, context, &dh0, rows, true).unwrap()
+        self.lin0
+            .backward(be, ps, grads, context, &dh0, rows, true)
+            .unwrap()
     }
 }
 
@@ -168,7 +186,13 @@ impl ImageEmbedding {
         })
     }
 
-    pub fn forward<B: Backend>(&self, be: &B, ps: &ParamStore<B>, clip: &B::Buf, rows: usize) -> ImageActs<B> {
+    pub fn forward<B: Backend>(
+        &self,
+        be: &B,
+        ps: &ParamStore<B>,
+        clip: &B::Buf,
+        rows: usize,
+    ) -> ImageActs<B> {
         let (n0, n0_stats) = self.norm0.forward(be, ps, clip, rows);
         let h1 = self.lin1.forward(be, ps, &n0, rows);
         let h1_act = activate(be, &h1, B::gelu_erf_forward);
@@ -197,10 +221,19 @@ impl ImageEmbedding {
         dout: &B::Buf,
         rows: usize,
     ) -> B::Buf {
-        let dh3 = self.norm4.backward(be, ps, grads, &a.h3, &a.n4_stats, dout, rows);
-        let dh1_act = self.lin3.backward(be, ps, grads, &a.h1_act, &dh3, rows, true).unwrap();
+        let dh3 = self
+            .norm4
+            .backward(be, ps, grads, &a.h3, &a.n4_stats, dout, rows);
+        let dh1_act = self
+            .lin3
+            .backward(be, ps, grads, &a.h1_act, &dh3, rows, true)
+            .unwrap();
         let dh1 = activate_backward(be, &a.h1, &dh1_act, B::gelu_erf_backward);
-        let dn0 = self.lin1.backward(be, ps, grads, &a.n0, &dh1, rows, true).unwrap();
-        self.norm0.backward(be, ps, grads, clip, &a.n0_stats, &dn0, rows)
+        let dn0 = self
+            .lin1
+            .backward(be, ps, grads, &a.n0, &dh1, rows, true)
+            .unwrap();
+        self.norm0
+            .backward(be, ps, grads, clip, &a.n0_stats, &dn0, rows)
     }
 }

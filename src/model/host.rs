@@ -147,7 +147,10 @@ pub fn run_forward<B: Backend>(
     };
     let (v, tape) = model.forward(be, &inp, mode)?;
     let mut out = BTreeMap::new();
-    out.insert("v".to_string(), HostTensor::from_f32(x_t.shape.clone(), be.download(&v))?);
+    out.insert(
+        "v".to_string(),
+        HostTensor::from_f32(x_t.shape.clone(), be.download(&v))?,
+    );
     if let Some(tape) = tape {
         let cot = input(inputs, "cotangent")?;
         if cot.numel() != x_t.numel() {

@@ -122,7 +122,13 @@ impl Linear {
 }
 
 /// `h = x A^T`, `[n, r]`.
-fn lora_hidden<B: Backend>(be: &B, ps: &ParamStore<B>, lo: &LoraAdapter, x: &B::Buf, n: usize) -> B::Buf {
+fn lora_hidden<B: Backend>(
+    be: &B,
+    ps: &ParamStore<B>,
+    lo: &LoraAdapter,
+    x: &B::Buf,
+    n: usize,
+) -> B::Buf {
     let mut h = be.zeros(n * lo.rank);
     be.linear_forward(x, n, ps.matrix(lo.a), None, &mut h);
     h
@@ -144,7 +150,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn plain(d: usize, eps: f32) -> Self {
-        LayerNorm { affine: None, d, eps }
+        LayerNorm {
+            affine: None,
+            d,
+            eps,
+        }
     }
 
     pub fn resolve<B: Backend>(ps: &ParamStore<B>, prefix: &str, eps: f32) -> Result<Self> {
@@ -171,7 +181,9 @@ impl LayerNorm {
             Some((w, b)) => (Some(ps.vector(w)), Some(ps.vector(b))),
             None => (None, None),
         };
-        be.layernorm_forward(x, rows, self.d, w, b, self.eps, &mut y, &mut mean, &mut rstd);
+        be.layernorm_forward(
+            x, rows, self.d, w, b, self.eps, &mut y, &mut mean, &mut rstd,
+        );
         (y, NormStats { mean, rstd })
     }
 
@@ -248,7 +260,15 @@ impl RmsNorm {
     ) -> (B::Buf, B::Buf) {
         let mut y = be.zeros(rows * self.d);
         let mut rstd = be.zeros(rows);
-        be.rmsnorm_forward(x, rows, self.d, ps.vector(self.w), self.eps, &mut y, &mut rstd);
+        be.rmsnorm_forward(
+            x,
+            rows,
+            self.d,
+            ps.vector(self.w),
+            self.eps,
+            &mut y,
+            &mut rstd,
+        );
         (y, rstd)
     }
 

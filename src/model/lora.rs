@@ -61,14 +61,18 @@ impl LoraConfig {
 }
 
 /// `(layer prefix, in, out)` of every adapted layer of a model with `blocks` blocks.
-fn adapted_layers(cfg: &WanConfig, lora: &LoraConfig, blocks: usize) -> Result<Vec<(String, usize, usize)>> {
+fn adapted_layers(
+    cfg: &WanConfig,
+    lora: &LoraConfig,
+    blocks: usize,
+) -> Result<Vec<(String, usize, usize)>> {
     let d = cfg.dim;
     let mut out = Vec::new();
     for i in 0..blocks {
         for t in &lora.targets {
             let (n_in, n_out) = match t.as_str() {
-                "self_attn.q" | "self_attn.k" | "self_attn.v" | "self_attn.o" | "cross_attn.q" | "cross_attn.k"
-                | "cross_attn.v" | "cross_attn.o" => (d, d),
+                "self_attn.q" | "self_attn.k" | "self_attn.v" | "self_attn.o" | "cross_attn.q"
+                | "cross_attn.k" | "cross_attn.v" | "cross_attn.o" => (d, d),
                 "cross_attn.k_img" | "cross_attn.v_img" if cfg.image_dim.is_some() => (d, d),
                 "ffn.0" => (d, cfg.ffn_dim),
                 "ffn.2" => (cfg.ffn_dim, d),
@@ -81,13 +85,22 @@ fn adapted_layers(cfg: &WanConfig, lora: &LoraConfig, blocks: usize) -> Result<V
 }
 
 /// Fresh adapters: `A` uniform in `+-1/sqrt(in)` (peft's kaiming-uniform with a = sqrt(5)), `B` zero.
-pub fn init_lora(cfg: &WanConfig, lora: &LoraConfig, seed: u64) -> Result<BTreeMap<String, HostTensor>> {
+pub fn init_lora(
+    cfg: &WanConfig,
+    lora: &LoraConfig,
+    seed: u64,
+) -> Result<BTreeMap<String, HostTensor>> {
     let mut rng = Rng::seed_from_u64(seed);
     let mut out = BTreeMap::new();
     for (prefix, n_in, n_out) in adapted_layers(cfg, lora, cfg.num_layers)? {
         let bound = 1.0 / (n_in as f32).sqrt();
-        let a: Vec<f32> = (0..lora.rank * n_in).map(|_| (rng.uniform_f32() * 2.0 - 1.0) * bound).collect();
-        out.insert(format!("{prefix}.lora_A.weight"), HostTensor::from_f32(vec![lora.rank, n_in], a)?);
+        let a: Vec<f32> = (0..lora.rank * n_in)
+            .map(|_| (rng.uniform_f32() * 2.0 - 1.0) * bound)
+            .collect();
+        out.insert(
+            format!("{prefix}.lora_A.weight"),
+            HostTensor::from_f32(vec![lora.rank, n_in], a)?,
+        );
         out.insert(
             format!("{prefix}.lora_B.weight"),
             HostTensor::from_f32(vec![n_out, lora.rank], vec![0.0; n_out * lora.rank])?,
@@ -99,12 +112,19 @@ pub fn init_lora(cfg: &WanConfig, lora: &LoraConfig, seed: u64) -> Result<BTreeM
 impl<B: Backend> WanModel<B> {
     /// Adds adapters (named as [`init_lora`] names them) to the loaded blocks. Adapter weights are
     /// kept in f32 whatever the base's storage dtype.
-    pub fn attach_lora(&mut self, be: &B, lora: &LoraConfig, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+    pub fn attach_lora(
+        &mut self,
+        be: &B,
+        lora: &LoraConfig,
+        tensors: &BTreeMap<String, HostTensor>,
+    ) -> Result<()> {
         let layers = adapted_layers(&self.cfg, lora, self.num_blocks())?;
         for (prefix, n_in, n_out) in &layers {
             let get = |suffix: &str, shape: [usize; 2]| -> Result<HostTensor> {
                 let name = format!("{prefix}.{suffix}");
-                let t = tensors.get(&name).ok_or_else(|| Error::MissingTensor(name.clone()))?;
+                let t = tensors
+                    .get(&name)
+                    .ok_or_else(|| Error::MissingTensor(name.clone()))?;
                 if t.shape != shape {
                     return Err(Error::ShapeMismatch {
                         name,
@@ -112,12 +132,16 @@ impl<B: Backend> WanModel<B> {
                         expected: shape.to_vec(),
                     });
                 }
-                Ok(HostTensor::new(t.shape.clone(), Storage::F32(t.to_f32()))?)
+                HostTensor::new(t.shape.clone(), Storage::F32(t.to_f32()))
             };
             let a = get("lora_A.weight", [lora.rank, *n_in])?;
             let b = get("lora_B.weight", [*n_out, lora.rank])?;
-            let ia = self.params.insert(be, &format!("{prefix}.lora_A.weight"), &a)?;
-            let ib = self.params.insert(be, &format!("{prefix}.lora_B.weight"), &b)?;
+            let ia = self
+                .params
+                .insert(be, &format!("{prefix}.lora_A.weight"), &a)?;
+            let ib = self
+                .params
+                .insert(be, &format!("{prefix}.lora_B.weight"), &b)?;
             let (block, target) = split_block(prefix);
             let lin = self.blocks_mut()[block]
                 .linear_mut(target)
@@ -135,7 +159,9 @@ impl<B: Backend> WanModel<B> {
 
 /// `blocks.3.self_attn.q` -> `(3, "self_attn.q")`.
 fn split_block(prefix: &str) -> (usize, &str) {
-    let rest = prefix.strip_prefix("blocks.").expect("adapter prefixes start with blocks.");
+    let rest = prefix
+        .strip_prefix("blocks.")
+        .expect("adapter prefixes start with blocks.");
     let (i, target) = rest.split_once('.').expect("blocks.N.target");
     (i.parse().expect("block index"), target)
 }
@@ -146,7 +172,9 @@ pub fn to_peft_names(adapters: &BTreeMap<String, HostTensor>) -> BTreeMap<String
     adapters
         .iter()
         .map(|(name, t)| {
-            let (layer, which) = name.rsplit_once(".lora_").expect("adapter names end in .lora_X.weight");
+            let (layer, which) = name
+                .rsplit_once(".lora_")
+                .expect("adapter names end in .lora_X.weight");
             let diff_layer = to_diffusers(&format!("{layer}.weight"));
             let diff_layer = diff_layer.strip_suffix(".weight").unwrap_or(&diff_layer);
             (format!("transformer.{diff_layer}.lora_{which}"), t.clone())
@@ -162,12 +190,16 @@ pub fn merge_lora(
 ) -> Result<BTreeMap<String, HostTensor>> {
     let mut out = base.clone();
     for (name, a) in adapters {
-        let Some(layer) = name.strip_suffix(".lora_A.weight") else { continue };
+        let Some(layer) = name.strip_suffix(".lora_A.weight") else {
+            continue;
+        };
         let b = adapters
             .get(&format!("{layer}.lora_B.weight"))
             .ok_or_else(|| Error::MissingTensor(format!("{layer}.lora_B.weight")))?;
         let wname = format!("{layer}.weight");
-        let w = base.get(&wname).ok_or_else(|| Error::MissingTensor(wname.clone()))?;
+        let w = base
+            .get(&wname)
+            .ok_or_else(|| Error::MissingTensor(wname.clone()))?;
         let (r, n_in) = (a.shape[0], a.shape[1]);
         let n_out = b.shape[0];
         if w.shape != [n_out, n_in] || b.shape != [n_out, r] {
@@ -181,15 +213,34 @@ pub fn merge_lora(
         let bf: Vec<f32> = b.to_f32().iter().map(|v| v * lora.scale()).collect();
         let mut wf = w.to_f32();
         // wf += (s B) A, a [out, r] x [r, in] product accumulated into the base weight.
-        gemm_strided(n_out, n_in, r, &bf, r as isize, 1, &af, n_in as isize, 1, &mut wf, true);
-        out.insert(wname, HostTensor::new(w.shape.clone(), Storage::from_f32(&wf, w.dtype()))?);
+        gemm_strided(
+            n_out,
+            n_in,
+            r,
+            &bf,
+            r as isize,
+            1,
+            &af,
+            n_in as isize,
+            1,
+            &mut wf,
+            true,
+        );
+        out.insert(
+            wname,
+            HostTensor::new(w.shape.clone(), Storage::from_f32(&wf, w.dtype()))?,
+        );
     }
     Ok(out)
 }
 
 /// Writes adapters as a peft/diffusers LoRA file (atomically), with `rank`, `alpha` and the
 /// targets in the safetensors metadata so that [`load_peft`] restores the configuration.
-pub fn save_peft(path: &std::path::Path, adapters: &BTreeMap<String, HostTensor>, lora: &LoraConfig) -> Result<()> {
+pub fn save_peft(
+    path: &std::path::Path,
+    adapters: &BTreeMap<String, HostTensor>,
+    lora: &LoraConfig,
+) -> Result<()> {
     let meta: std::collections::HashMap<String, String> = [
         ("format".to_string(), "prfl-lora/1".to_string()),
         ("rank".to_string(), lora.rank.to_string()),
@@ -198,7 +249,11 @@ pub fn save_peft(path: &std::path::Path, adapters: &BTreeMap<String, HostTensor>
     ]
     .into();
     let peft = to_peft_names(adapters);
-    super::checkpoint::write_safetensors(path, peft.iter().map(|(k, v)| (k.as_str(), v)), Some(&meta))
+    super::checkpoint::write_safetensors(
+        path,
+        peft.iter().map(|(k, v)| (k.as_str(), v)),
+        Some(&meta),
+    )
 }
 
 /// Reads a file written by [`save_peft`]: the configuration and the adapters under canonical
@@ -206,12 +261,16 @@ pub fn save_peft(path: &std::path::Path, adapters: &BTreeMap<String, HostTensor>
 pub fn load_peft(path: &std::path::Path) -> Result<(LoraConfig, BTreeMap<String, HostTensor>)> {
     let meta = super::checkpoint::read_safetensors_metadata(path)?;
     let field = |k: &str| {
-        meta.get(k)
-            .cloned()
-            .ok_or_else(|| Error::checkpoint(path, format!("LoRA file lacks `{k}` in its metadata")))
+        meta.get(k).cloned().ok_or_else(|| {
+            Error::checkpoint(path, format!("LoRA file lacks `{k}` in its metadata"))
+        })
     };
-    let rank: usize = field("rank")?.parse().map_err(|_| Error::checkpoint(path, "bad LoRA rank"))?;
-    let alpha: f32 = field("alpha")?.parse().map_err(|_| Error::checkpoint(path, "bad LoRA alpha"))?;
+    let rank: usize = field("rank")?
+        .parse()
+        .map_err(|_| Error::checkpoint(path, "bad LoRA rank"))?;
+    let alpha: f32 = field("alpha")?
+        .parse()
+        .map_err(|_| Error::checkpoint(path, "bad LoRA alpha"))?;
     let targets = field("targets")?.split(',').map(String::from).collect();
     let mut adapters = BTreeMap::new();
     for (name, t) in super::checkpoint::read_safetensors(path)? {
@@ -224,5 +283,12 @@ pub fn load_peft(path: &std::path::Path) -> Result<(LoraConfig, BTreeMap<String,
         let layer = canonical.strip_suffix(".weight").unwrap_or(&canonical);
         adapters.insert(format!("{layer}.lora_{which}"), t);
     }
-    Ok((LoraConfig { rank, alpha, targets }, adapters))
+    Ok((
+        LoraConfig {
+            rank,
+            alpha,
+            targets,
+        },
+        adapters,
+    ))
 }

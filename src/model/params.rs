@@ -72,7 +72,9 @@ impl<B: Backend> ParamStore<B> {
     /// Matrix weights keep the tensor's dtype.
     pub fn insert(&mut self, backend: &B, name: &str, t: &HostTensor) -> Result<usize> {
         if self.index.contains_key(name) {
-            return Err(Error::InvalidInput(format!("parameter `{name}` already exists")));
+            return Err(Error::InvalidInput(format!(
+                "parameter `{name}` already exists"
+            )));
         }
         let data = if is_matrix(name, &t.shape) {
             let rows = t.shape[0];

@@ -233,7 +233,11 @@ impl<B: Backend> WanModel<B> {
             ));
         }
         if inp.t.len() != s.batch {
-            return bad(format!("t has {} values for a batch of {}", inp.t.len(), s.batch));
+            return bad(format!(
+                "t has {} values for a batch of {}",
+                inp.t.len(),
+                s.batch
+            ));
         }
         if let Some(t) = inp.t.iter().find(|t| !t.is_finite()) {
             return bad(format!("timestep {t} is not finite"));
@@ -284,13 +288,22 @@ impl<B: Backend> WanModel<B> {
 
     /// The full model: returns the predicted velocity `[B, out_dim, F, H, W]` and, in a training
     /// mode, the tape for [`WanModel::backward`].
-    pub fn forward(&self, be: &B, inp: &Inputs<'_, B>, mode: Mode) -> Result<(B::Buf, Option<Tape<B>>)> {
+    pub fn forward(
+        &self,
+        be: &B,
+        inp: &Inputs<'_, B>,
+        mode: Mode,
+    ) -> Result<(B::Buf, Option<Tape<B>>)> {
         if self.head.is_none() || self.blocks.len() != self.cfg.num_layers {
             return Err(Error::Config(format!(
                 "the full forward needs all {} blocks and the head; this model holds {} blocks{}",
                 self.cfg.num_layers,
                 self.blocks.len(),
-                if self.head.is_some() { "" } else { " and no head" }
+                if self.head.is_some() {
+                    ""
+                } else {
+                    " and no head"
+                }
             )));
         }
         let (out, tape) = self.run(be, inp, mode, self.blocks.len(), true)?;
@@ -343,9 +356,13 @@ impl<B: Backend> WanModel<B> {
         let mut h = self.patch.forward(be, &self.params, &tokens, n);
 
         let time = self.time.forward(be, &self.params, inp.t);
-        let text = self.text.forward(be, &self.params, inp.context, s.batch * inp.text_len);
+        let text = self
+            .text
+            .forward(be, &self.params, inp.context, s.batch * inp.text_len);
         let image = match (&self.image, inp.clip) {
-            (Some(im), Some(clip)) => Some(im.forward(be, &self.params, clip, s.batch * inp.image_len)),
+            (Some(im), Some(clip)) => {
+                Some(im.forward(be, &self.params, clip, s.batch * inp.image_len))
+            }
             _ => None,
         };
         let (cos, sin) = rope_table(s.frames, s.height / 2, s.width / 2, c.head_dim());
@@ -381,10 +398,26 @@ impl<B: Backend> WanModel<B> {
             let head = self.head.as_ref().expect("checked by forward");
             let d = c.dim;
             let mut mods = be.zeros(s.batch * 2 * d);
-            be.broadcast_add(&time.e, self.params.vector(head.modulation), s.batch, d, 2, &mut mods);
+            be.broadcast_add(
+                &time.e,
+                self.params.vector(head.modulation),
+                s.batch,
+                d,
+                2,
+                &mut mods,
+            );
             let (ln, ln_stats) = head.norm.forward(be, &self.params, &h, n);
             let mut m = be.zeros(n * d);
-            be.modulate_forward(&ln, s.batch, l, d, &mods, head_slot(d, 0), head_slot(d, 1), &mut m);
+            be.modulate_forward(
+                &ln,
+                s.batch,
+                l,
+                d,
+                &mods,
+                head_slot(d, 0),
+                head_slot(d, 1),
+                &mut m,
+            );
             let o = head.lin.forward(be, &self.params, &m, n);
             let oshape = PatchShape {
                 channels: c.out_dim,
@@ -453,7 +486,13 @@ impl<B: Backend> WanModel<B> {
 
     /// Backward of [`WanModel::forward`] from the gradient of the output `dv`
     /// (`[B, out_dim, F, H, W]`).
-    pub fn backward(&self, be: &B, tape: &Tape<B>, dv: &B::Buf, grads: &mut Grads<B>) -> Result<InputGrads<B>> {
+    pub fn backward(
+        &self,
+        be: &B,
+        tape: &Tape<B>,
+        dv: &B::Buf,
+        grads: &mut Grads<B>,
+    ) -> Result<InputGrads<B>> {
         let head = self
             .head
             .as_ref()
@@ -481,11 +520,27 @@ impl<B: Backend> WanModel<B> {
         };
         let mut dout = be.zeros(n * self.cfg.out_dim * 4);
         be.patchify(dv, oshape, PatchOrder::ChannelMinor, &mut dout);
-        let dm = head.lin.backward(be, &self.params, grads, &ha.m, &dout, n, true).unwrap();
+        let dm = head
+            .lin
+            .backward(be, &self.params, grads, &ha.m, &dout, n, true)
+            .unwrap();
         let mut dln = be.zeros(n * d);
         let mut dmods = be.zeros(s.batch * 2 * d);
-        be.modulate_backward(&dm, &ha.ln, s.batch, l, d, &ha.mods, head_slot(d, 0), head_slot(d, 1), &mut dln, &mut dmods);
-        let dh = head.norm.backward(be, &self.params, grads, &ha.x, &ha.ln_stats, &dln, n);
+        be.modulate_backward(
+            &dm,
+            &ha.ln,
+            s.batch,
+            l,
+            d,
+            &ha.mods,
+            head_slot(d, 0),
+            head_slot(d, 1),
+            &mut dln,
+            &mut dmods,
+        );
+        let dh = head
+            .norm
+            .backward(be, &self.params, grads, &ha.x, &ha.ln_stats, &dln, n);
         let mut de = be.zeros(s.batch * d);
         match grads.get_mut(head.modulation) {
             Some(dt) => be.broadcast_add_backward(&dmods, s.batch, d, 2, &mut de, dt),
@@ -498,7 +553,13 @@ impl<B: Backend> WanModel<B> {
     }
 
     /// Backward of [`WanModel::forward_features`] from the gradient of the hidden tokens.
-    pub fn backward_features(&self, be: &B, tape: &Tape<B>, dh: B::Buf, grads: &mut Grads<B>) -> Result<InputGrads<B>> {
+    pub fn backward_features(
+        &self,
+        be: &B,
+        tape: &Tape<B>,
+        dh: B::Buf,
+        grads: &mut Grads<B>,
+    ) -> Result<InputGrads<B>> {
         let s = tape.shape;
         if be.len(&dh) != s.batch * s.tokens() * self.cfg.dim {
             return Err(Error::InvalidInput(format!(
@@ -529,7 +590,10 @@ impl<B: Backend> WanModel<B> {
         };
         let mut de0 = be.zeros(s.batch * 6 * c.dim);
         let mut dtext = be.zeros(s.batch * tape.text_len * c.dim);
-        let mut dimage = tape.image.as_ref().map(|_| be.zeros(s.batch * tape.image_len * c.dim));
+        let mut dimage = tape
+            .image
+            .as_ref()
+            .map(|_| be.zeros(s.batch * tape.image_len * c.dim));
 
         for (i, saved) in tape.blocks.iter().enumerate().rev() {
             let block = &self.blocks[i];
@@ -539,7 +603,9 @@ impl<B: Backend> WanModel<B> {
                 SavedBlock::Input(x) => {
                     let mut cp = be.zeros(n * c.dim);
                     be.copy_range(x, 0, &mut cp, 0, n * c.dim);
-                    recomputed = block.forward(be, &self.params, cp, &tape.time.e0, &ctx, &tape.rope, dims).1;
+                    recomputed = block
+                        .forward(be, &self.params, cp, &tape.time.e0, &ctx, &tape.rope, dims)
+                        .1;
                     &recomputed
                 }
             };
@@ -553,7 +619,8 @@ impl<B: Backend> WanModel<B> {
         }
 
         // Conditioning embeddings.
-        self.time.backward(be, &self.params, grads, &tape.time, de, &de0, s.batch);
+        self.time
+            .backward(be, &self.params, grads, &tape.time, de, &de0, s.batch);
         let dcontext = self.text.backward(
             be,
             &self.params,
@@ -577,7 +644,10 @@ impl<B: Backend> WanModel<B> {
         };
 
         // Patch embedding back to the latent grid, then split x from y.
-        let dtokens = self.patch.backward(be, &self.params, grads, &tape.tokens, &dh, n, true).unwrap();
+        let dtokens = self
+            .patch
+            .backward(be, &self.params, grads, &tape.tokens, &dh, n, true)
+            .unwrap();
         let pshape = PatchShape {
             batch: s.batch,
             channels: c.in_dim,

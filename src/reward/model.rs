@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::loss::sigmoid;
 use super::head::{init_head_params, HeadActs, RewardHead, RewardHeadConfig};
+use super::loss::sigmoid;
 use crate::backend::Backend;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::names::{block_index, blocks_below};
@@ -59,7 +59,10 @@ impl RewardModelConfig {
             return true;
         }
         match block_index(name) {
-            Some(i) => self.trainable_blocks.as_ref().map_or(i < self.blocks, |list| list.contains(&i)),
+            Some(i) => self
+                .trainable_blocks
+                .as_ref()
+                .map_or(i < self.blocks, |list| list.contains(&i)),
             None => false,
         }
     }
@@ -154,13 +157,23 @@ impl<B: Backend> RewardModel<B> {
     }
 
     /// Logits `[B]` of the inputs (latents at their timesteps), with a tape in training modes.
-    pub fn forward(&self, be: &B, inp: &Inputs<'_, B>, mode: Mode) -> Result<(B::Buf, Option<RewardTape<B>>)> {
-        let (feats, tape) = self.backbone.forward_features(be, inp, self.cfg.blocks, mode)?;
-        let (logits, head) = self.head.forward(be, &self.backbone.params, feats, inp.shape.batch, inp.shape.tokens());
-        Ok((
-            logits,
-            tape.map(|backbone| RewardTape { backbone, head }),
-        ))
+    pub fn forward(
+        &self,
+        be: &B,
+        inp: &Inputs<'_, B>,
+        mode: Mode,
+    ) -> Result<(B::Buf, Option<RewardTape<B>>)> {
+        let (feats, tape) = self
+            .backbone
+            .forward_features(be, inp, self.cfg.blocks, mode)?;
+        let (logits, head) = self.head.forward(
+            be,
+            &self.backbone.params,
+            feats,
+            inp.shape.batch,
+            inp.shape.tokens(),
+        );
+        Ok((logits, tape.map(|backbone| RewardTape { backbone, head })))
     }
 
     /// Probabilities `sigmoid(logit)` per sample (no tape).
@@ -171,9 +184,18 @@ impl<B: Backend> RewardModel<B> {
 
     /// Backward from `dlogits [B]`: accumulates gradients of the trainable parameters in `grads`
     /// and returns the gradients with respect to the inputs (PRFL reads `x`).
-    pub fn backward(&self, be: &B, tape: &RewardTape<B>, dlogits: &B::Buf, grads: &mut crate::model::params::Grads<B>) -> Result<InputGrads<B>> {
-        let dfeats = self.head.backward(be, &self.backbone.params, grads, &tape.head, dlogits);
-        self.backbone.backward_features(be, &tape.backbone, dfeats, grads)
+    pub fn backward(
+        &self,
+        be: &B,
+        tape: &RewardTape<B>,
+        dlogits: &B::Buf,
+        grads: &mut crate::model::params::Grads<B>,
+    ) -> Result<InputGrads<B>> {
+        let dfeats = self
+            .head
+            .backward(be, &self.backbone.params, grads, &tape.head, dlogits);
+        self.backbone
+            .backward_features(be, &tape.backbone, dfeats, grads)
     }
 
     /// Loads a trained reward model: the frozen parts from the generator checkpoint it was cut
@@ -181,16 +203,25 @@ impl<B: Backend> RewardModel<B> {
     /// checkpoint.
     pub fn load(be: &B, generator: &Checkpoint, reward_ckpt: &std::path::Path) -> Result<Self> {
         let (tensors, meta) = crate::optim::checkpoint::load_training_checkpoint(reward_ckpt)?;
-        let cfg: RewardModelConfig = serde_json::from_value(meta["config"]["model"].clone()).map_err(|e| {
-            Error::checkpoint(reward_ckpt, format!("not a reward-model checkpoint (config.model: {e})"))
-        })?;
+        let cfg: RewardModelConfig = serde_json::from_value(meta["config"]["model"].clone())
+            .map_err(|e| {
+                Error::checkpoint(
+                    reward_ckpt,
+                    format!("not a reward-model checkpoint (config.model: {e})"),
+                )
+            })?;
         let mut model = Self::from_generator(be, generator, cfg, None, 0)?;
         model.assign_trained(be, &tensors, reward_ckpt)?;
         Ok(model)
     }
 
     /// Overwrites every trainable parameter from `param.<name>` tensors; all must be present.
-    pub fn assign_trained(&mut self, be: &B, tensors: &BTreeMap<String, HostTensor>, source: &std::path::Path) -> Result<()> {
+    pub fn assign_trained(
+        &mut self,
+        be: &B,
+        tensors: &BTreeMap<String, HostTensor>,
+        source: &std::path::Path,
+    ) -> Result<()> {
         let ps = &mut self.backbone.params;
         for id in 0..ps.len() {
             let name = ps.name(id).to_string();

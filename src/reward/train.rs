@@ -16,7 +16,9 @@ use crate::backend::Backend;
 use crate::model::params::Grads;
 use crate::model::wan::{Inputs, Mode, VideoShape};
 use crate::optim::adamw::{AdamW, AdamWConfig, StepReport};
-use crate::optim::checkpoint::{load_training_checkpoint, save_training_checkpoint, TrainingKind, TrainingMeta};
+use crate::optim::checkpoint::{
+    load_training_checkpoint, save_training_checkpoint, TrainingKind, TrainingMeta,
+};
 use crate::schedule::levels::{LevelDistribution, TrainingLevels};
 use crate::schedule::rng::Rng;
 use crate::{Error, Result};
@@ -77,7 +79,9 @@ impl RewardTrainConfig {
     pub fn levels(&self) -> TrainingLevels {
         let levels = TrainingLevels::new(self.shift);
         match self.logit_normal {
-            Some((mean, std)) => levels.with_distribution(LevelDistribution::LogitNormal { mean, std }),
+            Some((mean, std)) => {
+                levels.with_distribution(LevelDistribution::LogitNormal { mean, std })
+            }
             None => levels,
         }
     }
@@ -166,7 +170,13 @@ fn repeat(v: &[f32], times: usize) -> Vec<f32> {
     out
 }
 
-fn prepare<B: Backend>(be: &B, batch: &Batch, x: &[f32], t: Vec<f32>, repeats: usize) -> Prepared<B> {
+fn prepare<B: Backend>(
+    be: &B,
+    batch: &Batch,
+    x: &[f32],
+    t: Vec<f32>,
+    repeats: usize,
+) -> Prepared<B> {
     let [_, f, h, w] = batch.shape;
     Prepared {
         shape: VideoShape {
@@ -179,8 +189,14 @@ fn prepare<B: Backend>(be: &B, batch: &Batch, x: &[f32], t: Vec<f32>, repeats: u
         t,
         text: be.upload(&repeat(&batch.text, repeats)),
         text_len: batch.text_len,
-        y: batch.i2v.as_ref().map(|i| be.upload(&repeat(&i.y, repeats))),
-        clip: batch.i2v.as_ref().map(|i| be.upload(&repeat(&i.image, repeats))),
+        y: batch
+            .i2v
+            .as_ref()
+            .map(|i| be.upload(&repeat(&i.y, repeats))),
+        clip: batch
+            .i2v
+            .as_ref()
+            .map(|i| be.upload(&repeat(&i.image, repeats))),
         image_len: batch.i2v.as_ref().map_or(0, |i| i.image_len),
     }
 }
@@ -258,18 +274,25 @@ impl<B: Backend> RewardTrainer<B> {
         let (tensors, meta) = load_training_checkpoint(path)?;
         let meta = TrainingMeta::from_json(&meta)?;
         if meta.kind != TrainingKind::Reward {
-            return Err(Error::checkpoint(path, "not a reward-model training checkpoint"));
+            return Err(Error::checkpoint(
+                path,
+                "not a reward-model training checkpoint",
+            ));
         }
         let saved: RewardModelConfig = serde_json::from_value(meta.config["model"].clone())
             .map_err(|e| Error::checkpoint(path, format!("config.model: {e}")))?;
         if saved != self.model.cfg {
             return Err(Error::checkpoint(
                 path,
-                format!("written for reward model {saved:?}, this trainer has {:?}", self.model.cfg),
+                format!(
+                    "written for reward model {saved:?}, this trainer has {:?}",
+                    self.model.cfg
+                ),
             ));
         }
         let rng = Rng::from_state(&meta.rng)?;
-        self.opt.import_state(be, &mut self.model.backbone.params, &tensors)?;
+        self.opt
+            .import_state(be, &mut self.model.backbone.params, &tensors)?;
         self.rng = rng;
         self.micro = 0;
         self.poisoned = false;
@@ -286,7 +309,11 @@ impl<B: Backend> RewardTrainer<B> {
     /// micro-batches are in.
     pub fn micro_step(&mut self, be: &B, batch: &Batch) -> Result<RewardStepStats> {
         let start = Instant::now();
-        let mode = if self.cfg.recompute { Mode::TrainRecompute } else { Mode::Train };
+        let mode = if self.cfg.recompute {
+            Mode::TrainRecompute
+        } else {
+            Mode::Train
+        };
         let per = batch.shape.iter().product::<usize>();
         let n = batch.size();
         let (prep, kind_data) = match (&batch.latents, self.cfg.loss) {
@@ -342,7 +369,12 @@ impl<B: Backend> RewardTrainer<B> {
             Objective::Pairs(a_wins) => {
                 let (la, lb) = logits_h.split_at(n);
                 let (loss, da, db) = bradley_terry(la, lb, a_wins);
-                let correct = la.iter().zip(lb).zip(a_wins).filter(|((a, b), &w)| (a > b) == w).count();
+                let correct = la
+                    .iter()
+                    .zip(lb)
+                    .zip(a_wins)
+                    .filter(|((a, b), &w)| (a > b) == w)
+                    .count();
                 let mut d = da;
                 d.extend(db);
                 (loss, d, correct as f64 / n as f64)
@@ -353,7 +385,8 @@ impl<B: Backend> RewardTrainer<B> {
             self.poisoned = true;
         } else {
             let dl = be.upload(&dlogits);
-            self.model.backward(be, &tape.expect("training mode"), &dl, &mut self.grads)?;
+            self.model
+                .backward(be, &tape.expect("training mode"), &dl, &mut self.grads)?;
         }
         self.micro += 1;
         let mean_timestep = inputs.t.iter().map(|&t| t as f64).sum::<f64>() / inputs.t.len() as f64;
@@ -382,7 +415,8 @@ impl<B: Backend> RewardTrainer<B> {
                 lr: 0.0,
             }
         } else {
-            self.opt.step(be, &mut self.model.backbone.params, &self.grads, micro)
+            self.opt
+                .step(be, &mut self.model.backbone.params, &self.grads, micro)
         };
         self.poisoned = false;
         self.grads.zero(be);
@@ -419,11 +453,14 @@ pub fn evaluate<B: Backend>(
     let mut rows = Vec::new();
     for &ts in timesteps {
         if !(0.0..=1000.0).contains(&ts) {
-            return Err(Error::InvalidInput(format!("evaluation timestep {ts} is outside [0, 1000]")));
+            return Err(Error::InvalidInput(format!(
+                "evaluation timestep {ts} is outside [0, 1000]"
+            )));
         }
         let sigma = ts / 1000.0;
         let mut rng = Rng::seed_from_u64(seed);
-        let (mut scores, mut labels, mut win, mut lose) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut scores, mut labels, mut win, mut lose) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for idx in ds.batches(batch_size.max(1), seed, 0) {
             let batch = ds.stack(&idx)?;
             let per = batch.shape.iter().product::<usize>();

@@ -285,7 +285,10 @@ pub fn gelu_erf_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
 
 /// `y = max(x, 0)` (the reward model's MLP).
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {
-    y[..x.len()].iter_mut().zip(x).for_each(|(y, &x)| *y = x.max(0.0));
+    y[..x.len()]
+        .iter_mut()
+        .zip(x)
+        .for_each(|(y, &x)| *y = x.max(0.0));
 }
 
 /// `dx = dy` where `x > 0`, else 0 (overwrites `dx`).

@@ -52,8 +52,14 @@ pub fn gemm_strided(
     // check, and the strides describe dense row-major or transposed-dense matrices.
     let max_a = (m - 1) as isize * a_rs + (k - 1) as isize * a_cs;
     let max_b = (k - 1) as isize * b_rs + (n - 1) as isize * b_cs;
-    assert!(max_a >= 0 && (max_a as usize) < a.len(), "gemm: lhs too short");
-    assert!(max_b >= 0 && (max_b as usize) < b.len(), "gemm: rhs too short");
+    assert!(
+        max_a >= 0 && (max_a as usize) < a.len(),
+        "gemm: lhs too short"
+    );
+    assert!(
+        max_b >= 0 && (max_b as usize) < b.len(),
+        "gemm: rhs too short"
+    );
     assert!(c.len() >= m * n, "gemm: dst too short");
     unsafe {
         gemm(
@@ -86,7 +92,19 @@ pub fn linear_forward(x: &[f32], n: usize, w: &CpuWeight, b: Option<&[f32]>, y: 
     assert!(x.len() >= n * inp && y.len() >= n * out);
     let wf = weight_f32(w);
     // b[k = in, n = out] = W^T: element (i, o) at o * in + i.
-    gemm_strided(n, out, inp, x, inp as isize, 1, &wf, 1, inp as isize, y, false);
+    gemm_strided(
+        n,
+        out,
+        inp,
+        x,
+        inp as isize,
+        1,
+        &wf,
+        1,
+        inp as isize,
+        y,
+        false,
+    );
     if let Some(b) = b {
         use rayon::prelude::*;
         y[..n * out]
@@ -99,7 +117,19 @@ pub fn linear_forward(x: &[f32], n: usize, w: &CpuWeight, b: Option<&[f32]>, y: 
 pub fn linear_backward_input(dy: &[f32], n: usize, w: &CpuWeight, dx: &mut [f32]) {
     let (out, inp) = (w.rows, w.cols);
     let wf = weight_f32(w);
-    gemm_strided(n, inp, out, dy, out as isize, 1, &wf, inp as isize, 1, dx, false);
+    gemm_strided(
+        n,
+        inp,
+        out,
+        dy,
+        out as isize,
+        1,
+        &wf,
+        inp as isize,
+        1,
+        dx,
+        false,
+    );
 }
 
 /// `dw[out, in] += dy^T x`, `db[out] += sum_rows dy`.
@@ -114,7 +144,19 @@ pub fn linear_backward_weight(
     db: Option<&mut [f32]>,
 ) {
     // a = dy^T [out, n]: element (o, r) at r * out + o.
-    gemm_strided(n_out, n_in, n, dy, 1, n_out as isize, x, n_in as isize, 1, dw, true);
+    gemm_strided(
+        n_out,
+        n_in,
+        n,
+        dy,
+        1,
+        n_out as isize,
+        x,
+        n_in as isize,
+        1,
+        dw,
+        true,
+    );
     if let Some(db) = db {
         for row in dy[..n * n_out].chunks(n_out) {
             db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
@@ -137,10 +179,14 @@ mod tests {
     }
 
     fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -152,7 +198,11 @@ mod tests {
         let x = rand(n * inp, 1);
         let wv = rand(out * inp, 2);
         let b = rand(out, 3);
-        let w = CpuWeight { data: Storage::F32(wv.clone()), rows: out, cols: inp };
+        let w = CpuWeight {
+            data: Storage::F32(wv.clone()),
+            rows: out,
+            cols: inp,
+        };
         let mut y = vec![0.0; n * out];
         linear_forward(&x, n, &w, Some(&b), &mut y);
         let yn = naive(&x, n, &wv, out, inp);
@@ -176,14 +226,21 @@ mod tests {
         linear_backward_weight(&dy, &x, n, inp, out, &mut dw, Some(&mut db));
         for o in 0..out {
             for i in 0..inp {
-                let e: f32 = 1.0 + (0..n).map(|r| dy[r * out + o] * x[r * inp + i]).sum::<f32>();
+                let e: f32 = 1.0
+                    + (0..n)
+                        .map(|r| dy[r * out + o] * x[r * inp + i])
+                        .sum::<f32>();
                 assert!((dw[o * inp + i] - e).abs() < 1e-5);
             }
             let e: f32 = 1.0 + (0..n).map(|r| dy[r * out + o]).sum::<f32>();
             assert!((db[o] - e).abs() < 1e-5);
         }
         // bf16 storage gives the product of the rounded weights.
-        let wb = CpuWeight { data: Storage::from_f32(&wv, crate::tensor::DType::BF16), rows: out, cols: inp };
+        let wb = CpuWeight {
+            data: Storage::from_f32(&wv, crate::tensor::DType::BF16),
+            rows: out,
+            cols: inp,
+        };
         let mut yb = vec![0.0; n * out];
         linear_forward(&x, n, &wb, None, &mut yb);
         let yr = naive(&x, n, &wb.data.to_f32(), out, inp);

@@ -49,11 +49,22 @@ impl Backend for Cpu {
     fn fill_zero(&self, buf: &mut Vec<f32>) {
         buf.iter_mut().for_each(|x| *x = 0.0);
     }
-    fn copy_range(&self, src: &Vec<f32>, src_off: usize, dst: &mut Vec<f32>, dst_off: usize, n: usize) {
+    fn copy_range(
+        &self,
+        src: &Vec<f32>,
+        src_off: usize,
+        dst: &mut Vec<f32>,
+        dst_off: usize,
+        n: usize,
+    ) {
         dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
     }
     fn weight_from_host(&self, data: &Storage, rows: usize, cols: usize) -> CpuWeight {
-        assert_eq!(data.len(), rows * cols, "weight data does not match [{rows}, {cols}]");
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "weight data does not match [{rows}, {cols}]"
+        );
         CpuWeight {
             data: data.clone(),
             rows,
@@ -79,7 +90,15 @@ impl Backend for Cpu {
     fn scale(&self, alpha: f32, x: &mut Vec<f32>) {
         activation::scale(alpha, x);
     }
-    fn broadcast_add(&self, x: &Vec<f32>, table: &Vec<f32>, batch: usize, w: usize, k: usize, out: &mut Vec<f32>) {
+    fn broadcast_add(
+        &self,
+        x: &Vec<f32>,
+        table: &Vec<f32>,
+        batch: usize,
+        w: usize,
+        k: usize,
+        out: &mut Vec<f32>,
+    ) {
         activation::broadcast_add(x, table, batch, w, k, out);
     }
     fn broadcast_add_backward(
@@ -121,18 +140,36 @@ impl Backend for Cpu {
     fn sum_squares(&self, x: &Vec<f32>) -> f64 {
         optim::sum_squares(x)
     }
-    fn adamw_update(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, h: &AdamWHyper) {
+    fn adamw_update(
+        &self,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        h: &AdamWHyper,
+    ) {
         optim::adamw_update(param, grad, m, v, h);
     }
     fn weight_assign(&self, w: &mut CpuWeight, master: &Vec<f32>) {
-        assert_eq!(master.len(), w.rows * w.cols, "master copy does not match the weight");
+        assert_eq!(
+            master.len(),
+            w.rows * w.cols,
+            "master copy does not match the weight"
+        );
         w.data = Storage::from_f32(master, w.data.dtype());
     }
     fn weight_to_buf(&self, w: &CpuWeight) -> Vec<f32> {
         w.data.to_f32()
     }
 
-    fn linear_forward(&self, x: &Vec<f32>, n: usize, w: &CpuWeight, b: Option<&Vec<f32>>, y: &mut Vec<f32>) {
+    fn linear_forward(
+        &self,
+        x: &Vec<f32>,
+        n: usize,
+        w: &CpuWeight,
+        b: Option<&Vec<f32>>,
+        y: &mut Vec<f32>,
+    ) {
         matmul::linear_forward(x, n, w, b.map(|b| b.as_slice()), y);
     }
     fn linear_backward_input(&self, dy: &Vec<f32>, n: usize, w: &CpuWeight, dx: &mut Vec<f32>) {
@@ -209,7 +246,14 @@ impl Backend for Cpu {
         y: &mut Vec<f32>,
         rstd: &mut Vec<f32>,
     ) {
-        norm::rmsnorm_forward(&x[..rows * d], d, weight, eps, &mut y[..rows * d], &mut rstd[..rows]);
+        norm::rmsnorm_forward(
+            &x[..rows * d],
+            d,
+            weight,
+            eps,
+            &mut y[..rows * d],
+            &mut rstd[..rows],
+        );
     }
     fn rmsnorm_backward(
         &self,
@@ -332,7 +376,13 @@ impl Backend for Cpu {
     fn patchify(&self, x: &Vec<f32>, shape: PatchShape, order: PatchOrder, tokens: &mut Vec<f32>) {
         patch::patchify(x, shape, order, tokens);
     }
-    fn unpatchify(&self, tokens: &Vec<f32>, shape: PatchShape, order: PatchOrder, x: &mut Vec<f32>) {
+    fn unpatchify(
+        &self,
+        tokens: &Vec<f32>,
+        shape: PatchShape,
+        order: PatchOrder,
+        x: &mut Vec<f32>,
+    ) {
         patch::unpatchify(tokens, shape, order, x);
     }
 }

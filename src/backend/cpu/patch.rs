@@ -39,7 +39,10 @@ where
 
 /// `x: [batch, C, F, H, W]` -> `tokens: [batch, L, 4C]`.
 pub fn patchify(x: &[f32], s: PatchShape, order: PatchOrder, tokens: &mut [f32]) {
-    assert!(s.height % 2 == 0 && s.width % 2 == 0, "latent height and width must be even");
+    assert!(
+        s.height % 2 == 0 && s.width % 2 == 0,
+        "latent height and width must be even"
+    );
     let per = s.channels * s.frames * s.height * s.width;
     tokens[..s.batch * per]
         .par_chunks_mut(per)
@@ -49,7 +52,10 @@ pub fn patchify(x: &[f32], s: PatchShape, order: PatchOrder, tokens: &mut [f32])
 
 /// `tokens: [batch, L, 4C]` -> `x: [batch, C, F, H, W]`.
 pub fn unpatchify(tokens: &[f32], s: PatchShape, order: PatchOrder, x: &mut [f32]) {
-    assert!(s.height % 2 == 0 && s.width % 2 == 0, "latent height and width must be even");
+    assert!(
+        s.height % 2 == 0 && s.width % 2 == 0,
+        "latent height and width must be even"
+    );
     let per = s.channels * s.frames * s.height * s.width;
     x[..s.batch * per]
         .par_chunks_mut(per)
@@ -63,7 +69,13 @@ mod tests {
 
     #[test]
     fn patchify_round_trips_and_orders_patches() {
-        let s = PatchShape { batch: 2, channels: 3, frames: 3, height: 4, width: 6 };
+        let s = PatchShape {
+            batch: 2,
+            channels: 3,
+            frames: 3,
+            height: 4,
+            width: 6,
+        };
         let n = 2 * 3 * 3 * 4 * 6;
         let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
         for order in [PatchOrder::ChannelMajor, PatchOrder::ChannelMinor] {

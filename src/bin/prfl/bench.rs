@@ -82,7 +82,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         return Err("--dim must be a multiple of 128 (head_dim 128)".into());
     }
     let be = Cpu;
-    let model = WanModel::new(&be, cfg.clone(), &random_weights(&cfg, 0), None).map_err(|e| e.to_string())?;
+    let model = WanModel::new(&be, cfg.clone(), &random_weights(&cfg, 0), None)
+        .map_err(|e| e.to_string())?;
     let shape = VideoShape {
         batch: a.batch,
         frames: a.frames,
@@ -128,14 +129,27 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     let (s, p) = time_it(a.reps, || {
         let _ = model.forward(&be, &inp, Mode::Inference).unwrap();
     });
-    results.push(Measure { name: "forward", seconds: s, peak_bytes: p });
-    for (name, mode) in [("forward+backward", Mode::Train), ("forward+backward (recompute)", Mode::TrainRecompute)] {
+    results.push(Measure {
+        name: "forward",
+        seconds: s,
+        peak_bytes: p,
+    });
+    for (name, mode) in [
+        ("forward+backward", Mode::Train),
+        ("forward+backward (recompute)", Mode::TrainRecompute),
+    ] {
         let mut grads = Grads::new(&be, &model.params, |_| true);
         let (s, p) = time_it(a.reps, || {
             let (_, tape) = model.forward(&be, &inp, mode).unwrap();
-            let _ = model.backward(&be, &tape.unwrap(), &cot, &mut grads).unwrap();
+            let _ = model
+                .backward(&be, &tape.unwrap(), &cot, &mut grads)
+                .unwrap();
         });
-        results.push(Measure { name, seconds: s, peak_bytes: p });
+        results.push(Measure {
+            name,
+            seconds: s,
+            peak_bytes: p,
+        });
     }
 
     let torch = match &a.torch {
@@ -156,7 +170,10 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         };
         let tv = torch.as_ref().and_then(|j| j.get(key));
         let (tms, tmib) = match tv {
-            Some(v) => (v["seconds"].as_f64().unwrap_or(f64::NAN) * 1e3, v["peak_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0),
+            Some(v) => (
+                v["seconds"].as_f64().unwrap_or(f64::NAN) * 1e3,
+                v["peak_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
+            ),
             None => (f64::NAN, f64::NAN),
         };
         let ms = m.seconds * 1e3;

@@ -69,10 +69,16 @@ fn rel(base: &Path, p: &Path) -> PathBuf {
 
 pub fn finetune(config: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let c: FinetuneConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let c: FinetuneConfig =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
     let out = rel(config, &c.out);
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let dtype = c.weight_dtype.as_deref().map(DType::parse).transpose().map_err(err)?;
+    let dtype = c
+        .weight_dtype
+        .as_deref()
+        .map(DType::parse)
+        .transpose()
+        .map_err(err)?;
     let be = Cpu;
     let gen_ckpt = Checkpoint::open(&rel(config, &c.generator)).map_err(err)?;
     let base = gen_ckpt.load_all().map_err(err)?;
@@ -81,7 +87,11 @@ pub fn finetune(config: &Path) -> Result<(), String> {
         let adapters = init_lora(gen_ckpt.config(), lora, c.prfl.seed).map_err(err)?;
         generator.attach_lora(&be, lora, &adapters).map_err(err)?;
     }
-    let reward_gen = Checkpoint::open(&rel(config, c.reward_generator.as_ref().unwrap_or(&c.generator))).map_err(err)?;
+    let reward_gen = Checkpoint::open(&rel(
+        config,
+        c.reward_generator.as_ref().unwrap_or(&c.generator),
+    ))
+    .map_err(err)?;
     let reward = RewardModel::load(&be, &reward_gen, &rel(config, &c.reward)).map_err(err)?;
     let mut trainer = PrflTrainer::new(&be, generator, reward, c.prfl.clone()).map_err(err)?;
     let ckpt_path = out.join("checkpoint.safetensors");
@@ -97,7 +107,11 @@ pub fn finetune(config: &Path) -> Result<(), String> {
     }
     println!(
         "PRFL: {} mode, {} steps of {:?} on a {}-step grid, reward blocks {}",
-        if c.prfl.lora.is_some() { "LoRA" } else { "full fine-tuning" },
+        if c.prfl.lora.is_some() {
+            "LoRA"
+        } else {
+            "full fine-tuning"
+        },
         c.steps,
         c.prfl.solver,
         c.prfl.steps,
@@ -108,15 +122,26 @@ pub fn finetune(config: &Path) -> Result<(), String> {
     let start = Instant::now();
     while iteration < c.steps {
         let (epoch, pos) = (iteration / per_epoch, (iteration % per_epoch) as usize);
-        let batch = ds.stack(&ds.batches(c.batch_size, c.prfl.seed, epoch)[pos]).map_err(err)?;
+        let batch = ds
+            .stack(&ds.batches(c.batch_size, c.prfl.seed, epoch)[pos])
+            .map_err(err)?;
         // Clean latents for the SFT step: labelled-good clips and pair winners.
         let x0: Option<Vec<f32>> = match (&batch.latents, batch.kind()) {
-            (BatchLatents::Clips { latents, labels }, SampleKind::Clip) if labels.iter().all(|&l| l == 1.0) => Some(latents.clone()),
+            (BatchLatents::Clips { latents, labels }, SampleKind::Clip)
+                if labels.iter().all(|&l| l == 1.0) =>
+            {
+                Some(latents.clone())
+            }
             (BatchLatents::Pairs { win, .. }, SampleKind::Pair) => Some(win.clone()),
             _ => None,
         };
         let [_, f, h, w] = batch.shape;
-        let shape = VideoShape { batch: batch.size(), frames: f, height: h, width: w };
+        let shape = VideoShape {
+            batch: batch.size(),
+            frames: f,
+            height: h,
+            width: w,
+        };
         let y = batch.i2v.as_ref().map(|i| i.y.clone());
         let clip = batch.i2v.as_ref().map(|i| i.image.clone());
         let cond = Cond::<Cpu> {
@@ -126,7 +151,9 @@ pub fn finetune(config: &Path) -> Result<(), String> {
             clip: clip.as_ref(),
             image_len: batch.i2v.as_ref().map_or(0, |i| i.image_len),
         };
-        let s = trainer.micro_step(&be, shape, &cond, x0.as_deref()).map_err(err)?;
+        let s = trainer
+            .micro_step(&be, shape, &cond, x0.as_deref())
+            .map_err(err)?;
         iteration += 1;
         progress.tick(&format!(
             "reward {:.3} loss {:.4}{} m {} {:.2}s/step",
@@ -137,11 +164,16 @@ pub fn finetune(config: &Path) -> Result<(), String> {
             s.seconds
         ));
         if c.checkpoint_every.is_some_and(|k| iteration % k == 0) || iteration == c.steps {
-            trainer.save_checkpoint(&be, &ckpt_path, iteration).map_err(err)?;
+            trainer
+                .save_checkpoint(&be, &ckpt_path, iteration)
+                .map_err(err)?;
         }
     }
     progress.finish();
-    println!("{iteration} steps in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "{iteration} steps in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
 
     // Export.
     let trained = trainer.trainable_tensors(&be);
@@ -149,13 +181,31 @@ pub fn finetune(config: &Path) -> Result<(), String> {
         Some(lora) => {
             save_peft(&out.join("lora.safetensors"), &trained, lora).map_err(err)?;
             let merged = merge_lora(&base, &trained, lora).map_err(err)?;
-            save_checkpoint(&merged, gen_ckpt.config(), Layout::Original, &out.join("merged"), None).map_err(err)?;
-            println!("wrote {} and {}", out.join("lora.safetensors").display(), out.join("merged").display());
+            save_checkpoint(
+                &merged,
+                gen_ckpt.config(),
+                Layout::Original,
+                &out.join("merged"),
+                None,
+            )
+            .map_err(err)?;
+            println!(
+                "wrote {} and {}",
+                out.join("lora.safetensors").display(),
+                out.join("merged").display()
+            );
         }
         None => {
             let mut full: BTreeMap<String, HostTensor> = base;
             full.extend(trained);
-            save_checkpoint(&full, gen_ckpt.config(), Layout::Original, &out.join("generator"), None).map_err(err)?;
+            save_checkpoint(
+                &full,
+                gen_ckpt.config(),
+                Layout::Original,
+                &out.join("generator"),
+                None,
+            )
+            .map_err(err)?;
             println!("wrote {}", out.join("generator").display());
         }
     }
@@ -208,9 +258,15 @@ pub enum Solver {
 
 fn text_states(path: &Path, count: usize) -> Result<(Vec<f32>, usize), String> {
     let t = read_safetensors(path).map_err(err)?;
-    let text = t.get("text").ok_or_else(|| format!("{}: no `text` tensor", path.display()))?;
+    let text = t
+        .get("text")
+        .ok_or_else(|| format!("{}: no `text` tensor", path.display()))?;
     if text.shape.len() != 2 {
-        return Err(format!("{}: `text` has shape {:?}; expected [L, text_dim]", path.display(), text.shape));
+        return Err(format!(
+            "{}: `text` has shape {:?}; expected [L, text_dim]",
+            path.display(),
+            text.shape
+        ));
     }
     let one = text.to_f32();
     Ok((one.repeat(count), text.shape[0]))
@@ -219,20 +275,50 @@ fn text_states(path: &Path, count: usize) -> Result<(Vec<f32>, usize), String> {
 pub fn sample_cmd(a: &SampleArgs) -> Result<(), String> {
     let be = Cpu;
     let ckpt = Checkpoint::open(&a.generator).map_err(err)?;
-    let mut gen = WanModel::new(&be, ckpt.config().clone(), &ckpt.load_all().map_err(err)?, None).map_err(err)?;
+    let mut gen = WanModel::new(
+        &be,
+        ckpt.config().clone(),
+        &ckpt.load_all().map_err(err)?,
+        None,
+    )
+    .map_err(err)?;
     if gen.y_channels() != 0 {
-        return Err("sampling an I2V model needs image conditioning, which `prfl sample` does not take yet".into());
+        return Err(
+            "sampling an I2V model needs image conditioning, which `prfl sample` does not take yet"
+                .into(),
+        );
     }
     if let Some(path) = &a.lora {
         let (lora, adapters) = load_peft(path).map_err(err)?;
         gen.attach_lora(&be, &lora, &adapters).map_err(err)?;
     }
-    let shape = VideoShape { batch: a.count, frames: a.frames, height: a.height, width: a.width };
+    let shape = VideoShape {
+        batch: a.count,
+        frames: a.frames,
+        height: a.height,
+        width: a.width,
+    };
     let (text, text_len) = text_states(&a.text, a.count)?;
-    let cond = Cond::<Cpu> { text: &text, text_len, y: None, clip: None, image_len: 0 };
-    let neg = a.negative.as_ref().map(|p| text_states(p, a.count)).transpose()?;
+    let cond = Cond::<Cpu> {
+        text: &text,
+        text_len,
+        y: None,
+        clip: None,
+        image_len: 0,
+    };
+    let neg = a
+        .negative
+        .as_ref()
+        .map(|p| text_states(p, a.count))
+        .transpose()?;
     let guidance = neg.as_ref().map(|(t, l)| Guidance {
-        negative: Cond { text: t, text_len: *l, y: None, clip: None, image_len: 0 },
+        negative: Cond {
+            text: t,
+            text_len: *l,
+            y: None,
+            clip: None,
+            image_len: 0,
+        },
         scale: a.guidance,
     });
     let kind = match a.solver {
@@ -244,8 +330,17 @@ pub fn sample_cmd(a: &SampleArgs) -> Result<(), String> {
     Rng::seed_from_u64(a.seed).fill_normal(&mut noise);
     let start = Instant::now();
     let x = sample(&be, &gen, shape, &cond, guidance.as_ref(), &plan, noise).map_err(err)?;
-    let t = HostTensor::from_f32(vec![a.count, gen.cfg.out_dim, a.frames, a.height, a.width], x).map_err(err)?;
+    let t = HostTensor::from_f32(
+        vec![a.count, gen.cfg.out_dim, a.frames, a.height, a.width],
+        x,
+    )
+    .map_err(err)?;
     write_safetensors(&a.out, [("latent", &t)], None).map_err(err)?;
-    println!("sampled {} clip(s) in {:.1} s -> {}", a.count, start.elapsed().as_secs_f64(), a.out.display());
+    println!(
+        "sampled {} clip(s) in {:.1} s -> {}",
+        a.count,
+        start.elapsed().as_secs_f64(),
+        a.out.display()
+    );
     Ok(())
 }

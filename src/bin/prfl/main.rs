@@ -18,7 +18,11 @@ use prfl::model::host::{run_forward, RunOptions};
 static GLOBAL: alloc::Counting = alloc::Counting;
 
 #[derive(Parser)]
-#[command(name = "prfl", version, about = "Latent reward models and PRFL for Wan2.1 video DiTs")]
+#[command(
+    name = "prfl",
+    version,
+    about = "Latent reward models and PRFL for Wan2.1 video DiTs"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -91,7 +95,10 @@ fn inspect(path: Option<&Path>) -> Result<(), String> {
         Some(p) => p,
         None => {
             owned = builtin_tiny_checkpoint()?;
-            println!("(no checkpoint given: inspecting a built-in tiny model written to {})\n", owned.display());
+            println!(
+                "(no checkpoint given: inspecting a built-in tiny model written to {})\n",
+                owned.display()
+            );
             &owned
         }
     };
@@ -128,17 +135,26 @@ fn builtin_tiny_checkpoint() -> Result<PathBuf, String> {
         text_len: 512,
     };
     let dir = std::env::temp_dir().join(format!("prfl-tiny-{}", std::process::id()));
-    save_checkpoint(&random_weights(&cfg, 0), &cfg, Layout::Original, &dir, None).map_err(|e| e.to_string())?;
+    save_checkpoint(&random_weights(&cfg, 0), &cfg, Layout::Original, &dir, None)
+        .map_err(|e| e.to_string())?;
     Ok(dir)
 }
 
-fn forward(weights: &Path, inputs: &Path, out: &Path, grad: bool, recompute: bool) -> Result<(), String> {
+fn forward(
+    weights: &Path,
+    inputs: &Path,
+    out: &Path,
+    grad: bool,
+    recompute: bool,
+) -> Result<(), String> {
     let ckpt = Checkpoint::open(weights).map_err(|e| e.to_string())?;
     let inputs = read_safetensors(inputs).map_err(|e| e.to_string())?;
     let start = std::time::Instant::now();
-    let outputs = run_forward(&Cpu, &ckpt, &inputs, RunOptions { grad, recompute }).map_err(|e| e.to_string())?;
+    let outputs = run_forward(&Cpu, &ckpt, &inputs, RunOptions { grad, recompute })
+        .map_err(|e| e.to_string())?;
     let secs = start.elapsed().as_secs_f64();
-    write_safetensors(out, outputs.iter().map(|(k, v)| (k.as_str(), v)), None).map_err(|e| e.to_string())?;
+    write_safetensors(out, outputs.iter().map(|(k, v)| (k.as_str(), v)), None)
+        .map_err(|e| e.to_string())?;
     println!(
         "wrote {} tensors to {} ({:.3} s{})",
         outputs.len(),

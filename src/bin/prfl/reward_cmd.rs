@@ -9,7 +9,9 @@ use prfl::model::checkpoint::{read_safetensors, write_safetensors, Checkpoint};
 use prfl::model::wan::{Inputs, VideoShape};
 use prfl::reward::dataset::{Dataset, SampleKind};
 use prfl::reward::model::{RewardModel, RewardModelConfig};
-use prfl::reward::train::{evaluate, EvalRow, RewardLoss, RewardTrainConfig, RewardTrainer, EVAL_TIMESTEPS};
+use prfl::reward::train::{
+    evaluate, EvalRow, RewardLoss, RewardTrainConfig, RewardTrainer, EVAL_TIMESTEPS,
+};
 use prfl::tensor::{DType, HostTensor};
 use serde::Deserialize;
 
@@ -69,7 +71,10 @@ fn rel(base: &Path, p: &Path) -> PathBuf {
 }
 
 pub fn print_eval(rows: &[EvalRow]) {
-    println!("{:>9} {:>6} {:>9} {:>7} {:>6} {:>9}", "timestep", "clips", "accuracy", "auc", "pairs", "pair acc");
+    println!(
+        "{:>9} {:>6} {:>9} {:>7} {:>6} {:>9}",
+        "timestep", "clips", "accuracy", "auc", "pairs", "pair acc"
+    );
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     for r in rows {
         println!(
@@ -86,13 +91,24 @@ pub fn print_eval(rows: &[EvalRow]) {
 
 pub fn train_reward(config: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let c: TrainRewardConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
-    let (gen_path, data, out) = (rel(config, &c.generator), rel(config, &c.data), rel(config, &c.out));
+    let c: TrainRewardConfig =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let (gen_path, data, out) = (
+        rel(config, &c.generator),
+        rel(config, &c.data),
+        rel(config, &c.out),
+    );
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let dtype = c.weight_dtype.as_deref().map(DType::parse).transpose().map_err(err)?;
+    let dtype = c
+        .weight_dtype
+        .as_deref()
+        .map(DType::parse)
+        .transpose()
+        .map_err(err)?;
     let be = Cpu;
     let gen = Checkpoint::open(&gen_path).map_err(err)?;
-    let model = RewardModel::from_generator(&be, &gen, c.model.clone(), dtype, c.train.seed).map_err(err)?;
+    let model = RewardModel::from_generator(&be, &gen, c.model.clone(), dtype, c.train.seed)
+        .map_err(err)?;
     println!(
         "reward model: {} of {} generator blocks (read {:.1} MiB of {:.1} MiB), loss {:?}",
         c.model.blocks,
@@ -101,12 +117,18 @@ pub fn train_reward(config: &Path) -> Result<(), String> {
         gen.total_bytes() as f64 / 1048576.0,
         c.train.loss
     );
-    let (train, held) = Dataset::open(&data).map_err(err)?.split(c.holdout, c.train.seed);
+    let (train, held) = Dataset::open(&data)
+        .map_err(err)?
+        .split(c.holdout, c.train.seed);
     let want = match c.train.loss {
         RewardLoss::Ce => SampleKind::Clip,
         RewardLoss::Bt => SampleKind::Pair,
     };
-    println!("data: {} training samples, {} held out", train.len(), held.len());
+    println!(
+        "data: {} training samples, {} held out",
+        train.len(),
+        held.len()
+    );
     let mut trainer = RewardTrainer::new(&be, model, c.train.clone()).map_err(err)?;
     let ckpt_path = out.join("checkpoint.safetensors");
     let mut iteration = 0;
@@ -123,7 +145,10 @@ pub fn train_reward(config: &Path) -> Result<(), String> {
     };
     let per_epoch = batches_for(0).len() as u64;
     if per_epoch == 0 {
-        return Err(format!("the training split holds no samples for the `{:?}` loss", c.train.loss));
+        return Err(format!(
+            "the training split holds no samples for the `{:?}` loss",
+            c.train.loss
+        ));
     }
     let timesteps = c.eval_timesteps.clone().unwrap_or(EVAL_TIMESTEPS.to_vec());
     let mut progress = Progress::new("train-reward", c.steps);
@@ -141,29 +166,66 @@ pub fn train_reward(config: &Path) -> Result<(), String> {
             s.accuracy,
             s.mean_timestep,
             s.seconds,
-            if skipped { " (non-finite: update skipped)" } else { "" }
+            if skipped {
+                " (non-finite: update skipped)"
+            } else {
+                ""
+            }
         ));
         let boundary = trainer.pending_micro_batches() == 0;
-        if boundary && (c.checkpoint_every.is_some_and(|k| iteration % k == 0) || iteration == c.steps) {
-            trainer.save_checkpoint(&be, &ckpt_path, iteration).map_err(err)?;
+        if boundary
+            && (c.checkpoint_every.is_some_and(|k| iteration % k == 0) || iteration == c.steps)
+        {
+            trainer
+                .save_checkpoint(&be, &ckpt_path, iteration)
+                .map_err(err)?;
         }
         if c.eval_every.is_some_and(|k| iteration % k == 0) && !held.is_empty() {
             progress.clear();
-            print_eval(&evaluate(&be, &trainer.model, &held, &timesteps, c.batch_size, c.train.seed).map_err(err)?);
+            print_eval(
+                &evaluate(
+                    &be,
+                    &trainer.model,
+                    &held,
+                    &timesteps,
+                    c.batch_size,
+                    c.train.seed,
+                )
+                .map_err(err)?,
+            );
         }
     }
     progress.finish();
-    println!("{iteration} steps in {:.1} s; checkpoint {}", start.elapsed().as_secs_f64(), ckpt_path.display());
+    println!(
+        "{iteration} steps in {:.1} s; checkpoint {}",
+        start.elapsed().as_secs_f64(),
+        ckpt_path.display()
+    );
     if !held.is_empty() {
-        let rows = evaluate(&be, &trainer.model, &held, &timesteps, c.batch_size, c.train.seed).map_err(err)?;
+        let rows = evaluate(
+            &be,
+            &trainer.model,
+            &held,
+            &timesteps,
+            c.batch_size,
+            c.train.seed,
+        )
+        .map_err(err)?;
         print_eval(&rows);
         let json = serde_json::to_string_pretty(&rows).map_err(err)?;
-        std::fs::write(out.join("eval.json"), json).map_err(|e| format!("{}: {e}", out.display()))?;
+        std::fs::write(out.join("eval.json"), json)
+            .map_err(|e| format!("{}: {e}", out.display()))?;
     }
     Ok(())
 }
 
-pub fn eval_reward(generator: &Path, reward: &Path, data: &Path, timesteps: &[f32], batch_size: usize) -> Result<(), String> {
+pub fn eval_reward(
+    generator: &Path,
+    reward: &Path,
+    data: &Path,
+    timesteps: &[f32],
+    batch_size: usize,
+) -> Result<(), String> {
     let be = Cpu;
     let gen = Checkpoint::open(generator).map_err(err)?;
     let model = RewardModel::load(&be, &gen, reward).map_err(err)?;
@@ -175,19 +237,40 @@ pub fn eval_reward(generator: &Path, reward: &Path, data: &Path, timesteps: &[f3
 
 /// Scores the latents of a safetensors file: `latent` `[16,F,H,W]` or `[B,16,F,H,W]`, `text`
 /// `[L,D]` or `[B,L,D]`, optional `image` and `y`; `--timestep` says how noisy they are.
-pub fn score(generator: &Path, reward: &Path, input: &Path, timestep: f32, out: Option<&Path>) -> Result<(), String> {
+pub fn score(
+    generator: &Path,
+    reward: &Path,
+    input: &Path,
+    timestep: f32,
+    out: Option<&Path>,
+) -> Result<(), String> {
     let be = Cpu;
     let gen = Checkpoint::open(generator).map_err(err)?;
     let model = RewardModel::load(&be, &gen, reward).map_err(err)?;
     let t = read_safetensors(input).map_err(err)?;
-    let get = |k: &str| t.get(k).ok_or_else(|| format!("{}: no `{k}` tensor", input.display()));
+    let get = |k: &str| {
+        t.get(k)
+            .ok_or_else(|| format!("{}: no `{k}` tensor", input.display()))
+    };
     let latent = get("latent")?;
     let text = get("text")?;
-    let s = if latent.shape.len() == 4 { [&[1][..], &latent.shape[..]].concat() } else { latent.shape.clone() };
+    let s = if latent.shape.len() == 4 {
+        [&[1][..], &latent.shape[..]].concat()
+    } else {
+        latent.shape.clone()
+    };
     if s.len() != 5 {
-        return Err(format!("`latent` has shape {:?}; expected [16,F,H,W] or [B,16,F,H,W]", latent.shape));
+        return Err(format!(
+            "`latent` has shape {:?}; expected [16,F,H,W] or [B,16,F,H,W]",
+            latent.shape
+        ));
     }
-    let shape = VideoShape { batch: s[0], frames: s[2], height: s[3], width: s[4] };
+    let shape = VideoShape {
+        batch: s[0],
+        frames: s[2],
+        height: s[3],
+        width: s[4],
+    };
     let text_len = text.shape[text.shape.len() - 2];
     let x = latent.to_f32();
     let ctx = text.to_f32();
@@ -206,10 +289,16 @@ pub fn score(generator: &Path, reward: &Path, input: &Path, timestep: f32, out: 
         image_len,
     };
     let scores = model.score(&be, &inp).map_err(err)?;
-    println!("{}", serde_json::json!({ "timestep": timestep, "scores": scores }));
+    println!(
+        "{}",
+        serde_json::json!({ "timestep": timestep, "scores": scores })
+    );
     if let Some(out) = out {
         let mut m = BTreeMap::new();
-        m.insert("scores".to_string(), HostTensor::from_f32(vec![scores.len()], scores).map_err(err)?);
+        m.insert(
+            "scores".to_string(),
+            HostTensor::from_f32(vec![scores.len()], scores).map_err(err)?,
+        );
         write_safetensors(out, m.iter().map(|(k, v)| (k.as_str(), v)), None).map_err(err)?;
     }
     Ok(())

@@ -65,3 +65,29 @@ pub fn assert_grad_close(what: &str, analytic: &[f32], numeric: &[f32], tol: f32
         &numeric[..numeric.len().min(8)]
     );
 }
+
+/// A tiny Wan configuration for tests: `freq_dim` and `ffn_dim` scale with `dim`; I2V gets
+/// 36 input channels and `image_dim` 6.
+pub fn tiny_wan(
+    model_type: crate::model::ModelType,
+    dim: usize,
+    heads: usize,
+    layers: usize,
+    text_dim: usize,
+) -> crate::model::WanConfig {
+    let i2v = model_type == crate::model::ModelType::I2V;
+    crate::model::WanConfig {
+        model_type,
+        in_dim: if i2v { 36 } else { 16 },
+        out_dim: 16,
+        dim,
+        ffn_dim: dim * 3 / 2,
+        freq_dim: dim,
+        text_dim,
+        image_dim: i2v.then_some(6),
+        num_heads: heads,
+        num_layers: layers,
+        eps: 1e-6,
+        text_len: 512,
+    }
+}

@@ -7,9 +7,10 @@ use std::process::Command;
 use prfl::model::checkpoint::{read_safetensors, save_checkpoint, write_safetensors};
 use prfl::model::init::random_weights;
 use prfl::model::names::Layout;
-use prfl::model::{ModelType, WanConfig};
+use prfl::model::ModelType;
 use prfl::synthetic::{generate_dataset, prompt_states, WorldConfig};
 use prfl::tensor::HostTensor;
+use prfl::testutil::tiny_wan;
 
 fn prfl(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_prfl"))
@@ -40,20 +41,7 @@ fn s(p: &Path) -> &str {
 fn reward_and_prfl_pipeline_from_the_command_line() {
     let dir = tmp();
     let world = WorldConfig::default();
-    let cfg = WanConfig {
-        model_type: ModelType::T2V,
-        in_dim: 16,
-        out_dim: 16,
-        dim: 32,
-        ffn_dim: 48,
-        freq_dim: 32,
-        text_dim: world.text_dim,
-        image_dim: None,
-        num_heads: 2,
-        num_layers: 3,
-        eps: 1e-6,
-        text_len: 512,
-    };
+    let cfg = tiny_wan(ModelType::T2V, 32, 2, 3, world.text_dim);
     let gen = dir.join("gen");
     save_checkpoint(
         &random_weights(&cfg, 1),

@@ -14,23 +14,10 @@ use prfl::model::params::Grads;
 use prfl::model::wan::{Inputs, Mode, VideoShape, WanModel};
 use prfl::model::{ModelType, WanConfig};
 use prfl::tensor::{DType, HostTensor};
-use prfl::testutil::{max_rel_err, TestRng};
+use prfl::testutil::{max_rel_err, tiny_wan, TestRng};
 
 fn cfg() -> WanConfig {
-    WanConfig {
-        model_type: ModelType::T2V,
-        in_dim: 16,
-        out_dim: 16,
-        dim: 16,
-        ffn_dim: 24,
-        freq_dim: 16,
-        text_dim: 8,
-        image_dim: None,
-        num_heads: 2,
-        num_layers: 2,
-        eps: 1e-6,
-        text_len: 512,
-    }
+    tiny_wan(ModelType::T2V, 16, 2, 2, 8)
 }
 
 fn lora_cfg() -> LoraConfig {

@@ -10,24 +10,10 @@ use prfl::model::params::Grads;
 use prfl::model::wan::{Inputs, Mode, VideoShape, WanModel};
 use prfl::model::{ModelType, WanConfig};
 use prfl::tensor::HostTensor;
-use prfl::testutil::{assert_grad_close, numeric_grad, TestRng};
+use prfl::testutil::{assert_grad_close, numeric_grad, tiny_wan, TestRng};
 
 fn tiny(model_type: ModelType) -> WanConfig {
-    let i2v = model_type == ModelType::I2V;
-    WanConfig {
-        model_type,
-        in_dim: if i2v { 36 } else { 16 },
-        out_dim: 16,
-        dim: 16,
-        ffn_dim: 24,
-        freq_dim: 16,
-        text_dim: 8,
-        image_dim: i2v.then_some(6),
-        num_heads: 2,
-        num_layers: 2,
-        eps: 1e-6,
-        text_len: 512,
-    }
+    tiny_wan(model_type, 16, 2, 2, 8)
 }
 
 /// Random parameters with every entry non-trivial (zeros hide bugs).

@@ -16,22 +16,10 @@ use prfl::reward::model::{RewardModel, RewardModelConfig};
 use prfl::schedule::rng::Rng;
 use prfl::schedule::SolverKind;
 use prfl::tensor::Storage;
+use prfl::testutil::tiny_wan;
 
 fn gen_cfg() -> WanConfig {
-    WanConfig {
-        model_type: ModelType::T2V,
-        in_dim: 16,
-        out_dim: 16,
-        dim: 16,
-        ffn_dim: 24,
-        freq_dim: 16,
-        text_dim: 8,
-        image_dim: None,
-        num_heads: 2,
-        num_layers: 2,
-        eps: 1e-6,
-        text_len: 512,
-    }
+    tiny_wan(ModelType::T2V, 16, 2, 2, 8)
 }
 
 fn reward(seed: u64) -> RewardModel<Cpu> {

@@ -14,6 +14,7 @@ use prfl::reward::train::{evaluate, RewardLoss, RewardTrainConfig, RewardTrainer
 use prfl::schedule::rng::Rng;
 use prfl::synthetic::{generate_dataset, WorldConfig};
 use prfl::tensor::DType;
+use prfl::testutil::tiny_wan;
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("prfl-{name}-{}", std::process::id()));
@@ -22,20 +23,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn generator_cfg(world: &WorldConfig) -> WanConfig {
-    WanConfig {
-        model_type: ModelType::T2V,
-        in_dim: 16,
-        out_dim: 16,
-        dim: 32,
-        ffn_dim: 64,
-        freq_dim: 32,
-        text_dim: world.text_dim,
-        image_dim: None,
-        num_heads: 2,
-        num_layers: 3,
-        eps: 1e-6,
-        text_len: 512,
-    }
+    tiny_wan(ModelType::T2V, 32, 2, 3, world.text_dim)
 }
 
 fn reward_model(world: &WorldConfig, seed: u64) -> RewardModel<Cpu> {

@@ -408,21 +408,14 @@ impl<B: Backend> PrflTrainer<B> {
     }
 
     fn apply(&mut self, be: &B, micro: usize) -> StepReport {
-        let report = if self.poisoned {
-            StepReport {
-                grad_norm: f64::NAN,
-                clip_coef: 0.0,
-                skipped_nonfinite: true,
-                step: self.opt.step_count(),
-                lr: 0.0,
-            }
-        } else {
-            self.opt
-                .step(be, &mut self.generator.params, &self.grads, micro)
-        };
-        self.poisoned = false;
-        self.grads.zero(be);
-        report
+        let poisoned = std::mem::take(&mut self.poisoned);
+        self.opt.close_window(
+            be,
+            &mut self.generator.params,
+            &mut self.grads,
+            micro,
+            poisoned,
+        )
     }
 
     /// Writes a training checkpoint (one atomic file): trainable weights (adapters under LoRA),

@@ -168,6 +168,32 @@ impl<B: Backend> AdamW<B> {
         })
     }
 
+    /// Ends an accumulation window of `micro_batches`: an AdamW step, or, when the window saw a
+    /// non-finite loss (`poisoned`), a skipped step that changes nothing. Either way the
+    /// gradients are zeroed for the next window.
+    pub fn close_window(
+        &mut self,
+        be: &B,
+        params: &mut ParamStore<B>,
+        grads: &mut Grads<B>,
+        micro_batches: usize,
+        poisoned: bool,
+    ) -> StepReport {
+        let report = if poisoned {
+            StepReport {
+                grad_norm: f64::NAN,
+                clip_coef: 0.0,
+                skipped_nonfinite: true,
+                step: self.step,
+                lr: 0.0,
+            }
+        } else {
+            self.step(be, params, grads, micro_batches)
+        };
+        grads.zero(be);
+        report
+    }
+
     pub fn config(&self) -> &AdamWConfig {
         &self.cfg
     }

@@ -404,23 +404,15 @@ impl<B: Backend> RewardTrainer<B> {
 
     /// Closes the accumulation window: an AdamW step unless a loss or gradient was non-finite.
     fn apply(&mut self, be: &B) -> StepReport {
-        let micro = self.micro;
-        self.micro = 0;
-        let report = if self.poisoned {
-            StepReport {
-                grad_norm: f64::NAN,
-                clip_coef: 0.0,
-                skipped_nonfinite: true,
-                step: self.opt.step_count(),
-                lr: 0.0,
-            }
-        } else {
-            self.opt
-                .step(be, &mut self.model.backbone.params, &self.grads, micro)
-        };
-        self.poisoned = false;
-        self.grads.zero(be);
-        report
+        let micro = std::mem::take(&mut self.micro);
+        let poisoned = std::mem::take(&mut self.poisoned);
+        self.opt.close_window(
+            be,
+            &mut self.model.backbone.params,
+            &mut self.grads,
+            micro,
+            poisoned,
+        )
     }
 }
 

@@ -18,6 +18,7 @@ use prfl::schedule::SolverKind;
 use prfl::tensor::{DType, HostTensor};
 use serde::Deserialize;
 
+use crate::config_file::{err, read_toml, rel};
 use crate::progress::Progress;
 
 /// `finetune` configuration (TOML). Paths are relative to the config file.
@@ -55,22 +56,8 @@ fn one() -> usize {
     1
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
-fn rel(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.parent().unwrap_or(Path::new(".")).join(p)
-    }
-}
-
 pub fn finetune(config: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let c: FinetuneConfig =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let c: FinetuneConfig = read_toml(config)?;
     let out = rel(config, &c.out);
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let dtype = c

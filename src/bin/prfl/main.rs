@@ -2,6 +2,8 @@
 
 mod alloc;
 mod bench;
+mod config_file;
+mod demo_cmd;
 mod finetune_cmd;
 mod progress;
 mod reward_cmd;
@@ -86,6 +88,10 @@ enum Cmd {
     Finetune { config: PathBuf },
     /// Samples latents from a generator (+ LoRA) with UniPC or Euler.
     Sample(finetune_cmd::SampleArgs),
+    /// The whole method end to end on a built-in procedural world (CPU, no downloads): pre-train
+    /// a small generator, train the latent reward model, fine-tune with PRFL, measure before and
+    /// after, and compare early rejection; writes a report folder.
+    Demo(demo_cmd::DemoArgs),
 }
 
 fn inspect(path: Option<&Path>) -> Result<(), String> {
@@ -195,6 +201,7 @@ fn main() -> ExitCode {
         } => reward_cmd::score(generator, reward, input, *timestep, out.as_deref()),
         Cmd::Finetune { config } => finetune_cmd::finetune(config),
         Cmd::Sample(a) => finetune_cmd::sample_cmd(a),
+        Cmd::Demo(a) => demo_cmd::demo(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

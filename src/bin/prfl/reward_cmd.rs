@@ -15,6 +15,7 @@ use prfl::reward::train::{
 use prfl::tensor::{DType, HostTensor};
 use serde::Deserialize;
 
+use crate::config_file::{err, read_toml, rel};
 use crate::progress::Progress;
 
 /// `train-reward` configuration (TOML). Paths are relative to the config file.
@@ -57,19 +58,6 @@ fn default_batch() -> usize {
     4
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
-/// Resolves `p` against the directory of the config file.
-fn rel(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.parent().unwrap_or(Path::new(".")).join(p)
-    }
-}
-
 pub fn print_eval(rows: &[EvalRow]) {
     println!(
         "{:>9} {:>6} {:>9} {:>7} {:>6} {:>9}",
@@ -90,9 +78,7 @@ pub fn print_eval(rows: &[EvalRow]) {
 }
 
 pub fn train_reward(config: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let c: TrainRewardConfig =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let c: TrainRewardConfig = read_toml(config)?;
     let (gen_path, data, out) = (
         rel(config, &c.generator),
         rel(config, &c.data),

@@ -1,0 +1,196 @@
+//! The demo's phases in order: a. pre-train the generator; b. cut and train the PAVRM; d. sample
+//! the fixed set before fine-tuning (and compare early rejection on it); c. PRFL; d. sample the
+//! same set after. Deterministic in the seed: every random stream is derived from it.
+
+use std::time::Instant;
+
+use super::config::DemoConfig;
+use super::finetune::finetune;
+use super::generator::{plan, pretrain, sample_set, text_cond, video_shape};
+use super::observer::Observer;
+use super::rejection::compare;
+use super::results::{DemoResults, SampleResults};
+use super::reward::train_reward;
+use super::stats::two_proportion_z;
+use super::world::{measure, prompt_text, SampleSet};
+use crate::backend::Backend;
+use crate::finetune::sample::SamplingPlan;
+use crate::model::wan::WanModel;
+use crate::reward::model::RewardModel;
+use crate::{Error, Result};
+
+/// Runs the whole demo on `be`.
+pub fn run<B: Backend>(be: &B, cfg: &DemoConfig, obs: &mut dyn Observer) -> Result<DemoResults> {
+    validate(cfg)?;
+    let start = Instant::now();
+    let world = cfg.world.world();
+    let plan = plan(cfg)?;
+    let set = SampleSet::grouped(
+        &world,
+        cfg.early_reject.groups,
+        cfg.early_reject.candidates,
+        cfg.seed ^ 0x5A3E,
+    );
+
+    let (generator, pretrain) = pretrain(be, cfg, obs)?;
+    obs.note(&format!(
+        "a. generator pre-trained: {} steps, {} clips, flow-matching loss {:.4} ({:.0} s)",
+        pretrain.steps, pretrain.clips_seen, pretrain.final_loss, pretrain.seconds
+    ));
+
+    let (reward, reward_res) = train_reward(be, cfg, &generator, obs)?;
+    let table: Vec<String> = reward_res
+        .accuracy
+        .iter()
+        .map(|r| format!("t={:.0}: {:.2}", r.timestep, r.accuracy.value))
+        .collect();
+    obs.note(&format!(
+        "b. reward model trained: {} steps; held-out accuracy {} ({:.0} s)",
+        reward_res.steps,
+        table.join(", "),
+        reward_res.seconds
+    ));
+
+    obs.phase("d. sample before fine-tuning", batches(cfg, set.len()));
+    let (before, finished) = sample_and_measure(be, cfg, &generator, &reward, &plan, &set, obs)?;
+    obs.finish();
+    obs.note(&format!(
+        "d. before: fraction good {}, mean reward {:.3}",
+        before.quality.good.display(),
+        before.mean_reward
+    ));
+
+    let rejection = compare(be, cfg, &generator, &reward, &plan, &set, &finished, obs)?;
+    obs.note(&format!(
+        "   early rejection: kept {} of {} at step {} (t={:.0}): good {} vs {} for all, {:.0}% of \
+         the compute saved",
+        rejection.keep,
+        rejection.candidates,
+        rejection.at_step,
+        rejection.timestep,
+        rejection.early.display(),
+        rejection.all.display(),
+        100.0 * rejection.saved
+    ));
+
+    let (generator, reward, prfl) = finetune(be, cfg, generator, reward, obs)?;
+    obs.note(&format!(
+        "c. PRFL: {} steps, reward of rollouts {:.3} -> {:.3} ({:.0} s)",
+        prfl.steps,
+        prfl.reward.first().map_or(f64::NAN, |p| p.value),
+        prfl.reward.last().map_or(f64::NAN, |p| p.value),
+        prfl.seconds
+    ));
+
+    obs.phase("d. sample after fine-tuning", batches(cfg, set.len()));
+    let (after, _) = sample_and_measure(be, cfg, &generator, &reward, &plan, &set, obs)?;
+    obs.finish();
+    obs.note(&format!(
+        "d. after: fraction good {}, mean reward {:.3}",
+        after.quality.good.display(),
+        after.mean_reward
+    ));
+
+    let improvement_z = two_proportion_z(&before.quality.good, &after.quality.good);
+    Ok(DemoResults {
+        seed: cfg.seed,
+        generator_params: count_params(be, &generator),
+        reward_params: count_params(be, &reward.backbone),
+        pretrain,
+        reward: reward_res,
+        before,
+        rejection,
+        prfl,
+        after,
+        improvement_z,
+        total_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn validate(cfg: &DemoConfig) -> Result<()> {
+    cfg.world.world().validate()?;
+    let bad = |m: String| Err(Error::Config(format!("demo: {m}")));
+    let e = &cfg.early_reject;
+    if e.groups == 0 || e.candidates == 0 || e.keep == 0 || e.keep > e.candidates {
+        return bad(format!(
+            "early rejection keeps {} of {} candidates in {} groups",
+            e.keep, e.candidates, e.groups
+        ));
+    }
+    if e.at_step == 0 || e.at_step >= cfg.sampling.steps {
+        return bad(format!(
+            "early rejection at step {} of {}",
+            e.at_step, cfg.sampling.steps
+        ));
+    }
+    if cfg.reward.blocks == 0 || cfg.reward.blocks > cfg.generator.layers {
+        return bad(format!(
+            "the reward keeps {} of {} generator blocks",
+            cfg.reward.blocks, cfg.generator.layers
+        ));
+    }
+    for (what, n) in [
+        ("pretrain.batch", cfg.pretrain.batch),
+        ("reward.batch", cfg.reward.batch),
+        ("prfl.batch", cfg.prfl.batch),
+        ("sampling.batch", cfg.sampling.batch),
+        ("reward.eval_clips", cfg.reward.eval_clips),
+    ] {
+        if n == 0 {
+            return bad(format!("{what} must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
+fn batches(cfg: &DemoConfig, n: usize) -> u64 {
+    n.div_ceil(cfg.sampling.batch) as u64
+}
+
+/// Samples the whole set, measures it by the rule and by the reward (clean, t = 0); returns the
+/// results and every sampled latent.
+fn sample_and_measure<B: Backend>(
+    be: &B,
+    cfg: &DemoConfig,
+    generator: &WanModel<B>,
+    reward: &RewardModel<B>,
+    plan: &SamplingPlan,
+    set: &SampleSet,
+    obs: &mut dyn Observer,
+) -> Result<(SampleResults, Vec<f32>)> {
+    let start = Instant::now();
+    let world = cfg.world.world();
+    let latents = sample_set(be, generator, &world, plan, set, cfg.sampling.batch, obs)?;
+    let quality = measure(&world, &latents);
+    let per: usize = world.shape().iter().product();
+    let mut total = 0.0;
+    for (k, xs) in latents.chunks(cfg.sampling.batch * per).enumerate() {
+        let n = xs.len() / per;
+        let first = k * cfg.sampling.batch;
+        let text = be.upload(&prompt_text(&world, &set.prompts[first..first + n]));
+        let xb = be.upload(xs);
+        let zeros = vec![0.0f32; n];
+        let cond = text_cond(&text, world.text_len);
+        let scores = reward.score(be, &cond.inputs(video_shape(&world, n), &xb, &zeros))?;
+        total += scores.iter().map(|&s| s as f64).sum::<f64>();
+    }
+    // One clip from each of the first groups, so the preview shows different prompts.
+    let stride = cfg.early_reject.candidates;
+    let preview = (0..cfg.preview_clips.min(cfg.early_reject.groups))
+        .flat_map(|g| latents[g * stride * per..][..per].iter().copied())
+        .collect();
+    Ok((
+        SampleResults {
+            quality,
+            mean_reward: total / set.len() as f64,
+            preview,
+            seconds: start.elapsed().as_secs_f64(),
+        },
+        latents,
+    ))
+}
+
+fn count_params<B: Backend>(be: &B, model: &WanModel<B>) -> usize {
+    let _ = be;
+    (0..model.params.len()).map(|i| model.params.numel(i)).sum()
+}

@@ -1,0 +1,455 @@
+//! The runtime configuration as C sees it (`PrflConfig`), read struct-size aware, and its
+//! validation into the safe [`RuntimeConfig`].
+//!
+//! Versioning: fields are only ever appended. A caller states `struct_size = sizeof(PrflConfig)`
+//! as it was compiled; a newer caller's larger struct is read up to the fields this library
+//! knows, an older caller's smaller struct (once there are newer fields) gets defaults for the
+//! rest. Smaller than ABI version 1's struct is refused: that is not a `PrflConfig`.
+//! Enumerations are `int32_t` fields so that an unknown value is an error, not undefined
+//! behaviour.
+
+use std::ffi::c_char;
+use std::mem::size_of;
+
+use super::status::{FfiError, PRFL_ERR_DEVICE, PRFL_ERR_VERSION};
+use crate::model::lora::LoraConfig;
+
+/// The ABI version of this header. Bumped only on incompatible changes; appending fields to the
+/// structs is not one (`struct_size` handles it).
+pub const PRFL_ABI_VERSION: u32 = 1;
+
+/// Where the runtime computes.
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrflDevice {
+    /// Host CPU (all cores, through a thread pool).
+    PRFL_DEVICE_CPU = 0,
+    /// An NVIDIA GPU. This build has no CUDA backend: `prfl_create` answers `PRFL_ERR_DEVICE`.
+    PRFL_DEVICE_CUDA = 1,
+    /// The best device available: CPU in this build.
+    PRFL_DEVICE_AUTO = 2,
+}
+
+/// What a submission does when every queue slot is taken.
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrflBackpressure {
+    /// Refuse the new sample with `PRFL_ERR_QUEUE_FULL` (counted in `rejected_full`).
+    PRFL_BACKPRESSURE_REJECT_NEWEST = 0,
+    /// Drop the oldest queued sample of the same kind (labelled clip or pair; of the other kind if
+    /// none is queued), counted in `dropped_oldest`, and take the new one. When no slot at all
+    /// can be reclaimed (all being written by other producers or read by a step), the new
+    /// sample is refused with `PRFL_ERR_QUEUE_FULL` as under `REJECT_NEWEST`.
+    PRFL_BACKPRESSURE_DROP_OLDEST = 1,
+}
+
+/// The reward model's training objective.
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrflRewardLoss {
+    /// Binary cross-entropy on labelled clips (`prfl_submit_labeled`, label 0 or 1).
+    PRFL_LOSS_CE = 0,
+    /// Bradley-Terry on preference pairs (`prfl_submit_pair`).
+    PRFL_LOSS_BT = 1,
+}
+
+/// Everything a runtime is created with. Fill it with `prfl_config_default`, then change fields.
+/// Sizes are in elements; `*_len` call arguments must equal the products below.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PrflConfig {
+    /// `sizeof(PrflConfig)` as the caller compiled it (set by `prfl_config_default`).
+    pub struct_size: u32,
+    /// `PRFL_ABI_VERSION` the caller compiled against (set by `prfl_config_default`).
+    pub abi_version: u32,
+    /// A `PrflDevice`.
+    pub device: i32,
+    /// Which device of that kind (0 for the CPU).
+    pub device_index: i32,
+    /// Where to find the CUDA libraries; NULL = the system's search path. Unused on the CPU.
+    pub cuda_library_dir: *const c_char,
+    /// Queue slots, each preallocated at `prfl_create` for one sample of the shapes below (two
+    /// latents, the text and the image features): memory = capacity x slot size.
+    pub queue_capacity: u32,
+    /// A `PrflBackpressure`.
+    pub backpressure: i32,
+    /// Latent channels C of a sample `[C, F, H, W]` (the generator's, 16 for Wan2.1).
+    pub latent_channels: u32,
+    /// Latent frames F.
+    pub latent_frames: u32,
+    /// Latent height H (even: the DiT patch is 1 x 2 x 2).
+    pub latent_height: u32,
+    /// Latent width W (even).
+    pub latent_width: u32,
+    /// Text tokens L of the text encoder states `[L, D]` (512 for Wan2.1's umT5, zero-padded).
+    pub text_len: u32,
+    /// Text width D (the generator's, 4096 for umT5-XXL).
+    pub text_dim: u32,
+    /// I2V CLIP image tokens; 0 for text-to-video.
+    pub image_len: u32,
+    /// I2V CLIP feature width; 0 for text-to-video.
+    pub image_dim: u32,
+    /// Samples (reward: clips or pairs) consumed by one step.
+    pub batch_size: u32,
+    /// A `PrflRewardLoss`.
+    pub reward_loss: i32,
+    /// Generator blocks K the reward model keeps (the paper: 8).
+    pub reward_blocks: u32,
+    /// AdamW learning rate of the reward model's backbone blocks.
+    pub reward_backbone_lr: f32,
+    /// AdamW learning rate of the reward model's pooling and MLP head.
+    pub reward_head_lr: f32,
+    /// AdamW learning rate of PRFL fine-tuning.
+    pub prfl_lr: f32,
+    /// Sampling steps N of the PRFL rollout (at least 2).
+    pub prfl_steps: u32,
+    /// Flow-matching schedule shift (5 for Wan2.1).
+    pub shift: f32,
+    /// LoRA rank for PRFL; 0 = full fine-tuning.
+    pub lora_rank: u32,
+    /// LoRA alpha (scale alpha / rank).
+    pub lora_alpha: f32,
+    /// 1 = recompute each block's activations in backward (less memory), 0 = keep them.
+    pub recompute: u32,
+    /// Seed of every random draw (head initialisation, noise levels, rollouts).
+    pub seed: u64,
+}
+
+/// Size of ABI version 1's `PrflConfig`: the smallest `struct_size` accepted. This stays the
+/// version-1 size when fields are appended.
+pub const CONFIG_V1_SIZE: usize = size_of::<PrflConfig>();
+
+impl Default for PrflConfig {
+    /// A Wan2.1 480p, 81-frame T2V setup with the paper's hyperparameters; a small queue
+    /// (8 slots of about 25 MB each at this shape).
+    fn default() -> Self {
+        PrflConfig {
+            struct_size: CONFIG_V1_SIZE as u32,
+            abi_version: PRFL_ABI_VERSION,
+            device: PrflDevice::PRFL_DEVICE_AUTO as i32,
+            device_index: 0,
+            cuda_library_dir: std::ptr::null(),
+            queue_capacity: 8,
+            backpressure: PrflBackpressure::PRFL_BACKPRESSURE_REJECT_NEWEST as i32,
+            latent_channels: 16,
+            latent_frames: 21,
+            latent_height: 60,
+            latent_width: 104,
+            text_len: 512,
+            text_dim: 4096,
+            image_len: 0,
+            image_dim: 0,
+            batch_size: 1,
+            reward_loss: PrflRewardLoss::PRFL_LOSS_CE as i32,
+            reward_blocks: 8,
+            reward_backbone_lr: 1e-6,
+            reward_head_lr: 1e-4,
+            prfl_lr: 5e-6,
+            prfl_steps: 40,
+            shift: 5.0,
+            lora_rank: 0,
+            lora_alpha: 128.0,
+            recompute: 1,
+            seed: 0,
+        }
+    }
+}
+
+/// Reads a caller's `PrflConfig` of any `struct_size` at least version 1's.
+///
+/// # Safety
+/// `ptr` must be non-null, aligned, and point to at least `struct_size` readable bytes (the
+/// header's contract for `prfl_create`).
+pub unsafe fn read_config(ptr: *const PrflConfig) -> Result<PrflConfig, FfiError> {
+    // SAFETY: the first field is a u32 and the caller guarantees at least that much.
+    let size = unsafe { ptr.cast::<u32>().read() } as usize;
+    if size < CONFIG_V1_SIZE {
+        return Err(FfiError::new(
+            PRFL_ERR_VERSION,
+            format!(
+                "config struct_size is {size} bytes, smaller than ABI version 1's PrflConfig \
+                 ({CONFIG_V1_SIZE} bytes): fill it with prfl_config_default"
+            ),
+        ));
+    }
+    let mut out = PrflConfig::default();
+    let n = size.min(size_of::<PrflConfig>());
+    // SAFETY: the caller's struct has at least `size >= n` bytes; `out` has exactly
+    // size_of::<PrflConfig>() >= n; the regions are distinct. Every field is an integer, float or
+    // raw pointer, for which any bit pattern is valid, so a byte copy yields a valid value.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            ptr.cast::<u8>(),
+            (&mut out as *mut PrflConfig).cast::<u8>(),
+            n,
+        )
+    };
+    if out.abi_version != PRFL_ABI_VERSION {
+        return Err(FfiError::new(
+            PRFL_ERR_VERSION,
+            format!(
+                "config abi_version is {}, this library implements ABI version {PRFL_ABI_VERSION}: \
+                 rebuild against its prfl.h (and fill the config with prfl_config_default)",
+                out.abi_version
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// What to do when the queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backpressure {
+    RejectNewest,
+    DropOldest,
+}
+
+/// Element counts of one sample, as every `*_len` argument must state them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleSizes {
+    /// `[C, F, H, W]`.
+    pub latent_shape: [usize; 4],
+    pub latent: usize,
+    pub text_len: usize,
+    pub text_dim: usize,
+    pub text: usize,
+    pub image_len: usize,
+    pub image_dim: usize,
+    pub image: usize,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeConfig {
+    pub queue_capacity: usize,
+    pub backpressure: Backpressure,
+    pub sizes: SampleSizes,
+    pub batch_size: usize,
+    pub reward_loss: crate::reward::train::RewardLoss,
+    pub reward_blocks: usize,
+    pub reward_backbone_lr: f32,
+    pub reward_head_lr: f32,
+    pub prfl_lr: f32,
+    pub prfl_steps: usize,
+    pub shift: f32,
+    pub lora: Option<LoraConfig>,
+    pub recompute: bool,
+    pub seed: u64,
+}
+
+impl RuntimeConfig {
+    /// Checks every field, naming the first bad one. The device comes first: asking for a device
+    /// this build lacks is the most important thing to report.
+    pub fn validate(c: &PrflConfig) -> Result<RuntimeConfig, FfiError> {
+        match c.device {
+            d if d == PrflDevice::PRFL_DEVICE_CPU as i32 || d == PrflDevice::PRFL_DEVICE_AUTO as i32 => {}
+            d if d == PrflDevice::PRFL_DEVICE_CUDA as i32 => {
+                return Err(FfiError::new(
+                    PRFL_ERR_DEVICE,
+                    "device PRFL_DEVICE_CUDA: this build of prfl has no CUDA backend \
+                     (use PRFL_DEVICE_CPU or PRFL_DEVICE_AUTO)",
+                ))
+            }
+            d => {
+                return Err(FfiError::unknown_enum(
+                    "device",
+                    d,
+                    "PRFL_DEVICE_CPU (0), PRFL_DEVICE_CUDA (1), PRFL_DEVICE_AUTO (2)",
+                ))
+            }
+        }
+        if c.device_index != 0 {
+            return Err(FfiError::invalid(format!(
+                "device_index is {}: the CPU device has index 0 only",
+                c.device_index
+            )));
+        }
+        let backpressure = match c.backpressure {
+            0 => Backpressure::RejectNewest,
+            1 => Backpressure::DropOldest,
+            v => {
+                return Err(FfiError::unknown_enum(
+                    "backpressure",
+                    v,
+                    "PRFL_BACKPRESSURE_REJECT_NEWEST (0), PRFL_BACKPRESSURE_DROP_OLDEST (1)",
+                ))
+            }
+        };
+        let reward_loss = match c.reward_loss {
+            0 => crate::reward::train::RewardLoss::Ce,
+            1 => crate::reward::train::RewardLoss::Bt,
+            v => {
+                return Err(FfiError::unknown_enum(
+                    "reward_loss",
+                    v,
+                    "PRFL_LOSS_CE (0), PRFL_LOSS_BT (1)",
+                ))
+            }
+        };
+        let positive = |name: &str, v: u32| {
+            if v == 0 {
+                Err(FfiError::invalid(format!("{name} must be positive")))
+            } else {
+                Ok(v as usize)
+            }
+        };
+        let latent_shape = [
+            positive("latent_channels", c.latent_channels)?,
+            positive("latent_frames", c.latent_frames)?,
+            positive("latent_height", c.latent_height)?,
+            positive("latent_width", c.latent_width)?,
+        ];
+        if latent_shape[2] % 2 != 0 || latent_shape[3] % 2 != 0 {
+            return Err(FfiError::invalid(format!(
+                "latent_height {} and latent_width {} must be even (the DiT patch is 1 x 2 x 2)",
+                latent_shape[2], latent_shape[3]
+            )));
+        }
+        let text_len = positive("text_len", c.text_len)?;
+        let text_dim = positive("text_dim", c.text_dim)?;
+        let (image_len, image_dim) = (c.image_len as usize, c.image_dim as usize);
+        if (image_len == 0) != (image_dim == 0) {
+            return Err(FfiError::invalid(format!(
+                "image_len {image_len} and image_dim {image_dim}: both 0 (text-to-video) or both \
+                 positive (image-to-video)"
+            )));
+        }
+        let too_big = |what: &str| FfiError::invalid(format!("{what} is too large"));
+        let latent = latent_shape
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .ok_or_else(|| too_big("the latent shape"))?;
+        let text = text_len
+            .checked_mul(text_dim)
+            .ok_or_else(|| too_big("text_len x text_dim"))?;
+        let image = image_len
+            .checked_mul(image_dim)
+            .ok_or_else(|| too_big("image_len x image_dim"))?;
+        let batch_size = positive("batch_size", c.batch_size)?;
+        let queue_capacity = positive("queue_capacity", c.queue_capacity)?;
+        if queue_capacity < batch_size {
+            return Err(FfiError::invalid(format!(
+                "queue_capacity {queue_capacity} is smaller than batch_size {batch_size}: a step \
+                 could never find a full batch"
+            )));
+        }
+        let reward_blocks = positive("reward_blocks", c.reward_blocks)?;
+        for (name, v) in [
+            ("reward_backbone_lr", c.reward_backbone_lr),
+            ("reward_head_lr", c.reward_head_lr),
+            ("prfl_lr", c.prfl_lr),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(FfiError::invalid(format!(
+                    "{name} is {v}: a learning rate must be finite and not negative"
+                )));
+            }
+        }
+        if c.prfl_steps < 2 {
+            return Err(FfiError::invalid(format!(
+                "prfl_steps is {}: the rollout needs at least 2 sampling steps",
+                c.prfl_steps
+            )));
+        }
+        if !(c.shift.is_finite() && c.shift > 0.0) {
+            return Err(FfiError::invalid(format!(
+                "shift is {}: it must be finite and positive",
+                c.shift
+            )));
+        }
+        let lora = match c.lora_rank {
+            0 => None,
+            rank => {
+                if !(c.lora_alpha.is_finite() && c.lora_alpha > 0.0) {
+                    return Err(FfiError::invalid(format!(
+                        "lora_alpha is {}: it must be finite and positive",
+                        c.lora_alpha
+                    )));
+                }
+                Some(LoraConfig {
+                    rank: rank as usize,
+                    alpha: c.lora_alpha,
+                    ..LoraConfig::default()
+                })
+            }
+        };
+        let recompute = match c.recompute {
+            0 => false,
+            1 => true,
+            v => return Err(FfiError::invalid(format!("recompute is {v}, not 0 or 1"))),
+        };
+        Ok(RuntimeConfig {
+            queue_capacity,
+            backpressure,
+            sizes: SampleSizes {
+                latent_shape,
+                latent,
+                text_len,
+                text_dim,
+                text,
+                image_len,
+                image_dim,
+                image,
+            },
+            batch_size,
+            reward_loss,
+            reward_blocks,
+            reward_backbone_lr: c.reward_backbone_lr,
+            reward_head_lr: c.reward_head_lr,
+            prfl_lr: c.prfl_lr,
+            prfl_steps: c.prfl_steps as usize,
+            shift: c.shift,
+            lora,
+            recompute,
+            seed: c.seed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::status::*;
+
+    #[test]
+    fn default_validates() {
+        let c = RuntimeConfig::validate(&PrflConfig::default()).unwrap();
+        assert_eq!(c.sizes.latent, 16 * 21 * 60 * 104);
+        assert_eq!(c.sizes.text, 512 * 4096);
+    }
+
+    #[test]
+    fn struct_size_prefix_is_read_and_small_sizes_refused() {
+        // A newer caller: a bigger struct whose unknown tail is ignored.
+        #[repr(C)]
+        struct Newer {
+            base: PrflConfig,
+            extra: u64,
+        }
+        let mut newer = Newer {
+            base: PrflConfig {
+                batch_size: 3,
+                ..PrflConfig::default()
+            },
+            extra: u64::MAX,
+        };
+        newer.base.struct_size = size_of::<Newer>() as u32;
+        let got = unsafe { read_config(&newer.base) }.unwrap();
+        assert_eq!(got.batch_size, 3);
+        let mut old = PrflConfig::default();
+        old.struct_size = 16;
+        assert_eq!(
+            unsafe { read_config(&old) }.unwrap_err().status,
+            PRFL_ERR_VERSION
+        );
+        let mut wrong = PrflConfig::default();
+        wrong.abi_version = 2;
+        assert_eq!(
+            unsafe { read_config(&wrong) }.unwrap_err().status,
+            PRFL_ERR_VERSION
+        );
+    }
+}

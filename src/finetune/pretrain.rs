@@ -1,0 +1,232 @@
+//! Flow-matching pre-training of a generator from scratch (method.md section 2): the objective a
+//! Wan2.1 model was trained with, so that a model built here (the built-in demo's) is a real
+//! generator before a reward model is cut from it or PRFL fine-tunes it.
+//!
+//! One micro-step draws a training level per sample, noises the clean latents
+//! (`x_t = (1 - sigma) x0 + sigma eps`), regresses the velocity `eps - x0` with the mean squared
+//! error and accumulates the gradient; every `accumulation` micro-steps AdamW updates every
+//! generator parameter. This is [`super::prfl::PrflTrainer::sft_micro`]'s loss without a reward
+//! model attached, kept separate so that PRFL's trainer stays about PRFL.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::sample::Cond;
+use crate::backend::Backend;
+use crate::model::params::Grads;
+use crate::model::wan::{Mode, VideoShape, WanModel};
+use crate::optim::adamw::{AdamW, AdamWConfig, StepReport};
+use crate::schedule::levels::{LevelDistribution, TrainingLevels};
+use crate::schedule::rng::Rng;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PretrainConfig {
+    /// Shift of the training noise levels (Wan2.1: 5; small latents need less).
+    pub shift: f64,
+    /// `None`: uniform level draws; `Some((mean, std))`: logit-normal.
+    pub logit_normal: Option<(f64, f64)>,
+    pub lr: f32,
+    pub betas: (f32, f32),
+    pub weight_decay: f32,
+    pub eps: f32,
+    pub max_grad_norm: Option<f32>,
+    pub warmup_steps: u64,
+    /// Micro-batches per optimiser step.
+    pub accumulation: usize,
+    /// Per-block activation recompute (gradient checkpointing).
+    pub recompute: bool,
+    pub seed: u64,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        PretrainConfig {
+            shift: 5.0,
+            logit_normal: None,
+            lr: 1e-4,
+            betas: (0.9, 0.999),
+            weight_decay: 0.01,
+            eps: 1e-8,
+            max_grad_norm: Some(1.0),
+            warmup_steps: 0,
+            accumulation: 1,
+            recompute: false,
+            seed: 0,
+        }
+    }
+}
+
+/// What one micro-step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PretrainStepStats {
+    /// Optimiser steps taken so far (after this micro-step).
+    pub step: u64,
+    /// Mean squared velocity error of the micro-batch.
+    pub loss: f64,
+    /// Set when this micro-step closed an accumulation window.
+    pub update: Option<StepReport>,
+    pub seconds: f64,
+}
+
+/// AdamW over every generator parameter, trained with the flow-matching loss.
+pub struct PretrainTrainer<B: Backend> {
+    pub generator: WanModel<B>,
+    pub cfg: PretrainConfig,
+    opt: AdamW<B>,
+    grads: Grads<B>,
+    levels: TrainingLevels,
+    rng: Rng,
+    micro: usize,
+    /// A non-finite loss occurred in the current accumulation window: its update is skipped.
+    poisoned: bool,
+}
+
+impl<B: Backend> PretrainTrainer<B> {
+    pub fn new(be: &B, generator: WanModel<B>, cfg: PretrainConfig) -> Result<Self> {
+        if cfg.accumulation == 0 {
+            return Err(Error::Config("accumulation must be at least 1".into()));
+        }
+        if !generator.has_head() || generator.num_blocks() != generator.cfg.num_layers {
+            return Err(Error::Config(
+                "pre-training needs the full generator (every block and the head)".into(),
+            ));
+        }
+        let grads = Grads::new(be, &generator.params, |_| true);
+        let opt = AdamW::new(
+            be,
+            &generator.params,
+            &grads,
+            AdamWConfig {
+                lr: cfg.lr,
+                betas: cfg.betas,
+                eps: cfg.eps,
+                weight_decay: cfg.weight_decay,
+                max_grad_norm: cfg.max_grad_norm,
+                warmup_steps: cfg.warmup_steps,
+            },
+        )?;
+        let levels = TrainingLevels::new(cfg.shift);
+        let levels = match cfg.logit_normal {
+            Some((mean, std)) => {
+                levels.with_distribution(LevelDistribution::LogitNormal { mean, std })
+            }
+            None => levels,
+        };
+        Ok(PretrainTrainer {
+            rng: Rng::seed_from_u64(cfg.seed),
+            levels,
+            opt,
+            grads,
+            generator,
+            cfg,
+            micro: 0,
+            poisoned: false,
+        })
+    }
+
+    pub fn optimizer(&self) -> &AdamW<B> {
+        &self.opt
+    }
+
+    /// One micro-batch of clean latents `x0` (host data, `[B, C, F, H, W]`): noise, forward,
+    /// loss, backward; an optimiser step once `accumulation` micro-batches are in.
+    pub fn micro_step(
+        &mut self,
+        be: &B,
+        shape: VideoShape,
+        cond: &Cond<'_, B>,
+        x0: &[f32],
+    ) -> Result<PretrainStepStats> {
+        let start = Instant::now();
+        let per = self.generator.cfg.out_dim * shape.voxels();
+        if x0.len() != shape.batch * per {
+            return Err(Error::InvalidInput(format!(
+                "x0 holds {} values, expected {} x {per}",
+                x0.len(),
+                shape.batch
+            )));
+        }
+        let mut x = vec![0.0f32; x0.len()];
+        let mut target = vec![0.0f32; x0.len()];
+        let mut t = Vec::with_capacity(shape.batch);
+        let mut eps = vec![0.0f32; per];
+        for b in 0..shape.batch {
+            let level = self.levels.draw(&mut self.rng);
+            self.rng.fill_normal(&mut eps);
+            let r = b * per..(b + 1) * per;
+            for ((xi, ti), (&a, &e)) in x[r.clone()]
+                .iter_mut()
+                .zip(&mut target[r.clone()])
+                .zip(x0[r].iter().zip(&eps))
+            {
+                *xi = (1.0 - level.sigma) * a + level.sigma * e;
+                *ti = e - a;
+            }
+            t.push(level.timestep);
+        }
+        let mode = if self.cfg.recompute {
+            Mode::TrainRecompute
+        } else {
+            Mode::Train
+        };
+        let xb = be.upload(&x);
+        let (v, tape) = self
+            .generator
+            .forward(be, &cond.inputs(shape, &xb, &t), mode)?;
+        let vh = be.download(&v);
+        let count = vh.len() as f64;
+        let loss = vh
+            .iter()
+            .zip(&target)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / count;
+        if loss.is_finite() {
+            let dv: Vec<f32> = vh
+                .iter()
+                .zip(&target)
+                .map(|(a, b)| (2.0 * (a - b) as f64 / count) as f32)
+                .collect();
+            let tape = tape.expect("a training mode records a tape");
+            self.generator
+                .backward(be, &tape, &be.upload(&dv), &mut self.grads)?;
+        } else {
+            self.poisoned = true;
+        }
+        self.micro += 1;
+        let update = (self.micro == self.cfg.accumulation).then(|| self.apply(be));
+        Ok(PretrainStepStats {
+            step: self.opt.step_count(),
+            loss,
+            update,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Closes the accumulation window: an AdamW step unless something was non-finite.
+    fn apply(&mut self, be: &B) -> StepReport {
+        let micro = std::mem::take(&mut self.micro);
+        let report = if std::mem::take(&mut self.poisoned) {
+            StepReport {
+                grad_norm: f64::NAN,
+                clip_coef: 0.0,
+                skipped_nonfinite: true,
+                step: self.opt.step_count(),
+                lr: 0.0,
+            }
+        } else {
+            self.opt
+                .step(be, &mut self.generator.params, &self.grads, micro)
+        };
+        self.grads.zero(be);
+        report
+    }
+
+    /// The trained generator (the optimiser state is dropped).
+    pub fn into_generator(self) -> WanModel<B> {
+        self.generator
+    }
+}

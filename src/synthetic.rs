@@ -76,6 +76,15 @@ pub struct WorldConfig {
     /// Seed of the prompt embeddings (independent of the clips' seeds, so every dataset of one
     /// world shares its prompts).
     pub prompt_seed: u64,
+    /// Where blob signatures come from: `None` (the default) draws a fresh random signature for
+    /// every blob, so every clip has its own colours; `Some(k)` picks each blob's signature from
+    /// a fixed palette of `k` (deterministic in `prompt_seed`). A palette is a lower-entropy
+    /// world that a small generator learns in a few thousand steps (the built-in demo's).
+    pub palette: Option<usize>,
+    /// At most this many blobs per clip: 2 (the default: half the scenes have two) or 1.
+    pub max_blobs: usize,
+    /// Standard deviation of the per-channel scene offset (the "scene colour"); default 0.5.
+    pub background_std: f32,
 }
 
 impl Default for WorldConfig {
@@ -89,6 +98,9 @@ impl Default for WorldConfig {
             text_dim: 32,
             noise_std: 0.3,
             prompt_seed: 0x5EED,
+            palette: None,
+            max_blobs: 2,
+            background_std: 0.5,
         }
     }
 }
@@ -110,6 +122,15 @@ impl WorldConfig {
                 "height x width = {} x {} (both must be even and at least 8)",
                 self.height, self.width
             ));
+        }
+        if self.palette == Some(0) || !(1..=2).contains(&self.max_blobs) {
+            return bad(format!(
+                "palette {:?} and max_blobs {} (a palette needs a colour; 1 or 2 blobs)",
+                self.palette, self.max_blobs
+            ));
+        }
+        if !(self.background_std.is_finite() && self.background_std >= 0.0) {
+            return bad(format!("background_std = {}", self.background_std));
         }
         if !(self.noise_std.is_finite() && self.noise_std >= 0.0) {
             return bad(format!("noise_std = {}", self.noise_std));
@@ -155,9 +176,13 @@ pub fn prompt_states(cfg: &WorldConfig, prompt: usize) -> Vec<f32> {
 
 /// The conditioning of prompt `prompt`, ready for [`write_clip`] / [`write_pair`].
 pub fn prompt_conditioning(cfg: &WorldConfig, prompt: usize) -> Conditioning {
+    text_conditioning(cfg, prompt_states(cfg, prompt))
+}
+
+fn text_conditioning(cfg: &WorldConfig, states: Vec<f32>) -> Conditioning {
     Conditioning {
         text: TokenStates {
-            data: prompt_states(cfg, prompt),
+            data: states,
             len: cfg.text_len,
             dim: cfg.text_dim,
         },
@@ -226,32 +251,38 @@ pub fn generate_dataset(
     cfg.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let shape = cfg.shape();
-    let text = |states: Vec<f32>| Conditioning {
-        text: TokenStates {
-            data: states,
-            len: cfg.text_len,
-            dim: cfg.text_dim,
-        },
-        i2v: None,
-    };
     let mut rng = Rng::seed_from_u64(seed);
     for i in 0..n_clips {
         let good = i % 2 == 0;
         let (latent, states) = generate_clip(cfg, &mut rng, good);
         let label = if good { 1.0 } else { 0.0 };
         let path = dir.join(format!("clip-{i:05}.safetensors"));
-        write_clip(&path, shape, &latent, label, &text(states), DType::F32)?;
+        write_clip(
+            &path,
+            shape,
+            &latent,
+            label,
+            &text_conditioning(cfg, states),
+            DType::F32,
+        )?;
     }
     for i in 0..n_pairs {
         let (win, lose, states) = generate_pair(cfg, &mut rng);
         let path = dir.join(format!("pair-{i:05}.safetensors"));
-        write_pair(&path, shape, &win, &lose, &text(states), DType::F32)?;
+        write_pair(
+            &path,
+            shape,
+            &win,
+            &lose,
+            &text_conditioning(cfg, states),
+            DType::F32,
+        )?;
     }
     Ok(())
 }
 
 /// How smooth the motion of a clip is, from the latent alone: about 0.55 to 0.8 for steady
-/// motion along a line, below about 0.35 for frozen or jittering clips (see [`GOOD_THRESHOLD`]).
+/// motion along a line, mostly below 0.35 for frozen or jittering clips (see [`GOOD_THRESHOLD`]).
 ///
 /// The blobs are located without knowing their channel signatures. Across the clip they dominate
 /// the channel covariance, so the energy of each pixel within its two leading eigenvectors (after
@@ -429,6 +460,18 @@ fn median(mut v: Vec<f32>) -> f32 {
     *v.select_nth_unstable_by(mid, f32::total_cmp).1
 }
 
+/// Signature `index` of the world's fixed palette: unit normal entries from a stream of
+/// `prompt_seed`, rescaled to an RMS of 1 per channel (so no colour is nearly invisible).
+fn palette_signature(cfg: &WorldConfig, index: usize) -> Vec<f32> {
+    let stream = (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut rng = Rng::seed_from_u64(cfg.prompt_seed ^ stream);
+    let mut signature = vec![0.0f32; cfg.channels];
+    rng.fill_normal(&mut signature);
+    let rms = (signature.iter().map(|v| v * v).sum::<f32>() / cfg.channels as f32).sqrt();
+    signature.iter_mut().for_each(|v| *v /= rms.max(1e-6));
+    signature
+}
+
 fn bad_motion(rng: &mut Rng) -> Motion {
     if rng.uniform_f32() < 0.5 {
         Motion::Frozen
@@ -466,13 +509,19 @@ fn draw_scene_and_tracks(
     cfg.validate().expect("invalid synthetic world");
     let ext = cfg.extent();
     for attempt in 0.. {
-        let two = attempt < 16 && rng.uniform_f32() < 0.5;
+        let two = cfg.max_blobs >= 2 && attempt < 16 && rng.uniform_f32() < 0.5;
         let n_blobs = if two { 2 } else { 1 };
         let blobs: Vec<Blob> = (0..n_blobs)
             .map(|b| {
                 let sigma = ext * uniform(rng, 0.10, 0.16);
-                let mut signature = vec![0.0; cfg.channels];
-                rng.fill_normal(&mut signature);
+                let signature = match cfg.palette {
+                    None => {
+                        let mut signature = vec![0.0; cfg.channels];
+                        rng.fill_normal(&mut signature);
+                        signature
+                    }
+                    Some(k) => palette_signature(cfg, below(rng, k)),
+                };
                 let offset = if b == 0 {
                     [0.0, 0.0]
                 } else {
@@ -502,7 +551,9 @@ fn draw_scene_and_tracks(
         if let Some(tracks) = tracks {
             let mut background = vec![0.0; cfg.channels];
             rng.fill_normal(&mut background);
-            background.iter_mut().for_each(|x| *x *= 0.5);
+            background
+                .iter_mut()
+                .for_each(|x| *x *= cfg.background_std);
             return (Scene { blobs, background }, tracks);
         }
     }

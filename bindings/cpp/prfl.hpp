@@ -133,15 +133,13 @@ public:
     const std::string& detail() const noexcept { return detail_; }
 
 private:
+    // "prfl_step: 0 pairs queued, a batch needs 2 (not enough samples)". The library's messages
+    // already start with the function's name; the wrapper's own checks get it prepended.
     static std::string compose(Status s, const char* function, const std::string& detail) {
-        std::string m = function ? function : "prfl";
-        m += ": ";
-        m += status_name(s);
-        if (!detail.empty()) {
-            m += ": ";
-            m += detail;
-        }
-        return m;
+        const std::string fn = function ? function : "prfl";
+        if (detail.empty()) return fn + ": " + status_name(s);
+        const bool named = detail.compare(0, fn.size() + 1, fn + ":") == 0;
+        return (named ? detail : fn + ": " + detail) + " (" + status_name(s) + ")";
     }
 
     Status status_;
@@ -431,6 +429,12 @@ public:
     void load_generator_from_memory(const std::vector<uint8_t>& safetensors, const std::string& config_json) {
         load_generator_from_memory(safetensors.data(), safetensors.size(), config_json);
     }
+    // Without a config.json: the configuration is inferred from the tensor shapes (head width
+    // 128, as in every released Wan2.1).
+    void load_generator_from_memory(const uint8_t* safetensors, size_t len) {
+        detail::ok_or_throw(prfl_load_generator_from_memory(rt_, safetensors, len, nullptr),
+                            "prfl_load_generator_from_memory");
+    }
     void init_reward() { detail::ok_or_throw(prfl_init_reward(rt_), "prfl_init_reward"); }
     void load_reward(const std::string& path) {
         detail::ok_or_throw(prfl_load_reward(rt_, path.c_str()), "prfl_load_reward");
@@ -438,7 +442,8 @@ public:
 
     // --- producers (thread-safe, never block) ----------------------------------------------
 
-    // A clip rated by a person: label 1 = good, 0 = bad (fractions allowed for graded ratings).
+    // A clip rated by a person: label 1 = good, 0 = bad (the only two values the library takes;
+    // anything else is Status::InvalidArgument). Used by RewardLoss::Ce; pairs feed RewardLoss::Bt.
     // `image` is empty for T2V models.
     void submit_labeled(TensorView latent, TensorView text, TensorView image, float label) {
         detail::ok_or_throw(try_submit_status_labeled(latent, text, image, label), "prfl_submit_labeled");
@@ -496,15 +501,17 @@ public:
 
     // --- scoring ---------------------------------------------------------------------------
 
-    // Reward logit of one latent at a noise timestep in [0, 1000] (0 = clean).
+    // Reward of one latent at a noise timestep in [0, 1000] (0 = clean): the probability in
+    // (0, 1) that it is to the raters' taste. Waits while a training step holds the model.
     float score(TensorView latent, float timestep, TensorView text) {
         float out = 0.0f;
         detail::ok_or_throw(prfl_score(rt_, latent.data, latent.size, timestep, text.data, text.size, &out),
                             "prfl_score");
         return out;
     }
-    // `count` latents stored back to back (latents.size == count * latent_len), one timestep each,
-    // sharing one text conditioning.
+    // `count` latents stored back to back, each with its own timestep and its own text states:
+    // latents.size == count * latent_len, text.size == count * text_len (repeat the text for
+    // candidates of one prompt).
     std::vector<float> score_batch(TensorView latents, size_t count, TensorView timesteps, TensorView text) {
         std::vector<float> out(count);
         score_batch(latents, count, timesteps, text, out.data());
@@ -517,13 +524,19 @@ public:
                             std::to_string(count) + " latents");
         }
         if (count == 0) return;
-        if (latents.size % count != 0) {
-            throw Error(Status::Shape, "prfl_score_batch",
-                        std::to_string(latents.size) + " floats do not split into " + std::to_string(count) +
-                            " latents");
-        }
-        detail::ok_or_throw(prfl_score_batch(rt_, latents.data, count, latents.size / count, timesteps.data,
-                                             text.data, text.size, out),
+        // The C call takes per-sample lengths; the views carry totals.
+        const auto per_sample = [count](TensorView view, const char* what) {
+            if (view.size % count != 0) {
+                throw Error(Status::Shape, "prfl_score_batch",
+                            std::string(what) + " has " + std::to_string(view.size) + " floats, not a multiple of " +
+                                std::to_string(count) + " samples");
+            }
+            return view.size / count;
+        };
+        const size_t latent_len = per_sample(latents, "latents");
+        const size_t text_len = per_sample(text, "text");
+        detail::ok_or_throw(prfl_score_batch(rt_, latents.data, count, latent_len, timesteps.data, text.data,
+                                             text_len, out),
                             "prfl_score_batch");
     }
 

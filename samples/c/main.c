@@ -183,7 +183,7 @@ static PrflConfig sample_config(void) {
     cfg.image_len = 0; /* T2V: no CLIP image features */
     cfg.image_dim = 0;
     cfg.batch_size = BATCH;
-    cfg.reward_loss = PRFL_REWARD_LOSS_CE;
+    cfg.reward_loss = PRFL_LOSS_CE;
     cfg.reward_blocks = 2;
     cfg.reward_head_lr = 1e-3f;
     cfg.seed = 7;
@@ -200,14 +200,17 @@ static void print_step(const char *what, const PrflStepStats *s) {
 static PrflQueueStats queue_stats(const PrflRuntime *rt) {
     PrflQueueStats q;
     memset(&q, 0, sizeof q);
-    q.struct_size = sizeof q;
+    q.struct_size = sizeof q; /* the library writes at most this many bytes */
     CHECK(prfl_queue_stats(rt, &q));
+    return q;
+}
+
+static void print_queue(const PrflQueueStats q) {
     printf("  queue: capacity %u queued %u submitted %llu accepted %llu rejected_full %llu rejected_invalid %llu "
            "dropped %llu consumed %llu\n",
            q.capacity, q.queued, (unsigned long long)q.submitted, (unsigned long long)q.accepted,
            (unsigned long long)q.rejected_full, (unsigned long long)q.rejected_invalid,
            (unsigned long long)q.dropped_oldest, (unsigned long long)q.consumed);
-    return q;
 }
 
 static int close_enough(float a, float b) { return fabsf(a - b) <= 1e-5f * (1.0f + fabsf(a)); }
@@ -303,6 +306,7 @@ int main(int argc, char **argv) {
 
     /* The library's counters must agree with what the producers saw. */
     PrflQueueStats q = queue_stats(rt);
+    print_queue(q);
     const uint64_t accepted = (uint64_t)producers[0].accepted + (uint64_t)producers[1].accepted;
     const uint64_t full = (uint64_t)producers[0].rejected_full + (uint64_t)producers[1].rejected_full;
     if (q.capacity != QUEUE_CAPACITY || q.accepted != accepted || q.rejected_full != full ||
@@ -325,6 +329,7 @@ int main(int argc, char **argv) {
     }
     CHECK(prfl_stop(rt));
     CHECK(prfl_stop(rt)); /* stopping a stopped trainer is harmless */
+    print_queue(queue_stats(rt));
     printf("background trainer consumed the queue and stopped\n");
 
     /* -- scoring -------------------------------------------------------------------------- */
@@ -333,10 +338,13 @@ int main(int argc, char **argv) {
     make_clip(&rng, 1, clips);
     make_clip(&rng, 0, clips + LATENT_LEN);
     const float timesteps[2] = {500.0f, 500.0f};
+    float texts[2 * TEXT_LEN]; /* prfl_score_batch takes one text per latent */
+    memcpy(texts, text, sizeof text);
+    memcpy(texts + TEXT_LEN, text, sizeof text);
     float single[2], batch[2];
     for (int i = 0; i < 2; i++)
         CHECK(prfl_score(rt, clips + i * LATENT_LEN, LATENT_LEN, timesteps[i], text, TEXT_LEN, &single[i]));
-    CHECK(prfl_score_batch(rt, clips, 2, LATENT_LEN, timesteps, text, TEXT_LEN, batch));
+    CHECK(prfl_score_batch(rt, clips, 2, LATENT_LEN, timesteps, texts, TEXT_LEN, batch));
     printf("scores at t=500: smooth clip %.5f, flickering clip %.5f (batched %.5f, %.5f)\n", single[0], single[1],
            batch[0], batch[1]);
     for (int i = 0; i < 2; i++) {

@@ -266,11 +266,19 @@ namespace Prfl
         public string Detail { get; private set; }
 
         public PrflException(PrflStatus status, string function, string detail)
-            : base(function + ": " + status + (string.IsNullOrEmpty(detail) ? "" : ": " + detail))
+            : base(Compose(status, function, detail))
         {
             Status = status;
             Function = function;
             Detail = detail;
+        }
+
+        // The library's messages already start with the function's name; ours get it prepended.
+        private static string Compose(PrflStatus status, string function, string detail)
+        {
+            if (string.IsNullOrEmpty(detail)) return function + ": " + status;
+            return (detail.StartsWith(function + ":", StringComparison.Ordinal) ? detail : function + ": " + detail)
+                + " (" + status + ")";
         }
 
         // Reads prfl_last_error() at once: it is per thread and the next call overwrites it.
@@ -446,7 +454,8 @@ namespace Prfl
 
         // --- scoring ----------------------------------------------------------------------
 
-        // Reward logit of a latent at a noise timestep in [0, 1000] (0 = clean).
+        // Reward of a latent at a noise timestep in [0, 1000] (0 = clean): the probability in (0, 1)
+        // that it is to the raters' taste.
         public float Score(float[] latent, float timestep, float[] text)
         {
             float score;
@@ -455,18 +464,21 @@ namespace Prfl
             return score;
         }
 
-        // `latents` holds timesteps.Length latents back to back.
-        public float[] ScoreBatch(float[] latents, float[] timesteps, float[] text)
+        // timesteps.Length samples, each with its own latent and text states, back to back in
+        // `latents` and `texts` (repeat the text for candidates of one prompt).
+        public float[] ScoreBatch(float[] latents, float[] timesteps, float[] texts)
         {
-            if (latents == null || timesteps == null) throw new ArgumentNullException(latents == null ? "latents" : "timesteps");
+            if (latents == null || timesteps == null || texts == null)
+                throw new ArgumentNullException(latents == null ? "latents" : timesteps == null ? "timesteps" : "texts");
             int count = timesteps.Length;
             if (count == 0) return new float[0];
-            if (latents.Length % count != 0)
+            // The C call takes per-sample lengths.
+            if (latents.Length % count != 0 || texts.Length % count != 0)
                 throw new PrflException(PrflStatus.Shape, "prfl_score_batch",
-                    latents.Length + " floats do not split into " + count + " latents");
+                    latents.Length + " latent and " + texts.Length + " text floats do not split into " + count + " samples");
             var scores = new float[count];
             PrflException.ThrowIfFailed(PrflNative.prfl_score_batch(handle, latents, (UIntPtr)count,
-                (UIntPtr)(latents.Length / count), timesteps, text, Len(text), scores), "prfl_score_batch");
+                (UIntPtr)(latents.Length / count), timesteps, texts, (UIntPtr)(texts.Length / count), scores), "prfl_score_batch");
             return scores;
         }
 

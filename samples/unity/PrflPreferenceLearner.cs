@@ -28,7 +28,9 @@ public sealed class PrflPreferenceLearner : MonoBehaviour
     public PrflRewardLoss loss = PrflRewardLoss.Bt;
     public int rewardBlocks = 8;
     public int batchSize = 8;
-    public int queueCapacity = 256;
+    [Tooltip("Samples waiting for the trainer. Every slot is allocated up front for two latents and a text " +
+             "(about 25 MB at 480p, 81 frames), so keep it small: a rating that finds the queue full is dropped.")]
+    public int queueCapacity = 16;
     [Tooltip("Noise timestep in [0, 1000] at which Score judges latents (0 = clean).")]
     public float scoreTimestep = 0f;
 
@@ -81,7 +83,7 @@ public sealed class PrflPreferenceLearner : MonoBehaviour
         }
     }
 
-    // The artist rated one clip: 1 = good, 0 = bad (fractions for graded ratings).
+    // The artist rated one clip: 1 = good, 0 = bad (no other values). Needs loss = Ce.
     public bool Rate(float[] latent, float[] text, float label)
     {
         if (runtime == null) return false;
@@ -90,7 +92,7 @@ public sealed class PrflPreferenceLearner : MonoBehaviour
         return false;
     }
 
-    // The artist preferred `win` over `lose` (same prompt).
+    // The artist preferred `win` over `lose` (same prompt). Needs loss = Bt.
     public bool Prefer(float[] win, float[] lose, float[] text)
     {
         if (runtime == null) return false;
@@ -99,7 +101,7 @@ public sealed class PrflPreferenceLearner : MonoBehaviour
         return false;
     }
 
-    // Reward logit (higher = more to the artist's taste); NaN when the learner is unavailable.
+    // Probability in (0, 1) that the clip is to the artist's taste; NaN when the learner is unavailable.
     public float Score(float[] latent, float[] text)
     {
         return runtime == null ? float.NaN : runtime.Score(latent, scoreTimestep, text);

@@ -244,7 +244,10 @@ public static class SmokeTest
             var both = new float[good.Length * 2];
             good.CopyTo(both, 0);
             bad.CopyTo(both, good.Length);
-            float[] batch = rt.ScoreBatch(both, new[] { 500f, 500f }, text);
+            var texts = new float[text.Length * 2];  // one text per latent
+            text.CopyTo(texts, 0);
+            text.CopyTo(texts, text.Length);
+            float[] batch = rt.ScoreBatch(both, new[] { 500f, 500f }, texts);
             Console.WriteLine(string.Format("scores at t=500: smooth {0:F5}, flickering {1:F5} (batched {2:F5}, {3:F5})",
                 goodScore, badScore, batch[0], batch[1]));
             Expect(Close(goodScore, batch[0]) && Close(badScore, batch[1]), "ScoreBatch matches Score");

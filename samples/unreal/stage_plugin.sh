@@ -5,14 +5,16 @@
 # usage: samples/unreal/stage_plugin.sh PROJECT_PLUGINS_DIR [LIB_DIR]
 #   LIB_DIR  where the built library is (default: target/release). Whatever is found there is
 #            staged: libprfl.so (Linux), prfl.dll + prfl.dll.lib (Win64), libprfl.dylib (Mac).
+#   PRFL_INCLUDE_DIR (environment)  where prfl.h is (default: include/)
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 dest="${1:?usage: stage_plugin.sh PROJECT_PLUGINS_DIR [LIB_DIR]}"
 lib_dir="${2:-$root/target/release}"
+include_dir="${PRFL_INCLUDE_DIR:-$root/include}"
 
-[[ -f "$root/include/prfl.h" ]] || { echo "stage_plugin: $root/include/prfl.h is missing" >&2; exit 1; }
+[[ -f "$include_dir/prfl.h" ]] || { echo "stage_plugin: $include_dir/prfl.h is missing" >&2; exit 1; }
 
 plugin="$dest/PrflPlugin"
 third="$plugin/Source/ThirdParty/PrflLibrary"
@@ -20,7 +22,7 @@ mkdir -p "$dest"
 rm -rf "$plugin"
 cp -R "$here/PrflPlugin" "$plugin"
 mkdir -p "$third/include"
-cp "$root/include/prfl.h" "$root/bindings/cpp/prfl.hpp" "$third/include/"
+cp "$include_dir/prfl.h" "$root/bindings/cpp/prfl.hpp" "$third/include/"
 
 staged=0
 stage() { # stage PLATFORM FILE...

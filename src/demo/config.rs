@@ -20,6 +20,10 @@ pub struct WorldSettings {
     pub noise_std: f32,
     pub text_len: usize,
     pub text_dim: usize,
+    /// Blob colours from a fixed palette of this many (see [`WorldConfig::palette`]).
+    pub palette: Option<usize>,
+    pub max_blobs: usize,
+    pub background_std: f32,
     /// Fraction of good (smoothly moving) clips in the generator's pre-training data; the rest
     /// are frozen or jittering. Below one half, so the pre-trained generator has room to improve.
     pub good_fraction: f32,
@@ -36,6 +40,9 @@ impl Default for WorldSettings {
             noise_std: w.noise_std,
             text_len: w.text_len,
             text_dim: w.text_dim,
+            palette: w.palette,
+            max_blobs: w.max_blobs,
+            background_std: w.background_std,
             good_fraction: 0.3,
         }
     }
@@ -51,6 +58,9 @@ impl WorldSettings {
             text_len: self.text_len,
             text_dim: self.text_dim,
             noise_std: self.noise_std,
+            palette: self.palette,
+            max_blobs: self.max_blobs,
+            background_std: self.background_std,
             ..WorldConfig::default()
         }
     }
@@ -65,6 +75,9 @@ pub struct GeneratorSettings {
     pub heads: usize,
     pub layers: usize,
     pub freq_dim: usize,
+    /// Start from Wan2.1's own initialisation (zero output projection; see [`super::init`])
+    /// rather than [`crate::model::init::random_weights`]'s test initialisation.
+    pub wan_init: bool,
 }
 
 impl Default for GeneratorSettings {
@@ -75,6 +88,7 @@ impl Default for GeneratorSettings {
             heads: 4,
             layers: 4,
             freq_dim: 64,
+            wan_init: true,
         }
     }
 }

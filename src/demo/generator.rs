@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use super::config::DemoConfig;
+use super::init::wan_init;
 use super::observer::Observer;
 use super::results::{smooth, PretrainResults};
 use super::world::{prompt_text, SampleSet};
@@ -49,7 +50,12 @@ pub fn pretrain<B: Backend>(
     let start = Instant::now();
     let world = cfg.world.world();
     let wan = cfg.generator.wan(&cfg.world);
-    let generator = WanModel::new(be, wan.clone(), &random_weights(&wan, cfg.seed), None)?;
+    let weights = if cfg.generator.wan_init {
+        wan_init(&wan, cfg.seed)
+    } else {
+        random_weights(&wan, cfg.seed)
+    };
+    let generator = WanModel::new(be, wan, &weights, None)?;
     let p = &cfg.pretrain;
     let mut trainer = PretrainTrainer::new(
         be,

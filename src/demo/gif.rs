@@ -1,7 +1,7 @@
-//! Animated GIF previews of latent clips, without a VAE: three latent channels of each frame
-//! become the red, green and blue of an upscaled image, so a blob (a channel signature over a
-//! patch of cells) shows as a coloured spot on a grey background, and its motion as the
-//! animation. Clips are laid out side by side; every frame of the GIF is one latent frame.
+//! Animated GIF previews of latent clips, without a VAE: the three leading channel directions
+//! of each clip become the red, green and blue of an upscaled image, so a blob (a channel
+//! signature over a patch of cells) shows as a coloured spot on a grey background, and its
+//! motion as the animation. Clips are laid out side by side; every frame of the GIF is one latent frame.
 
 use std::path::Path;
 
@@ -65,28 +65,78 @@ fn too_big(n: usize) -> Error {
     Error::InvalidInput(format!("a preview of {n} pixels does not fit a GIF"))
 }
 
-/// Per cell `[F * H * W]`, the colour in `[0, 1]^3` of channels 0, 1, 2 (the first channel
-/// repeated when there are fewer): each channel centred on its median over the clip (the
-/// background) and scaled by its largest deviation, so grey is background.
+/// Per cell `[F * H * W]`, the colour in `[0, 1]^3`: the latent (centred per channel on its
+/// median over the clip, the background level) projected on the clip's three leading channel
+/// directions. Raw channels would show mostly noise: a blob's signature is spread over every
+/// channel, and the leading directions of the channel covariance are where the blobs are.
+/// Each component is scaled by its largest deviation, so grey is background.
 fn colourise(x: &[f32], shape: [usize; 4]) -> Vec<[f32; 3]> {
     let [c, f, h, w] = shape;
     let plane = f * h * w;
-    let channels: Vec<Vec<f32>> = (0..3)
-        .map(|k| {
-            let ch = &x[(k % c) * plane..][..plane];
+    let centred: Vec<Vec<f64>> = x
+        .chunks_exact(plane)
+        .map(|ch| {
             let mut sorted = ch.to_vec();
             sorted.sort_by(f32::total_cmp);
             let median = sorted[plane / 2];
-            let range = ch
-                .iter()
-                .fold(0.0f32, |m, v| m.max((v - median).abs()))
-                .max(1e-6);
-            ch.iter().map(|v| 0.5 + 0.5 * (v - median) / range).collect()
+            ch.iter().map(|&v| (v - median) as f64).collect()
+        })
+        .collect();
+    let mut cov = vec![0.0f64; c * c];
+    for a in 0..c {
+        for b in a..c {
+            let s: f64 = centred[a].iter().zip(&centred[b]).map(|(p, q)| p * q).sum();
+            cov[a * c + b] = s;
+            cov[b * c + a] = s;
+        }
+    }
+    let axes = leading_axes(&mut cov, c, 3);
+    let comps: Vec<Vec<f32>> = axes
+        .iter()
+        .map(|axis| {
+            let p: Vec<f64> = (0..plane)
+                .map(|i| (0..c).map(|ch| axis[ch] * centred[ch][i]).sum())
+                .collect();
+            // The sign of an eigenvector is arbitrary: orient it so the strongest cell is bright.
+            let peak = p.iter().fold(0.0f64, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let scale = if peak == 0.0 { 1.0 } else { peak };
+            p.iter().map(|&v| (0.5 + 0.5 * v / scale) as f32).collect()
         })
         .collect();
     (0..plane)
-        .map(|i| [channels[0][i], channels[1][i], channels[2][i]])
+        .map(|i| {
+            let get = |k: usize| comps.get(k).map_or(0.5, |c| c[i]);
+            [get(0), get(1), get(2)]
+        })
         .collect()
+}
+
+/// The `k` leading eigenvectors (at most `n`) of the symmetric `n x n` matrix `m`, by power
+/// iteration with deflation (`m` is deflated in place); deterministic start vectors.
+fn leading_axes(m: &mut [f64], n: usize, k: usize) -> Vec<Vec<f64>> {
+    let mut out = Vec::new();
+    for _ in 0..k.min(n) {
+        let mut v: Vec<f64> = (0..n).map(|i| 1.0 + 0.1 * i as f64).collect();
+        let mut lambda = 0.0;
+        for _ in 0..100 {
+            let mv: Vec<f64> = (0..n)
+                .map(|r| (0..n).map(|j| m[r * n + j] * v[j]).sum())
+                .collect();
+            let norm = mv.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            lambda = norm;
+            v = mv.into_iter().map(|x| x / norm).collect();
+        }
+        for r in 0..n {
+            for j in 0..n {
+                m[r * n + j] -= lambda * v[r] * v[j];
+            }
+        }
+        out.push(v);
+    }
+    out
 }
 
 /// The fixed colour cube, padded to 256 entries.
@@ -106,7 +156,7 @@ fn palette() -> Vec<u8> {
 }
 
 fn palette_index(rgb: [f32; 3]) -> u8 {
-    let level = |v: f32| ((v.clamp(0.0, 1.0) * (LEVELS - 1) as f32).round() as usize);
+    let level = |v: f32| (v.clamp(0.0, 1.0) * (LEVELS - 1) as f32).round() as usize;
     (level(rgb[0]) * LEVELS * LEVELS + level(rgb[1]) * LEVELS + level(rgb[2])) as u8
 }
 

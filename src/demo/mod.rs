@@ -16,6 +16,7 @@ pub mod config;
 pub mod finetune;
 pub mod generator;
 pub mod gif;
+pub mod init;
 pub mod observer;
 pub mod pipeline;
 pub mod rejection;
@@ -23,6 +24,7 @@ pub mod report;
 pub mod results;
 pub mod reward;
 pub mod stats;
+pub mod svg;
 pub mod world;
 
 pub use config::DemoConfig;

@@ -36,7 +36,8 @@ pub enum PrflDevice {
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PrflBackpressure {
-    /// Refuse the new sample with `PRFL_ERR_QUEUE_FULL` (counted in `rejected_full`).
+    /// Refuse the new sample with `PRFL_ERR_QUEUE_FULL` (counted in `rejected_full`), without
+    /// reading its data, so that a producer retrying on a full queue costs little.
     PRFL_BACKPRESSURE_REJECT_NEWEST = 0,
     /// Drop the oldest queued sample of the same kind (labelled clip or pair; of the other kind if
     /// none is queued), counted in `dropped_oldest`, and take the new one. When no slot at all
@@ -245,7 +246,8 @@ impl RuntimeConfig {
     /// this build lacks is the most important thing to report.
     pub fn validate(c: &PrflConfig) -> Result<RuntimeConfig, FfiError> {
         match c.device {
-            d if d == PrflDevice::PRFL_DEVICE_CPU as i32 || d == PrflDevice::PRFL_DEVICE_AUTO as i32 => {}
+            d if d == PrflDevice::PRFL_DEVICE_CPU as i32
+                || d == PrflDevice::PRFL_DEVICE_AUTO as i32 => {}
             d if d == PrflDevice::PRFL_DEVICE_CUDA as i32 => {
                 return Err(FfiError::new(
                     PRFL_ERR_DEVICE,
@@ -439,14 +441,18 @@ mod tests {
         newer.base.struct_size = size_of::<Newer>() as u32;
         let got = unsafe { read_config(&newer.base) }.unwrap();
         assert_eq!(got.batch_size, 3);
-        let mut old = PrflConfig::default();
-        old.struct_size = 16;
+        let old = PrflConfig {
+            struct_size: 16,
+            ..PrflConfig::default()
+        };
         assert_eq!(
             unsafe { read_config(&old) }.unwrap_err().status,
             PRFL_ERR_VERSION
         );
-        let mut wrong = PrflConfig::default();
-        wrong.abi_version = 2;
+        let wrong = PrflConfig {
+            abi_version: 2,
+            ..PrflConfig::default()
+        };
         assert_eq!(
             unsafe { read_config(&wrong) }.unwrap_err().status,
             PRFL_ERR_VERSION

@@ -12,6 +12,7 @@
 //! - [`args`]: turning C arguments (pointers, lengths, strings, sized output structs) into Rust
 //!   values; most of the layer's `unsafe` is here.
 //! - [`queue`]: the bounded lock-free sample queue with preallocated slots.
+//! - [`batch`]: assembling the samples a step takes into the trainers' batch layouts.
 //! - [`generator`]: the generator checkpoint a runtime holds (a file, or bytes from memory).
 //! - [`runtime`]: the safe runtime: models, trainers, steps, scoring.
 //! - [`worker`]: the background trainer thread.
@@ -24,6 +25,7 @@
 
 pub mod api;
 pub mod args;
+pub mod batch;
 pub mod config;
 pub mod generator;
 pub mod log;

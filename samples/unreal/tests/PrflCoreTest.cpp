@@ -79,11 +79,17 @@ int main(int Argc, char** Argv)
     // A nested, not yet existing folder: Save must create it (as under Saved/ in a project).
     const std::string State = std::string(Argv[2]) + "/unreal/Saved/Prfl/preferences.prfl";
 
-    // Labels from star ratings.
-    Expect(FPrflCore::LabelFromStars(1, 5) == 0.0f && FPrflCore::LabelFromStars(5, 5) == 1.0f &&
-               FPrflCore::LabelFromStars(3, 5) == 0.5f && FPrflCore::LabelFromStars(9, 5) == 1.0f &&
-               FPrflCore::LabelFromStars(0, 5) == 0.0f && FPrflCore::LabelFromStars(1, 1) == 1.0f,
-           "LabelFromStars maps 1..N onto [0, 1]");
+    // Labels from star ratings: top half good, bottom half bad, the middle says nothing.
+    {
+        const auto Label = [](int Stars, int MaxStars) {
+            float L = -1.0f;
+            return FPrflCore::LabelFromStars(Stars, MaxStars, L) ? L : -1.0f;
+        };
+        Expect(Label(1, 5) == 0.0f && Label(2, 5) == 0.0f && Label(3, 5) == -1.0f && Label(4, 5) == 1.0f &&
+                   Label(5, 5) == 1.0f && Label(9, 5) == 1.0f && Label(0, 5) == 0.0f && Label(2, 4) == 0.0f &&
+                   Label(3, 4) == 1.0f && Label(1, 1) == -1.0f,
+               "LabelFromStars splits a scale into bad / neutral / good");
+    }
 
     std::mt19937 Rng(1);
     std::vector<float> Text(size_t{Tokens} * TextDim, 0.1f);
@@ -112,8 +118,9 @@ int main(int Argc, char** Argv)
     {
         const bool bGood = i % 2 == 0;
         const auto V = Clip(Rng, bGood);
-        Expect(Core.SubmitRating(V.data(), V.size(), Text.data(), Text.size(),
-                                 FPrflCore::LabelFromStars(bGood ? 5 : 1, 5)),
+        float Label = 0.0f;
+        Expect(FPrflCore::LabelFromStars(bGood ? 5 : 1, 5, Label) &&
+                   Core.SubmitRating(V.data(), V.size(), Text.data(), Text.size(), Label),
                "submit a rating");
     }
     for (int i = 0; i < 2; ++i)

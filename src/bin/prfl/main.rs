@@ -6,6 +6,7 @@ mod config_file;
 mod demo_cmd;
 mod finetune_cmd;
 mod progress;
+mod queue_bench;
 mod reward_cmd;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ enum Cmd {
     },
     /// Forward and forward+backward throughput and peak memory of a small configuration.
     Bench(bench::BenchArgs),
+    /// Latency of submitting 1 MiB latents through the C ABI while the background trainer runs.
+    BenchQueue(queue_bench::BenchQueueArgs),
     /// Trains a reward model (PAVRM) from a TOML configuration.
     TrainReward { config: PathBuf },
     /// Accuracy and ROC-AUC of a trained reward model per timestep on a dataset.
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
             recompute,
         } => forward(weights, inputs, out, *grad, *recompute),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::BenchQueue(a) => queue_bench::run(a),
         Cmd::TrainReward { config } => reward_cmd::train_reward(config),
         Cmd::EvalReward {
             generator,

@@ -130,7 +130,7 @@ bool FPrflCore::Accept(bool bQueued, prfl::Status Why) noexcept
     {
         // prfl::last_error() is per thread: capture it here, on the submitting thread, so the
         // game thread can show it later.
-        std::string Message = std::string(prfl::status_name(Why)) + ": " + prfl::last_error();
+        std::string Message = prfl::last_error() + " (" + prfl::status_name(Why) + ")";
         std::lock_guard<std::mutex> Guard(ErrorLock);
         LastError = std::move(Message);
     }
@@ -215,9 +215,13 @@ FPrflResult FPrflCore::QueueStats(prfl::QueueStats& OutStats) const noexcept
     });
 }
 
-float FPrflCore::LabelFromStars(int Stars, int MaxStars) noexcept
+bool FPrflCore::LabelFromStars(int Stars, int MaxStars, float& OutLabel) noexcept
 {
-    if (MaxStars <= 1) return Stars >= 1 ? 1.0f : 0.0f;
+    if (MaxStars < 2) return false;  // a one-star scale cannot express a preference
     const int Clamped = Stars < 1 ? 1 : (Stars > MaxStars ? MaxStars : Stars);
-    return static_cast<float>(Clamped - 1) / static_cast<float>(MaxStars - 1);
+    // Compare 2 * Stars with MaxStars + 1 (twice the midpoint) to stay in integers.
+    const int Twice = 2 * Clamped, Middle = MaxStars + 1;
+    if (Twice == Middle) return false;
+    OutLabel = Twice > Middle ? 1.0f : 0.0f;
+    return true;
 }

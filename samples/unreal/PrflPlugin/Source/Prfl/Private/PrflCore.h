@@ -71,7 +71,7 @@ public:
     bool SubmitPreference(const float* Win, const float* Lose, size_t LatentLen, const float* Text, size_t TextLen,
                           const float* Image = nullptr, size_t ImageLen = 0) noexcept;
 
-    // Reward logit of a latent at Settings.ScoreTimestep: higher means closer to the taste learnt.
+    // Probability in (0, 1) that a latent is to the taste learnt, judged at Settings.ScoreTimestep.
     FPrflResult Score(const float* Latent, size_t LatentLen, const float* Text, size_t TextLen,
                       float& OutScore) noexcept;
     // One manual step (when not training in background). NotEnoughSamples means "not yet".
@@ -86,8 +86,10 @@ public:
     std::string LastSubmitError() const;
     bool IsTrainingInBackground() const noexcept { return bBackgroundRunning.load(); }
 
-    // A star rating (1..MaxStars) as a label in [0, 1]; out-of-range ratings are clamped.
-    static float LabelFromStars(int Stars, int MaxStars) noexcept;
+    // A star rating (1..MaxStars, clamped) as the 0/1 label the reward loss takes: the top half
+    // is good, the bottom half bad. False for the middle rating of an odd scale, which says
+    // nothing about preference and must not be submitted as either.
+    static bool LabelFromStars(int Stars, int MaxStars, float& OutLabel) noexcept;
 
 private:
     bool Accept(bool bQueued, prfl::Status Why) noexcept;

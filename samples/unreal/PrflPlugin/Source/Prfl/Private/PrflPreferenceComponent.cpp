@@ -91,7 +91,8 @@ bool UPrflPreferenceComponent::SubmitRating(const TArray<float>& Latent, const T
 bool UPrflPreferenceComponent::SubmitStarRating(
 	const TArray<float>& Latent, const TArray<float>& TextEmbedding, int32 Stars, int32 MaxStars)
 {
-	return SubmitRating(Latent, TextEmbedding, FPrflCore::LabelFromStars(Stars, MaxStars));
+	float Label = 0.0f;
+	return FPrflCore::LabelFromStars(Stars, MaxStars, Label) && SubmitRating(Latent, TextEmbedding, Label);
 }
 
 bool UPrflPreferenceComponent::SubmitPreference(

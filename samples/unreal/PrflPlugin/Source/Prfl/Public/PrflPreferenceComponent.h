@@ -4,7 +4,7 @@
 // Latents are flattened float arrays in [C, F, H, W] order (LatentChannels x LatentFrames x
 // LatentHeight x LatentWidth floats); text embeddings are [TextTokens, TextDim] (the generator's
 // text-encoder states for the clip's prompt). Ratings are queued without blocking the game
-// thread and trained on a library thread; scores are reward logits (higher = more liked).
+// thread and trained on a library thread; scores are probabilities in (0, 1) that a clip is liked.
 #pragma once
 
 #include "Components/ActorComponent.h"
@@ -59,9 +59,10 @@ public:
 	bool bTrainInBackground = true;
 	UPROPERTY(EditAnywhere, BlueprintReadOnly, Category = "Prfl|Training", meta = (ClampMin = "1"))
 	int32 BatchSize = 8;
-	/** Ratings waiting for the trainer; when full, new ones are dropped (and counted) rather than stalling the game. */
+	/** Ratings waiting for the trainer; when full, new ones are dropped (and counted) rather than stalling the game.
+	 *  Every slot is allocated up front for two latents and a text (about 25 MB at 480p, 81 frames): keep it small. */
 	UPROPERTY(EditAnywhere, BlueprintReadOnly, Category = "Prfl|Training", meta = (ClampMin = "1"))
-	int32 QueueCapacity = 256;
+	int32 QueueCapacity = 16;
 	/** Generator blocks the reward model reads (its backbone depth). */
 	UPROPERTY(EditAnywhere, BlueprintReadOnly, Category = "Prfl|Training", meta = (ClampMin = "1"))
 	int32 RewardBlocks = 8;
@@ -71,19 +72,19 @@ public:
 	UPROPERTY(EditAnywhere, BlueprintReadOnly, Category = "Prfl|Training")
 	bool bSaveOnEndPlay = true;
 
-	/** Queues a clip the artist rated: Label 1 = good, 0 = bad (fractions for graded ratings). False if dropped or invalid. */
+	/** Queues a clip the artist rated: Label 1 = good, 0 = bad (no other values; needs bLearnFromPairs off). False if dropped or invalid. */
 	UFUNCTION(BlueprintCallable, Category = "Prfl")
 	bool SubmitRating(const TArray<float>& Latent, const TArray<float>& TextEmbedding, float Label);
 
-	/** Queues a clip rated with 1..MaxStars stars. */
+	/** Queues a clip rated with 1..MaxStars stars: the top half counts as good, the bottom half as bad; a middle rating carries no preference and is not queued (returns false). */
 	UFUNCTION(BlueprintCallable, Category = "Prfl")
 	bool SubmitStarRating(const TArray<float>& Latent, const TArray<float>& TextEmbedding, int32 Stars, int32 MaxStars = 5);
 
-	/** Queues an A-vs-B choice between two clips of the same prompt. */
+	/** Queues an A-vs-B choice between two clips of the same prompt (needs bLearnFromPairs). */
 	UFUNCTION(BlueprintCallable, Category = "Prfl")
 	bool SubmitPreference(const TArray<float>& Preferred, const TArray<float>& Rejected, const TArray<float>& TextEmbedding);
 
-	/** Reward logit of a latent: higher means more to the artist's taste. False (see GetLastError) on failure. */
+	/** Probability in (0, 1) that a latent is to the artist's taste. False (see GetLastError) on failure. */
 	UFUNCTION(BlueprintCallable, Category = "Prfl")
 	bool ScoreLatent(const TArray<float>& Latent, const TArray<float>& TextEmbedding, float& OutScore);
 

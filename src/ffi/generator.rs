@@ -1,0 +1,196 @@
+//! The generator checkpoint a runtime holds: opened from disk (memory-mapped, tensors read on
+//! demand, so a reward model of the first K blocks reads only those), or parsed from bytes the
+//! host hands over (assets packed in a game's archive, on platforms without a writable temp
+//! directory), in either naming layout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype as StDtype, SafeTensors};
+
+use super::config::SampleSizes;
+use super::status::{FfiError, PRFL_ERR_CORRUPT_FILE, PRFL_ERR_SHAPE};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::names::{canonical_params, is_ignored_buffer, strip_repack_prefix, Layout};
+use crate::model::WanConfig;
+use crate::tensor::{DType, HostTensor, Storage};
+use crate::Error;
+
+pub enum GeneratorSource {
+    File(Checkpoint),
+    /// Parsed from memory: every tensor owned, canonical names.
+    Memory {
+        config: WanConfig,
+        tensors: BTreeMap<String, HostTensor>,
+    },
+}
+
+impl GeneratorSource {
+    /// Opens a checkpoint directory, single file or index json, and checks from the headers that
+    /// it is complete.
+    pub fn open(path: &Path) -> Result<Self, FfiError> {
+        let ckpt = Checkpoint::open(path)?;
+        ckpt.verify()?;
+        Ok(GeneratorSource::File(ckpt))
+    }
+
+    /// Parses a whole safetensors file held in memory (copied: the host may free it afterwards).
+    /// `config_json` is a `config.json` in either layout; without it the configuration is
+    /// inferred from the shapes (128-wide heads, as every released Wan2.1).
+    pub fn from_memory(bytes: &[u8], config_json: Option<&str>) -> Result<Self, FfiError> {
+        let corrupt = |m: String| FfiError::new(PRFL_ERR_CORRUPT_FILE, m);
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
+            corrupt(format!(
+                "the {} bytes are not a safetensors file: {e:?}",
+                bytes.len()
+            ))
+        })?;
+        let mut stored = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if is_ignored_buffer(&name) {
+                continue;
+            }
+            let bare = strip_repack_prefix(&name).to_string();
+            if stored.insert(bare.clone(), view).is_some() {
+                return Err(corrupt(format!(
+                    "tensor `{bare}` is stored twice (with and without the repack prefix)"
+                )));
+            }
+        }
+        let layout = detect_layout(stored.keys().map(String::as_str))?;
+        let mut tensors = BTreeMap::new();
+        for (bare, view) in &stored {
+            let canonical = layout
+                .to_canonical(bare)
+                .expect("detect_layout checked every name");
+            let dtype = match view.dtype() {
+                StDtype::F32 => DType::F32,
+                StDtype::BF16 => DType::BF16,
+                StDtype::F16 => DType::F16,
+                other => {
+                    return Err(corrupt(format!(
+                        "tensor `{bare}` has dtype {other:?} (expected F32, BF16 or F16)"
+                    )))
+                }
+            };
+            let data = Storage::from_le_bytes(view.data(), dtype);
+            tensors.insert(canonical, HostTensor::new(view.shape().to_vec(), data)?);
+        }
+        let shapes: BTreeMap<String, Vec<usize>> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.clone()))
+            .collect();
+        let config = match config_json {
+            Some(text) => {
+                let v: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| FfiError::invalid(format!("config_json is not JSON: {e}")))?;
+                let mut cfg = WanConfig::from_json(&v)?;
+                cfg.reconcile_with_shapes(&shapes)?;
+                cfg
+            }
+            None => WanConfig::infer_from_shapes(&shapes)?,
+        };
+        // Exactly the configuration's parameters, with its shapes (as Checkpoint::verify).
+        let specs = canonical_params(&config);
+        let wanted: BTreeSet<&str> = specs.iter().map(|p| p.name.as_str()).collect();
+        if let Some(extra) = tensors.keys().find(|k| !wanted.contains(k.as_str())) {
+            return Err(Error::UnexpectedTensor(extra.clone()).into());
+        }
+        for spec in &specs {
+            let t = tensors
+                .get(&spec.name)
+                .ok_or_else(|| Error::MissingTensor(spec.name.clone()))?;
+            if t.shape != spec.shape {
+                return Err(Error::ShapeMismatch {
+                    name: spec.name.clone(),
+                    got: t.shape.clone(),
+                    expected: spec.shape.clone(),
+                }
+                .into());
+            }
+        }
+        Ok(GeneratorSource::Memory { config, tensors })
+    }
+
+    pub fn config(&self) -> &WanConfig {
+        match self {
+            GeneratorSource::File(c) => c.config(),
+            GeneratorSource::Memory { config, .. } => config,
+        }
+    }
+
+    /// The parameters whose canonical names pass `filter`.
+    pub fn load(
+        &self,
+        filter: impl Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, HostTensor>, FfiError> {
+        match self {
+            GeneratorSource::File(c) => Ok(c.load(filter)?),
+            GeneratorSource::Memory { tensors, .. } => Ok(tensors
+                .iter()
+                .filter(|(k, _)| filter(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()),
+        }
+    }
+
+    /// Checks that the runtime's sample shapes fit this generator.
+    pub fn check_fits(&self, sizes: &SampleSizes) -> Result<(), FfiError> {
+        let c = self.config();
+        if c.is_i2v() {
+            return Err(FfiError::invalid(
+                "image-to-video generators need the conditioning latent `y` (mask and first \
+                 frame), which ABI version 1 does not carry: only text-to-video generators are \
+                 supported",
+            ));
+        }
+        if sizes.image != 0 {
+            return Err(FfiError::new(
+                PRFL_ERR_SHAPE,
+                format!(
+                    "image_len {} x image_dim {} configured, but the generator is text-to-video \
+                     (set both to 0)",
+                    sizes.image_len, sizes.image_dim
+                ),
+            ));
+        }
+        if sizes.latent_shape[0] != c.out_dim || c.in_dim != c.out_dim {
+            return Err(FfiError::new(
+                PRFL_ERR_SHAPE,
+                format!(
+                    "latent_channels is {}, the generator's latents have {} channels",
+                    sizes.latent_shape[0], c.out_dim
+                ),
+            ));
+        }
+        if sizes.text_dim != c.text_dim {
+            return Err(FfiError::new(
+                PRFL_ERR_SHAPE,
+                format!(
+                    "text_dim is {}, the generator's text embedding takes {}",
+                    sizes.text_dim, c.text_dim
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The layout in which every name is a Wan2.1 parameter (original when both fit, as for a
+/// checkpoint holding only names common to both).
+fn detect_layout<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Result<Layout, FfiError> {
+    let mut best = None;
+    for layout in [Layout::Original, Layout::Diffusers] {
+        match names.clone().find(|n| layout.to_canonical(n).is_none()) {
+            None => return Ok(layout),
+            Some(bad) => {
+                best.get_or_insert((layout, bad));
+            }
+        }
+    }
+    let (_, bad) = best.expect("two layouts were tried");
+    Err(Error::UnexpectedTensor(format!(
+        "{bad} (not a Wan2.1 parameter in the original or the diffusers layout)"
+    ))
+    .into())
+}

@@ -1,0 +1,172 @@
+//! Saving and loading the runtime's trainers as one set (`prfl_save` / `prfl_load`).
+//!
+//! A save directory holds, for generation `g`:
+//! - `reward-<g>.safetensors`: the reward trainer's training checkpoint (weights, AdamW moments,
+//!   random stream, iteration), the same file `prfl train-reward` writes;
+//! - `prfl-<g>.safetensors`: the PRFL trainer's (the generator's trainable weights: every weight,
+//!   or the LoRA adapters);
+//! - `prfl-runtime.safetensors`: the manifest, a safetensors file with no tensors whose metadata
+//!   names the generation's files (reusing the crate's atomic safetensors writer).
+//!
+//! Every file is written to a temporary, fsynced and renamed into place, and the manifest last:
+//! its rename is the commit point. A crash at any moment leaves a manifest naming a complete
+//! set (the previous one until the commit). Files of other generations are removed after it.
+//! The queue's contents are not saved; the generator itself is not either (load the same one).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use super::runtime::Runtime;
+use super::status::{FfiError, PRFL_ERR_CORRUPT_FILE};
+use crate::model::checkpoint::{read_safetensors_metadata, write_safetensors};
+use crate::tensor::HostTensor;
+use crate::Error;
+
+pub const MANIFEST: &str = "prfl-runtime.safetensors";
+const FORMAT: &str = "prfl-runtime/1";
+
+struct Manifest {
+    generation: u64,
+    reward: Option<String>,
+    prfl: Option<String>,
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest, FfiError> {
+    let path = dir.join(MANIFEST);
+    let meta = read_safetensors_metadata(&path)?;
+    let corrupt =
+        |m: String| FfiError::new(PRFL_ERR_CORRUPT_FILE, format!("{}: {m}", path.display()));
+    match meta.get("format") {
+        Some(f) if f == FORMAT => {}
+        other => {
+            return Err(corrupt(format!(
+                "format {other:?}, expected \"{FORMAT}\" (not a prfl_save directory)"
+            )))
+        }
+    }
+    let generation = meta
+        .get("generation")
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| corrupt("no valid `generation`".into()))?;
+    let file = |key: &str| -> Result<Option<String>, FfiError> {
+        match meta.get(key) {
+            None => Ok(None),
+            // Files live in the directory itself; a path would escape it.
+            Some(name) if !name.is_empty() && !name.contains(['/', '\\']) && name != ".." => {
+                Ok(Some(name.clone()))
+            }
+            Some(name) => Err(corrupt(format!("`{key}` names an invalid file `{name}`"))),
+        }
+    };
+    Ok(Manifest {
+        generation,
+        reward: file("reward")?,
+        prfl: file("prfl")?,
+    })
+}
+
+/// Writes the current trainers into `dir` (created if needed) as one atomic set.
+pub fn save(rt: &Runtime, dir: &Path) -> Result<(), FfiError> {
+    rt.exclusive("run prfl_save", |m| {
+        if m.reward.is_none() && m.prfl.is_none() {
+            return Err(FfiError::not_loaded(
+                "nothing to save: no reward model and no PRFL trainer yet",
+            ));
+        }
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let generation = read_manifest(dir).map_or(1, |m| m.generation + 1);
+        let mut meta: HashMap<String, String> = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("generation".to_string(), generation.to_string()),
+        ]);
+        if let Some(r) = &m.reward {
+            let name = format!("reward-{generation}.safetensors");
+            r.trainer
+                .save_checkpoint(&rt.be, &dir.join(&name), r.steps)?;
+            meta.insert("reward".into(), name);
+        }
+        if let Some(p) = &m.prfl {
+            let name = format!("prfl-{generation}.safetensors");
+            p.trainer
+                .save_checkpoint(&rt.be, &dir.join(&name), p.steps)?;
+            meta.insert("prfl".into(), name);
+        }
+        write_safetensors(
+            &dir.join(MANIFEST),
+            std::iter::empty::<(&str, &HostTensor)>(),
+            Some(&meta),
+        )?;
+        remove_stale(dir, &meta);
+        ::log::info!("saved {} (generation {generation})", dir.display());
+        Ok(())
+    })
+}
+
+/// Removes trainer checkpoints of other generations (best effort: a leftover file is harmless,
+/// the manifest decides what is loaded).
+fn remove_stale(dir: &Path, meta: &HashMap<String, String>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = (name.starts_with("reward-") || name.starts_with("prfl-"))
+            && name.ends_with(".safetensors")
+            && name != MANIFEST;
+        if ours && !meta.values().any(|v| *v == name) {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                ::log::warn!("could not remove {}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
+/// Restores the trainers saved in `dir`, replacing the runtime's; a trainer the set does not
+/// hold is kept. Nothing changes unless everything loads.
+pub fn load(rt: &Runtime, dir: &Path) -> Result<(), FfiError> {
+    rt.exclusive("run prfl_load", |m| {
+        let manifest = read_manifest(dir)?;
+        let generator = m.generator.as_ref().ok_or_else(|| {
+            FfiError::not_loaded("no generator loaded: load the one the trainers were built from")
+        })?;
+        let reward = match &manifest.reward {
+            Some(name) => Some(rt.reward_from_checkpoint(generator, &dir.join(name))?),
+            None => None,
+        };
+        let prfl = match &manifest.prfl {
+            Some(name) => {
+                let source = reward.as_ref().or(m.reward.as_ref()).ok_or_else(|| {
+                    FfiError::not_loaded(
+                        "the saved set has a PRFL trainer but no reward model, and none is loaded",
+                    )
+                })?;
+                let mut p = rt.build_prfl(generator, source)?;
+                p.steps = p.trainer.resume(&rt.be, &dir.join(name))?;
+                Some(p)
+            }
+            None => None,
+        };
+        if let (Some(r), None, Some(p)) = (&reward, &prfl, &m.prfl) {
+            if p.trainer.reward.cfg != r.trainer.model.cfg {
+                return Err(FfiError::invalid(
+                    "the saved reward model's structure differs from the PRFL trainer's copy",
+                ));
+            }
+        }
+        if let Some(r) = reward {
+            m.set_reward(r);
+        }
+        if let Some(mut p) = prfl {
+            // Built from exactly the reward model now in place.
+            p.revision = m.reward.as_ref().map_or(0, |r| r.revision);
+            m.prfl = Some(p);
+        }
+        ::log::info!(
+            "loaded {} (generation {})",
+            dir.display(),
+            manifest.generation
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,690 @@
+//! The safe runtime behind a `PrflRuntime*`: the queue, the generator, the reward trainer, the
+//! PRFL trainer, and the rules of who may touch them when.
+//!
+//! Locks, in acquisition order:
+//! - `control` (the background trainer's handle): held by every operation the background trainer
+//!   excludes (`step`, `save`, `load`, model loads), for their whole duration, so that they can
+//!   answer `PRFL_ERR_BUSY` while it runs and cannot race `start`/`stop`.
+//! - `models` (a reader-writer lock): training steps and model changes write, scoring reads. A
+//!   score therefore waits for a step in progress (up to one step), and steps wait for scores.
+//! - The queue takes no lock on the submission path (see [`super::queue`]).
+//!
+//! A panic while the models are write-locked may leave a half-applied update behind: the
+//! runtime is then marked lost (`PRFL_ERR_DEVICE_LOST`) rather than trusted again.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+
+use super::batch::{prfl_batch, reward_batch};
+use super::config::RuntimeConfig;
+use super::generator::GeneratorSource;
+use super::queue::{check_finite, SampleQueue, SampleRef, Want};
+use super::status::{
+    FfiError, PRFL_ERR_BUSY, PRFL_ERR_CORRUPT_FILE, PRFL_ERR_DEVICE_LOST, PRFL_ERR_NON_FINITE,
+    PRFL_ERR_NOT_ENOUGH_SAMPLES,
+};
+use super::types::{PrflQueueStats, PrflStepMode, PrflStepStats};
+use super::worker::Control;
+use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
+use crate::finetune::prfl::{PrflConfig as FinetuneConfig, PrflTrainer};
+use crate::finetune::sample::Cond;
+use crate::model::lora::init_lora;
+use crate::model::wan::{Inputs, VideoShape, WanModel};
+use crate::optim::checkpoint::{TrainingKind, TrainingMeta};
+use crate::optim::state::PARAM_PREFIX;
+use crate::reward::dataset::SampleKind;
+use crate::reward::head::init_head_params;
+use crate::reward::model::{backbone_filter, RewardModel, RewardModelConfig};
+use crate::reward::train::{RewardLoss, RewardTrainConfig, RewardTrainer};
+
+/// The opaque handle C holds. Dropping it (`prfl_destroy`) stops the background trainer first.
+pub struct PrflRuntime {
+    pub(crate) inner: Arc<Runtime>,
+}
+
+impl Drop for PrflRuntime {
+    fn drop(&mut self) {
+        if let Err(e) = super::worker::stop(&self.inner) {
+            ::log::warn!("prfl_destroy: the background trainer had stopped with: {e}");
+        }
+    }
+}
+
+pub struct RewardState {
+    pub trainer: RewardTrainer<Cpu>,
+    /// Successful reward steps (the iteration saved in checkpoints).
+    pub steps: u64,
+    /// [`Models::revision`] when this model last changed.
+    pub revision: u64,
+}
+
+pub struct PrflState {
+    pub trainer: PrflTrainer<Cpu>,
+    pub steps: u64,
+    /// The reward revision the trainer's frozen copy holds.
+    pub revision: u64,
+}
+
+#[derive(Default)]
+pub struct Models {
+    pub generator: Option<GeneratorSource>,
+    pub reward: Option<RewardState>,
+    pub prfl: Option<PrflState>,
+    /// Bumped whenever the reward model's weights change (an update, a load), so that the PRFL
+    /// trainer's frozen copy is refreshed before its next step.
+    pub revision: u64,
+}
+
+impl Models {
+    pub fn set_reward(&mut self, mut state: RewardState) {
+        self.revision += 1;
+        state.revision = self.revision;
+        self.reward = Some(state);
+    }
+}
+
+pub struct Runtime {
+    pub cfg: RuntimeConfig,
+    pub be: Cpu,
+    pub queue: SampleQueue,
+    models: RwLock<Models>,
+    pub(crate) control: Mutex<Control>,
+    lost: AtomicBool,
+    lost_reason: Mutex<String>,
+    /// Test hook: panic inside the next training step, models write-locked.
+    pub(crate) inject_step_panic: AtomicBool,
+}
+
+/// Write access to the models that marks the runtime lost if a panic unwinds while it is held.
+pub struct ModelsGuard<'a> {
+    rt: &'a Runtime,
+    guard: RwLockWriteGuard<'a, Models>,
+}
+
+impl std::ops::Deref for ModelsGuard<'_> {
+    type Target = Models;
+    fn deref(&self) -> &Models {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for ModelsGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Models {
+        &mut self.guard
+    }
+}
+
+impl Drop for ModelsGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.rt.mark_lost(
+                "a panic while the models were being changed left them in an unknown state",
+            );
+        }
+    }
+}
+
+fn no_generator() -> FfiError {
+    FfiError::not_loaded(
+        "no generator loaded: call prfl_load_generator or prfl_load_generator_from_memory",
+    )
+}
+
+fn no_reward() -> FfiError {
+    FfiError::not_loaded("no reward model: call prfl_init_reward or prfl_load_reward")
+}
+
+fn kind_name(kind: SampleKind) -> &'static str {
+    match kind {
+        SampleKind::Clip => "labelled clips (prfl_submit_labeled)",
+        SampleKind::Pair => "pairs (prfl_submit_pair)",
+    }
+}
+
+/// Copies the trainable weights of `src` into `dst` (same structure).
+fn assign_trained_from(
+    be: &Cpu,
+    dst: &mut RewardModel<Cpu>,
+    src: &RewardModel<Cpu>,
+) -> Result<(), FfiError> {
+    let tensors: BTreeMap<_, _> = src
+        .trainable_tensors(be)
+        .into_iter()
+        .map(|(k, v)| (format!("{PARAM_PREFIX}{k}"), v))
+        .collect();
+    dst.assign_trained(be, &tensors, Path::new("(the runtime's reward model)"))?;
+    Ok(())
+}
+
+/// The metadata of a training checkpoint, from its header alone (the tensors are read once, by
+/// the trainer's `resume`). The `prfl` key holds it (see [`crate::optim::checkpoint`]).
+pub fn read_training_meta(path: &Path) -> Result<TrainingMeta, FfiError> {
+    let corrupt =
+        |m: String| FfiError::new(PRFL_ERR_CORRUPT_FILE, format!("{}: {m}", path.display()));
+    let header = crate::model::checkpoint::read_safetensors_metadata(path)?;
+    let text = header
+        .get("prfl")
+        .ok_or_else(|| corrupt("not a prfl training checkpoint (no `prfl` metadata)".into()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| corrupt(format!("metadata is not JSON: {e}")))?;
+    TrainingMeta::from_json(&v).map_err(|e| corrupt(e.to_string()))
+}
+
+impl Runtime {
+    pub fn new(cfg: RuntimeConfig) -> Result<Arc<Runtime>, FfiError> {
+        let queue = SampleQueue::new(cfg.queue_capacity, &cfg.sizes, cfg.backpressure)?;
+        let s = &cfg.sizes;
+        ::log::info!(
+            "prfl runtime on {}: queue of {} slots ({} floats each), latent {:?}, text [{}, {}]",
+            Cpu.name(),
+            cfg.queue_capacity,
+            2 * s.latent + s.text + s.image,
+            s.latent_shape,
+            s.text_len,
+            s.text_dim
+        );
+        Ok(Arc::new(Runtime {
+            cfg,
+            be: Cpu,
+            queue,
+            models: RwLock::new(Models::default()),
+            control: Mutex::new(Control::default()),
+            lost: AtomicBool::new(false),
+            lost_reason: Mutex::new(String::new()),
+            inject_step_panic: AtomicBool::new(false),
+        }))
+    }
+
+    /// `PRFL_ERR_DEVICE_LOST` once the device failed; every entry point checks this first.
+    pub fn check_alive(&self) -> Result<(), FfiError> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(FfiError::new(
+                PRFL_ERR_DEVICE_LOST,
+                format!(
+                    "the runtime's device failed earlier ({}); destroy it and create a new one",
+                    self.lost_reason.lock()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Marks the device failed (the first reason is kept).
+    pub fn mark_lost(&self, reason: &str) {
+        let mut r = self.lost_reason.lock();
+        if !self.lost.load(Ordering::Acquire) {
+            *r = reason.to_string();
+            self.lost.store(true, Ordering::Release);
+            ::log::error!("prfl runtime lost: {reason}");
+        }
+    }
+
+    /// Write access to the models (see [`ModelsGuard`]).
+    pub fn write_models(&self) -> ModelsGuard<'_> {
+        ModelsGuard {
+            rt: self,
+            guard: self.models.write(),
+        }
+    }
+
+    /// Runs `f` on the models unless the background trainer is running (`PRFL_ERR_BUSY`).
+    pub fn exclusive<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Models) -> Result<T, FfiError>,
+    ) -> Result<T, FfiError> {
+        self.check_alive()?;
+        let control = self.control.lock();
+        if control.is_running() {
+            return Err(FfiError::new(
+                PRFL_ERR_BUSY,
+                format!("cannot {what} while the background trainer runs: call prfl_stop first"),
+            ));
+        }
+        let mut models = self.write_models();
+        let result = f(&mut models);
+        drop(models);
+        drop(control);
+        result
+    }
+
+    // ------------------------------------------------------------------ models
+
+    pub fn load_generator(
+        &self,
+        open: impl FnOnce() -> Result<GeneratorSource, FfiError>,
+    ) -> Result<(), FfiError> {
+        self.exclusive("load a generator", |m| {
+            if m.reward.is_some() || m.prfl.is_some() {
+                return Err(FfiError::invalid(
+                    "a reward model or PRFL trainer was built from the loaded generator; create a \
+                     new runtime to use another generator",
+                ));
+            }
+            // Opened only now, so that a failed load leaves the runtime as it was.
+            let source = open()?;
+            source.check_fits(&self.cfg.sizes)?;
+            let c = source.config();
+            ::log::info!(
+                "generator loaded: {} (dim {}, {} blocks)",
+                c.variant_name(),
+                c.dim,
+                c.num_layers
+            );
+            m.generator = Some(source);
+            Ok(())
+        })
+    }
+
+    fn reward_train_config(&self) -> RewardTrainConfig {
+        RewardTrainConfig {
+            loss: self.cfg.reward_loss,
+            shift: self.cfg.shift as f64,
+            backbone_lr: self.cfg.reward_backbone_lr,
+            head_lr: self.cfg.reward_head_lr,
+            recompute: self.cfg.recompute,
+            seed: self.cfg.seed,
+            ..RewardTrainConfig::default()
+        }
+    }
+
+    fn finetune_config(&self) -> FinetuneConfig {
+        FinetuneConfig {
+            steps: self.cfg.prfl_steps,
+            shift: self.cfg.shift as f64,
+            lr: self.cfg.prfl_lr,
+            recompute: self.cfg.recompute,
+            lora: self.cfg.lora.clone(),
+            seed: self.cfg.seed,
+            ..FinetuneConfig::default()
+        }
+    }
+
+    /// A reward model cut from the generator (blocks `0..cfg.blocks`), head initialised.
+    fn cut_reward_model(
+        &self,
+        generator: &GeneratorSource,
+        cfg: RewardModelConfig,
+        seed: u64,
+    ) -> Result<RewardModel<Cpu>, FfiError> {
+        let wan = generator.config().clone();
+        if cfg.blocks == 0 || cfg.blocks > wan.num_layers {
+            return Err(FfiError::invalid(format!(
+                "the reward model keeps {} blocks; the generator has {}",
+                cfg.blocks, wan.num_layers
+            )));
+        }
+        let backbone = generator.load(backbone_filter(cfg.blocks))?;
+        let head = init_head_params(wan.dim, cfg.heads, cfg.queries, cfg.hidden, seed);
+        Ok(RewardModel::from_tensors(
+            &self.be, wan, &backbone, &head, cfg, None,
+        )?)
+    }
+
+    /// Refuses a reward model whose structure differs from the PRFL trainer's frozen copy (the
+    /// copy is refreshed in place, which needs the same parameters).
+    fn check_prfl_compatible(m: &Models, cfg: &RewardModelConfig) -> Result<(), FfiError> {
+        match &m.prfl {
+            Some(p) if p.trainer.reward.cfg != *cfg => Err(FfiError::invalid(format!(
+                "the PRFL trainer was built with reward model {:?}; this one is {cfg:?}",
+                p.trainer.reward.cfg
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn init_reward(&self) -> Result<(), FfiError> {
+        self.exclusive("initialise the reward model", |m| {
+            let generator = m.generator.as_ref().ok_or_else(no_generator)?;
+            let cfg = RewardModelConfig {
+                blocks: self.cfg.reward_blocks,
+                ..RewardModelConfig::default()
+            };
+            Self::check_prfl_compatible(m, &cfg)?;
+            let model = self.cut_reward_model(generator, cfg, self.cfg.seed)?;
+            let trainer = RewardTrainer::new(&self.be, model, self.reward_train_config())?;
+            m.set_reward(RewardState {
+                trainer,
+                steps: 0,
+                revision: 0,
+            });
+            Ok(())
+        })
+    }
+
+    /// A reward trainer restored from a training checkpoint (weights, AdamW moments, random
+    /// stream, iteration). Its structure comes from the file; the training hyperparameters from
+    /// this runtime's configuration.
+    pub fn reward_from_checkpoint(
+        &self,
+        generator: &GeneratorSource,
+        path: &Path,
+    ) -> Result<RewardState, FfiError> {
+        let meta = read_training_meta(path)?;
+        if meta.kind != TrainingKind::Reward {
+            return Err(FfiError::new(
+                PRFL_ERR_CORRUPT_FILE,
+                format!(
+                    "{}: a {} checkpoint, not a reward-model one",
+                    path.display(),
+                    meta.kind.as_str()
+                ),
+            ));
+        }
+        let cfg: RewardModelConfig =
+            serde_json::from_value(meta.config["model"].clone()).map_err(|e| {
+                FfiError::new(
+                    PRFL_ERR_CORRUPT_FILE,
+                    format!("{}: config.model: {e}", path.display()),
+                )
+            })?;
+        let model = self.cut_reward_model(generator, cfg, 0)?;
+        let mut trainer = RewardTrainer::new(&self.be, model, self.reward_train_config())?;
+        let steps = trainer.resume(&self.be, path)?;
+        Ok(RewardState {
+            trainer,
+            steps,
+            revision: 0,
+        })
+    }
+
+    pub fn load_reward(&self, path: &Path) -> Result<(), FfiError> {
+        self.exclusive("load a reward model", |m| {
+            let generator = m.generator.as_ref().ok_or_else(no_generator)?;
+            let state = self.reward_from_checkpoint(generator, path)?;
+            Self::check_prfl_compatible(m, &state.trainer.model.cfg)?;
+            m.set_reward(state);
+            Ok(())
+        })
+    }
+
+    /// The PRFL trainer: the whole generator (LoRA adapters attached when configured) and a
+    /// frozen copy of `reward`.
+    pub fn build_prfl(
+        &self,
+        generator: &GeneratorSource,
+        reward: &RewardState,
+    ) -> Result<PrflState, FfiError> {
+        let wan = generator.config().clone();
+        let tensors = generator.load(|_| true)?;
+        let mut gen = WanModel::new(&self.be, wan.clone(), &tensors, None)?;
+        drop(tensors);
+        if let Some(lora) = &self.cfg.lora {
+            let adapters = init_lora(&wan, lora, self.cfg.seed)?;
+            gen.attach_lora(&self.be, lora, &adapters)?;
+        }
+        let src = &reward.trainer.model;
+        let mut copy = self.cut_reward_model(generator, src.cfg.clone(), 0)?;
+        assign_trained_from(&self.be, &mut copy, src)?;
+        let trainer = PrflTrainer::new(&self.be, gen, copy, self.finetune_config())?;
+        ::log::info!(
+            "PRFL trainer built ({})",
+            match &self.cfg.lora {
+                Some(l) => format!("LoRA rank {}", l.rank),
+                None => "full fine-tuning".into(),
+            }
+        );
+        Ok(PrflState {
+            trainer,
+            steps: 0,
+            revision: reward.revision,
+        })
+    }
+
+    // ------------------------------------------------------------------ samples
+
+    /// Queues one sample built (and length-checked) by `build`; counts every outcome.
+    pub fn submit<'a>(
+        &self,
+        build: impl FnOnce(&super::config::SampleSizes) -> Result<SampleRef<'a>, FfiError>,
+    ) -> Result<(), FfiError> {
+        self.check_alive()?;
+        let sample = build(&self.cfg.sizes).and_then(|s| {
+            if s.kind == SampleKind::Clip && s.label != 0.0 && s.label != 1.0 {
+                let status = if s.label.is_finite() {
+                    super::status::PRFL_ERR_INVALID_ARGUMENT
+                } else {
+                    PRFL_ERR_NON_FINITE
+                };
+                return Err(FfiError::new(
+                    status,
+                    format!("label is {}, not 0 (bad) or 1 (good)", s.label),
+                ));
+            }
+            Ok(s)
+        });
+        match sample {
+            Ok(s) => self.queue.submit(&s),
+            Err(e) => {
+                self.queue.note_refused(&e);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn queue_stats(&self) -> Result<PrflQueueStats, FfiError> {
+        self.check_alive()?;
+        Ok(self.queue.stats())
+    }
+
+    // ------------------------------------------------------------------ steps
+
+    /// One step in the foreground (`prfl_step`).
+    pub fn step(&self, mode: PrflStepMode) -> Result<PrflStepStats, FfiError> {
+        self.exclusive("run prfl_step", |m| self.step_locked(m, mode))
+    }
+
+    /// One step with the models write-locked (foreground or background trainer).
+    pub fn step_locked(
+        &self,
+        m: &mut Models,
+        mode: PrflStepMode,
+    ) -> Result<PrflStepStats, FfiError> {
+        match mode {
+            PrflStepMode::PRFL_STEP_REWARD => self.reward_step(m),
+            PrflStepMode::PRFL_STEP_PRFL => self.prfl_step(m),
+        }
+    }
+
+    fn not_enough(&self, have: usize, what: &str) -> FfiError {
+        FfiError::new(
+            PRFL_ERR_NOT_ENOUGH_SAMPLES,
+            format!(
+                "{have} {what} queued, a batch needs {}",
+                self.cfg.batch_size
+            ),
+        )
+    }
+
+    fn maybe_injected_panic(&self) {
+        if self.inject_step_panic.swap(false, Ordering::Relaxed) {
+            panic!("injected test panic inside a training step");
+        }
+    }
+
+    /// The sample kind reward training takes: labelled clips for `ce`, pairs for `bt`.
+    fn reward_kind(&self) -> SampleKind {
+        match self.cfg.reward_loss {
+            RewardLoss::Ce => SampleKind::Clip,
+            RewardLoss::Bt => SampleKind::Pair,
+        }
+    }
+
+    /// Whether a full batch for a step of `mode` is queued.
+    pub fn has_batch(&self, mode: PrflStepMode) -> bool {
+        let want = match mode {
+            PrflStepMode::PRFL_STEP_REWARD => Want::Kind(self.reward_kind()),
+            PrflStepMode::PRFL_STEP_PRFL => Want::Any,
+        };
+        self.queue.queued(want) >= self.cfg.batch_size
+    }
+
+    /// Whether the models a step of `mode` needs are loaded.
+    pub fn check_can_step(&self, mode: PrflStepMode) -> Result<(), FfiError> {
+        let m = self.models.read();
+        if mode == PrflStepMode::PRFL_STEP_PRFL && m.generator.is_none() {
+            return Err(no_generator());
+        }
+        if m.reward.is_none() {
+            return Err(no_reward());
+        }
+        Ok(())
+    }
+
+    fn reward_step(&self, m: &mut Models) -> Result<PrflStepStats, FfiError> {
+        let start = Instant::now();
+        let state = m.reward.as_mut().ok_or_else(no_reward)?;
+        let kind = self.reward_kind();
+        let taken = self
+            .queue
+            .take(Want::Kind(kind), self.cfg.batch_size)
+            .map_err(|have| self.not_enough(have, kind_name(kind)))?;
+        let batch = reward_batch(&taken, kind, &self.cfg.sizes);
+        drop(taken); // the slots are free again before the long part
+        self.maybe_injected_panic();
+        let s = state.trainer.micro_step(&self.be, &batch)?;
+        state.steps += 1;
+        if s.update.as_ref().is_some_and(|u| !u.skipped_nonfinite) {
+            m.revision += 1;
+            state.revision = m.revision;
+        }
+        let mut out = PrflStepStats::empty(PrflStepMode::PRFL_STEP_REWARD);
+        out.step = s.step;
+        out.samples = batch.size() as u32;
+        out.loss = s.loss as f32;
+        out.accuracy = s.accuracy as f32;
+        if let Some(u) = &s.update {
+            out.grad_norm = u.grad_norm as f32;
+            out.skipped_nonfinite = u.skipped_nonfinite as u32;
+        }
+        out.skipped_nonfinite |= s.nonfinite_loss as u32;
+        out.seconds = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    fn prfl_step(&self, m: &mut Models) -> Result<PrflStepStats, FfiError> {
+        let start = Instant::now();
+        let generator = m.generator.as_ref().ok_or_else(no_generator)?;
+        let reward = m.reward.as_ref().ok_or_else(no_reward)?;
+        let b = self.cfg.batch_size;
+        let have = self.queue.queued(Want::Any);
+        if have < b {
+            // Checked before the (one-time, expensive) trainer build; nothing consumed.
+            return Err(self.not_enough(have, "samples of either kind"));
+        }
+        if m.prfl.is_none() {
+            m.prfl = Some(self.build_prfl(generator, reward)?);
+        }
+        let prfl = m.prfl.as_mut().expect("built above");
+        if prfl.revision != reward.revision {
+            // The reward model trained (or was loaded) since the copy: refresh the copy.
+            assign_trained_from(&self.be, &mut prfl.trainer.reward, &reward.trainer.model)?;
+            prfl.revision = reward.revision;
+        }
+        let taken = self
+            .queue
+            .take(Want::Any, b)
+            .map_err(|have| self.not_enough(have, "samples of either kind"))?;
+        let batch = prfl_batch(&taken, &self.cfg.sizes);
+        drop(taken);
+        self.maybe_injected_panic();
+        let s = &self.cfg.sizes;
+        let shape = VideoShape {
+            batch: b,
+            frames: s.latent_shape[1],
+            height: s.latent_shape[2],
+            width: s.latent_shape[3],
+        };
+        let cond = Cond::<Cpu> {
+            text: &batch.text,
+            text_len: s.text_len,
+            y: None,
+            clip: None,
+            image_len: 0,
+        };
+        let r = prfl
+            .trainer
+            .micro_step(&self.be, shape, &cond, batch.x0.as_deref())?;
+        prfl.steps += 1;
+        let mut out = PrflStepStats::empty(PrflStepMode::PRFL_STEP_PRFL);
+        out.step = r.step;
+        out.samples = b as u32;
+        out.loss = r.prfl_loss as f32;
+        out.reward = r.reward as f32;
+        if let Some(u) = &r.update {
+            out.grad_norm = u.grad_norm as f32;
+            out.skipped_nonfinite = u.skipped_nonfinite as u32;
+        }
+        out.skipped_nonfinite |= (!r.prfl_loss.is_finite()) as u32;
+        out.mid_step = r.mid_step as u32;
+        out.peak_bytes = r.tape_bytes as u64;
+        out.seconds = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ scoring
+
+    /// Reward scores (probabilities in (0, 1)) of `count` noisy latents at their timesteps,
+    /// in chunks of `batch_size`. Waits while a training step holds the models.
+    pub fn score(
+        &self,
+        latents: &[f32],
+        timesteps: &[f32],
+        text: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), FfiError> {
+        self.check_alive()?;
+        let s = &self.cfg.sizes;
+        let count = timesteps.len();
+        debug_assert!(latents.len() == count * s.latent && text.len() == count * s.text);
+        for (i, &t) in timesteps.iter().enumerate() {
+            if !t.is_finite() {
+                return Err(FfiError::new(
+                    PRFL_ERR_NON_FINITE,
+                    format!("timesteps[{i}] is {t}"),
+                ));
+            }
+            if !(0.0..=1000.0).contains(&t) {
+                return Err(FfiError::invalid(format!(
+                    "timesteps[{i}] is {t}, outside [0, 1000]"
+                )));
+            }
+        }
+        check_finite(latents, "latent")?;
+        check_finite(text, "text")?;
+        let models = self.models.read();
+        let model = &models.reward.as_ref().ok_or_else(no_reward)?.trainer.model;
+        let chunk = self.cfg.batch_size;
+        for first in (0..count).step_by(chunk) {
+            let n = chunk.min(count - first);
+            let x = self
+                .be
+                .upload(&latents[first * s.latent..(first + n) * s.latent]);
+            let ctx = self.be.upload(&text[first * s.text..(first + n) * s.text]);
+            let inputs = Inputs {
+                shape: VideoShape {
+                    batch: n,
+                    frames: s.latent_shape[1],
+                    height: s.latent_shape[2],
+                    width: s.latent_shape[3],
+                },
+                x: &x,
+                t: &timesteps[first..first + n],
+                context: &ctx,
+                text_len: s.text_len,
+                y: None,
+                clip: None,
+                image_len: 0,
+            };
+            let scores = model.score(&self.be, &inputs)?;
+            out[first..first + n].copy_from_slice(&scores);
+        }
+        Ok(())
+    }
+}

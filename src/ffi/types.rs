@@ -1,0 +1,114 @@
+//! The `#[repr(C)]` types the calls fill in, and the step mode.
+//!
+//! Output structs carry a `struct_size` the caller sets to `sizeof` of the struct it compiled
+//! (at least ABI version 1's); the library writes that many bytes at most, so fields appended in
+//! later versions never overrun an older caller's struct.
+
+use std::mem::size_of;
+
+/// Which trainer `prfl_step` / `prfl_start` drive.
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrflStepMode {
+    /// Train the reward model (PAVRM) on queued samples of the configured loss's kind: labelled
+    /// clips for `PRFL_LOSS_CE`, pairs for `PRFL_LOSS_BT`. Samples of the other kind stay queued.
+    PRFL_STEP_REWARD = 0,
+    /// Fine-tune the generator with PRFL against a frozen copy of the reward model, on the text
+    /// of queued samples of either kind (see `prfl_step`).
+    PRFL_STEP_PRFL = 1,
+}
+
+impl PrflStepMode {
+    pub fn from_i32(v: i32) -> Option<Self> {
+        match v {
+            0 => Some(PrflStepMode::PRFL_STEP_REWARD),
+            1 => Some(PrflStepMode::PRFL_STEP_PRFL),
+            _ => None,
+        }
+    }
+}
+
+/// What one `prfl_step` did. Fields that do not apply to the step's mode are NaN (floats) or 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PrflStepStats {
+    /// Set by the caller to `sizeof(PrflStepStats)` before the call.
+    pub struct_size: u32,
+    /// The `PrflStepMode` of the step.
+    pub mode: i32,
+    /// Optimiser steps taken so far by this mode's trainer.
+    pub step: u64,
+    /// Samples consumed (clips or pairs).
+    pub samples: u32,
+    /// Reward: the BCE / Bradley-Terry loss. PRFL: the reward loss `scale * relu(margin - score)`.
+    pub loss: f32,
+    /// Reward: fraction of the batch scored on the right side. PRFL: NaN.
+    pub accuracy: f32,
+    /// PRFL: mean reward score of the rollout's `x_{m+1}` before the update. Reward: NaN.
+    pub reward: f32,
+    /// Global gradient norm before clipping (NaN when the update was skipped).
+    pub grad_norm: f32,
+    /// 1 when a non-finite loss or gradient made the optimiser skip this update.
+    pub skipped_nonfinite: u32,
+    /// PRFL: the rollout's mid step m. Reward: 0.
+    pub mid_step: u32,
+    /// Wall time of the step (batch assembly included).
+    pub seconds: f64,
+    /// PRFL: bytes of activations alive at the backward (generator plus reward tapes).
+    /// Reward: 0 (not measured).
+    pub peak_bytes: u64,
+}
+
+/// Size of ABI version 1's `PrflStepStats`.
+pub const STEP_STATS_V1_SIZE: usize = size_of::<PrflStepStats>();
+
+impl PrflStepStats {
+    /// Every field "not applicable", for a mode to fill in.
+    pub fn empty(mode: PrflStepMode) -> Self {
+        PrflStepStats {
+            struct_size: STEP_STATS_V1_SIZE as u32,
+            mode: mode as i32,
+            step: 0,
+            samples: 0,
+            loss: f32::NAN,
+            accuracy: f32::NAN,
+            reward: f32::NAN,
+            grad_norm: f32::NAN,
+            skipped_nonfinite: 0,
+            mid_step: 0,
+            seconds: 0.0,
+            peak_bytes: 0,
+        }
+    }
+}
+
+/// The queue's counters. At any moment with no call in flight:
+/// `submitted = accepted + rejected_full + rejected_invalid` and
+/// `accepted = consumed + dropped_oldest + queued`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrflQueueStats {
+    /// Set by the caller to `sizeof(PrflQueueStats)` before the call.
+    pub struct_size: u32,
+    /// Slots (`queue_capacity`).
+    pub capacity: u32,
+    /// Samples waiting (both kinds).
+    pub queued: u32,
+    /// `prfl_submit_*` calls on this runtime (except those refused with
+    /// `PRFL_ERR_DEVICE_LOST`).
+    pub submitted: u64,
+    /// Samples taken into the queue.
+    pub accepted: u64,
+    /// Samples refused because the queue was full.
+    pub rejected_full: u64,
+    /// Submissions refused for their arguments (null, length, non-finite, label).
+    pub rejected_invalid: u64,
+    /// Queued samples dropped to make room (`PRFL_BACKPRESSURE_DROP_OLDEST`).
+    pub dropped_oldest: u64,
+    /// Samples taken by steps (a step that fails after taking its batch still consumed it).
+    pub consumed: u64,
+}
+
+/// Size of ABI version 1's `PrflQueueStats`.
+pub const QUEUE_STATS_V1_SIZE: usize = size_of::<PrflQueueStats>();

@@ -268,3 +268,27 @@ fn resuming_a_checkpoint_reproduces_the_next_step_bit_for_bit() {
     std::fs::remove_file(&path).ok();
     assert!(err.contains("written for reward model"), "{err}");
 }
+
+#[test]
+fn cutting_a_reward_model_reads_only_the_kept_blocks() {
+    use prfl::model::checkpoint::{save_checkpoint, Checkpoint};
+    use prfl::model::names::Layout;
+    let world = WorldConfig::default();
+    let g = tiny_wan(ModelType::T2V, 32, 2, 6, world.text_dim);
+    let dir = temp_dir("reward-cut");
+    save_checkpoint(&random_weights(&g, 1), &g, Layout::Original, &dir, None).unwrap();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let cfg = RewardModelConfig {
+        blocks: 2,
+        heads: 2,
+        hidden: [16, 8],
+        ..RewardModelConfig::default()
+    };
+    let model = RewardModel::<Cpu>::from_generator(&Cpu, &ckpt, cfg, None, 0).unwrap();
+    let (read, total) = (ckpt.bytes_read(), ckpt.total_bytes());
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(model.backbone.num_blocks(), 2);
+    assert!(!model.backbone.has_head());
+    // 2 of 6 blocks (plus the small embeddings) is well under half of the file.
+    assert!(read * 2 < total, "read {read} of {total} bytes");
+}

@@ -551,9 +551,7 @@ fn draw_scene_and_tracks(
         if let Some(tracks) = tracks {
             let mut background = vec![0.0; cfg.channels];
             rng.fill_normal(&mut background);
-            background
-                .iter_mut()
-                .for_each(|x| *x *= cfg.background_std);
+            background.iter_mut().for_each(|x| *x *= cfg.background_std);
             return (Scene { blobs, background }, tracks);
         }
     }
@@ -698,21 +696,72 @@ fn uniform(rng: &mut Rng, lo: f32, hi: f32) -> f32 {
 /// # Panics
 /// If `cfg` is invalid (see [`WorldConfig::validate`]).
 pub fn clip_batch(cfg: &WorldConfig, rng: &mut Rng, size: usize, good_fraction: f32) -> Batch {
+    let bad = (1.0 - good_fraction) / 2.0;
+    mixed_clip_batch(cfg, rng, size, [good_fraction, bad, bad])
+}
+
+/// An in-memory batch of `size` labelled clips whose motions are drawn with the relative
+/// `weights` of `[Smooth, Frozen, Jitter]` (label 1 for smooth, 0 otherwise), each under a
+/// random prompt. Deterministic in `rng`'s state.
+///
+/// # Panics
+/// If `cfg` is invalid, or the weights are negative or all zero.
+pub fn mixed_clip_batch(cfg: &WorldConfig, rng: &mut Rng, size: usize, weights: [f32; 3]) -> Batch {
+    let total: f32 = weights.iter().sum();
+    assert!(
+        weights.iter().all(|&w| w >= 0.0) && total > 0.0,
+        "motion weights {weights:?}"
+    );
     let per = cfg.shape().iter().product::<usize>();
     let mut latents = Vec::with_capacity(size * per);
     let mut labels = Vec::with_capacity(size);
     let mut text = Vec::with_capacity(size * cfg.text_len * cfg.text_dim);
     for _ in 0..size {
-        let good = rng.uniform_f32() < good_fraction;
-        let (latent, states) = generate_clip(cfg, rng, good);
-        latents.extend_from_slice(&latent);
-        labels.push(if good { 1.0 } else { 0.0 });
-        text.extend_from_slice(&states);
+        let u = rng.uniform_f32() * total;
+        let motion = if u < weights[0] {
+            Motion::Smooth
+        } else if u < weights[0] + weights[1] {
+            Motion::Frozen
+        } else {
+            Motion::Jitter
+        };
+        let prompt = below(rng, PROMPTS.len());
+        latents.extend(generate_clip_with(cfg, rng, motion, prompt));
+        labels.push(if motion.is_good() { 1.0 } else { 0.0 });
+        text.extend(prompt_states(cfg, prompt));
     }
     Batch {
         indices: (0..size).collect(),
         shape: cfg.shape(),
         latents: BatchLatents::Clips { latents, labels },
+        text,
+        text_len: cfg.text_len,
+        text_dim: cfg.text_dim,
+        i2v: None,
+    }
+}
+
+/// An in-memory batch of `size` preference pairs (see [`generate_pair`]): the same scene moving
+/// smoothly (`win`) and frozen or jittering (`lose`) under a random prompt. Ready for
+/// [`crate::reward::train::RewardTrainer`]'s Bradley-Terry (`bt`) objective.
+///
+/// # Panics
+/// If `cfg` is invalid (see [`WorldConfig::validate`]).
+pub fn pair_batch(cfg: &WorldConfig, rng: &mut Rng, size: usize) -> Batch {
+    let per = cfg.shape().iter().product::<usize>();
+    let mut win = Vec::with_capacity(size * per);
+    let mut lose = Vec::with_capacity(size * per);
+    let mut text = Vec::with_capacity(size * cfg.text_len * cfg.text_dim);
+    for _ in 0..size {
+        let (w, l, states) = generate_pair(cfg, rng);
+        win.extend_from_slice(&w);
+        lose.extend_from_slice(&l);
+        text.extend_from_slice(&states);
+    }
+    Batch {
+        indices: (0..size).collect(),
+        shape: cfg.shape(),
+        latents: BatchLatents::Pairs { win, lose },
         text,
         text_len: cfg.text_len,
         text_dim: cfg.text_dim,

@@ -24,9 +24,9 @@ pub struct WorldSettings {
     pub palette: Option<usize>,
     pub max_blobs: usize,
     pub background_std: f32,
-    /// Fraction of good (smoothly moving) clips in the generator's pre-training data; the rest
-    /// are frozen or jittering. Below one half, so the pre-trained generator has room to improve.
-    pub good_fraction: f32,
+    /// Relative weights of smooth (good), frozen and jittering (bad) clips in the generator's
+    /// pre-training data (and PRFL's SFT data).
+    pub mix: [f32; 3],
 }
 
 impl Default for WorldSettings {
@@ -43,7 +43,7 @@ impl Default for WorldSettings {
             palette: w.palette,
             max_blobs: w.max_blobs,
             background_std: w.background_std,
-            good_fraction: 0.3,
+            mix: [0.3, 0.35, 0.35],
         }
     }
 }
@@ -144,10 +144,14 @@ pub struct RewardSettings {
     pub blocks: usize,
     pub pool_heads: usize,
     pub hidden: [usize; 2],
+    /// Bradley-Terry steps on preference pairs (`batch` pairs each).
     pub steps: usize,
     pub batch: usize,
     pub backbone_lr: f32,
     pub head_lr: f32,
+    /// Head-only BCE steps on labelled clips that calibrate the score (see [`super::reward`]).
+    pub calibration_steps: usize,
+    pub calibration_lr: f32,
     /// Shift of the training levels the reward sees.
     pub shift: f64,
     /// Held-out clips of the accuracy table (half good).
@@ -165,6 +169,8 @@ impl Default for RewardSettings {
             batch: 8,
             backbone_lr: 1e-3,
             head_lr: 1e-3,
+            calibration_steps: 200,
+            calibration_lr: 1e-3,
             shift: 3.0,
             eval_clips: 128,
             eval_timesteps: vec![0.0, 200.0, 400.0, 600.0, 800.0],
@@ -210,6 +216,16 @@ pub struct PrflSettings {
     pub sft: bool,
     /// Inclusive range of the mid step; `None`: the whole rollout.
     pub mid_range: Option<(usize, usize)>,
+    /// Train LoRA adapters of this rank on the attention projections (base frozen) instead of
+    /// every weight; `None`: full fine-tuning.
+    pub lora_rank: Option<usize>,
+    /// AdamW's epsilon.
+    pub eps: f32,
+    /// Add the flow-matching gradient of a batch of the pre-training mix to every PRFL update
+    /// (one optimiser step for both), weighted against the reward by `reward_scale`.
+    pub joint_sft: bool,
+    /// PRFL's loss scale (`scale * relu(2 - score)`; the reference: 0.1).
+    pub reward_scale: f32,
 }
 
 impl Default for PrflSettings {
@@ -220,6 +236,10 @@ impl Default for PrflSettings {
             lr: 3e-4,
             sft: false,
             mid_range: None,
+            lora_rank: None,
+            eps: 1e-8,
+            joint_sft: false,
+            reward_scale: 0.1,
         }
     }
 }

@@ -12,11 +12,12 @@ use super::results::{smooth, PrflResults};
 use crate::backend::Backend;
 use crate::finetune::prfl::{PrflConfig, PrflTrainer};
 use crate::finetune::sample::GridKind;
+use crate::model::lora::{init_lora, LoraConfig};
 use crate::model::wan::WanModel;
 use crate::reward::dataset::BatchLatents;
 use crate::reward::model::RewardModel;
 use crate::schedule::Rng;
-use crate::synthetic::clip_batch;
+use crate::synthetic::mixed_clip_batch;
 use crate::Result;
 
 /// Fine-tunes `generator` with PRFL; returns it (and the reward model, unchanged).
@@ -31,6 +32,23 @@ pub fn finetune<B: Backend>(
     let world = cfg.world.world();
     let p = &cfg.prfl;
     let s = &cfg.sampling;
+    let mut generator = generator;
+    let lora = match p.lora_rank {
+        None => None,
+        Some(rank) => {
+            let lora = LoraConfig {
+                rank,
+                alpha: rank as f32,
+                targets: match std::env::var("LORA_T") {
+                    Ok(t) => t.split(',').map(String::from).collect(),
+                    Err(_) => LoraConfig::default().targets,
+                },
+            };
+            let adapters = init_lora(&generator.cfg, &lora, cfg.seed ^ 0x10A)?;
+            generator.attach_lora(be, &lora, &adapters)?;
+            Some(lora)
+        }
+    };
     let mut trainer = PrflTrainer::new(
         be,
         generator,
@@ -43,7 +61,10 @@ pub fn finetune<B: Backend>(
             mid_range: p.mid_range,
             sft: p.sft,
             lr: p.lr,
+            eps: p.eps,
+            scale: p.reward_scale,
             recompute: false,
+            lora,
             seed: cfg.seed ^ 0x9F1,
             ..PrflConfig::default()
         },
@@ -54,13 +75,16 @@ pub fn finetune<B: Backend>(
     let (mut rewards, mut losses, mut sft) = (Vec::new(), Vec::new(), Vec::new());
     obs.phase("c. fine-tune generator (PRFL)", p.steps as u64);
     for step in 0..p.steps {
-        let batch = clip_batch(&world, &mut data, p.batch, cfg.world.good_fraction);
+        let batch = mixed_clip_batch(&world, &mut data, p.batch, cfg.world.mix);
         let BatchLatents::Clips { latents, .. } = &batch.latents else {
             unreachable!("clip_batch makes clips")
         };
         let text = be.upload(&batch.text);
-        let stats =
-            trainer.micro_step(be, shape, &text_cond(&text, world.text_len), Some(latents))?;
+        let cond = text_cond(&text, world.text_len);
+        if p.joint_sft {
+            sft.push(trainer.sft_micro(be, shape, &cond, latents)?);
+        }
+        let stats = trainer.micro_step(be, shape, &cond, Some(latents))?;
         rewards.push(stats.reward);
         losses.push(stats.prfl_loss);
         if let Some(l) = stats.sft_loss {

@@ -15,7 +15,7 @@ use crate::model::init::random_weights;
 use crate::model::wan::{VideoShape, WanModel};
 use crate::reward::dataset::BatchLatents;
 use crate::schedule::Rng;
-use crate::synthetic::{clip_batch, WorldConfig};
+use crate::synthetic::{mixed_clip_batch, WorldConfig};
 use crate::Result;
 
 /// Per-clip grid of the world with a batch size.
@@ -40,7 +40,7 @@ pub fn text_cond<'a, B: Backend>(text: &'a B::Buf, text_len: usize) -> Cond<'a, 
 }
 
 /// Builds a generator from random weights and trains it with flow matching on fresh clips of
-/// the world (a mix of good and bad, `cfg.world.good_fraction` good): every step draws a new
+/// the world (a mix of good and bad clips in the proportions of `cfg.world.mix`): every step draws a new
 /// batch, so the model sees the world's distribution rather than a finite dataset.
 pub fn pretrain<B: Backend>(
     be: &B,
@@ -73,7 +73,7 @@ pub fn pretrain<B: Backend>(
     let mut losses = Vec::with_capacity(p.steps);
     obs.phase("a. pre-train generator (flow matching)", p.steps as u64);
     for step in 0..p.steps {
-        let batch = clip_batch(&world, &mut data, p.batch, cfg.world.good_fraction);
+        let batch = mixed_clip_batch(&world, &mut data, p.batch, cfg.world.mix);
         let BatchLatents::Clips { latents, .. } = &batch.latents else {
             unreachable!("clip_batch makes clips")
         };

@@ -34,11 +34,14 @@ pub fn write_gif(path: &Path, clips: &[f32], shape: [usize; 4], delay_ms: u16) -
         u16::try_from(width).map_err(|_| too_big(width))?,
         u16::try_from(height).map_err(|_| too_big(height))?,
     );
-    let colours: Vec<Vec<[f32; 3]>> = clips.chunks_exact(per).map(|x| colourise(x, shape)).collect();
+    let colours: Vec<Vec<[f32; 3]>> = clips
+        .chunks_exact(per)
+        .map(|x| colourise(x, shape))
+        .collect();
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let encode = |e: gif::EncodingError| Error::InvalidInput(format!("{}: {e}", path.display()));
-    let mut enc = gif::Encoder::new(std::io::BufWriter::new(file), gw, gh, &palette())
-        .map_err(encode)?;
+    let mut enc =
+        gif::Encoder::new(std::io::BufWriter::new(file), gw, gh, &palette()).map_err(encode)?;
     enc.set_repeat(gif::Repeat::Infinite).map_err(encode)?;
     for frame in 0..f {
         let mut pixels = vec![GAP_INDEX; width * height];
@@ -98,7 +101,9 @@ fn colourise(x: &[f32], shape: [usize; 4]) -> Vec<[f32; 3]> {
                 .map(|i| (0..c).map(|ch| axis[ch] * centred[ch][i]).sum())
                 .collect();
             // The sign of an eigenvector is arbitrary: orient it so the strongest cell is bright.
-            let peak = p.iter().fold(0.0f64, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let peak = p
+                .iter()
+                .fold(0.0f64, |m, &v| if v.abs() > m.abs() { v } else { m });
             let scale = if peak == 0.0 { 1.0 } else { peak };
             p.iter().map(|&v| (0.5 + 0.5 * v / scale) as f32).collect()
         })

@@ -24,7 +24,8 @@ pub fn wan_init(cfg: &WanConfig, seed: u64) -> BTreeMap<String, HostTensor> {
             let n = p.numel();
             let name = p.name.as_str();
             let mut data = vec![0.0f32; n];
-            let embedding = name.starts_with("text_embedding.") || name.starts_with("time_embedding.");
+            let embedding =
+                name.starts_with("text_embedding.") || name.starts_with("time_embedding.");
             if name.ends_with("modulation") {
                 rng.fill_normal(&mut data);
                 let s = 1.0 / (cfg.dim as f32).sqrt();

@@ -31,5 +31,3 @@ pub use config::DemoConfig;
 pub use observer::{Observer, Silent};
 pub use pipeline::run;
 pub use results::DemoResults;
-#[cfg(test)]
-mod scratch;

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use super::config::DemoConfig;
 use super::finetune::finetune;
-use super::generator::{plan, pretrain, sample_set, text_cond, video_shape};
+use super::generator::{plan, pretrain, sample_set};
 use super::observer::Observer;
 use super::rejection::compare;
 use super::results::{DemoResults, SampleResults};
-use super::reward::train_reward;
+use super::reward::{score_all, train_reward};
 use super::stats::two_proportion_z;
 use super::world::{measure, prompt_text, SampleSet};
 use crate::backend::Backend;
@@ -42,11 +42,17 @@ pub fn run<B: Backend>(be: &B, cfg: &DemoConfig, obs: &mut dyn Observer) -> Resu
     let table: Vec<String> = reward_res
         .accuracy
         .iter()
-        .map(|r| format!("t={:.0}: {:.2}", r.timestep, r.accuracy.value))
+        .map(|r| {
+            format!(
+                "t={:.0}: {:.2} (pairs {:.2})",
+                r.timestep, r.accuracy.value, r.pair_accuracy.value
+            )
+        })
         .collect();
     obs.note(&format!(
-        "b. reward model trained: {} steps; held-out accuracy {} ({:.0} s)",
+        "b. reward model trained: {} + {} steps; held-out accuracy {} ({:.0} s)",
         reward_res.steps,
+        reward_res.calibration_steps,
         table.join(", "),
         reward_res.seconds
     ));
@@ -163,17 +169,9 @@ fn sample_and_measure<B: Backend>(
     let latents = sample_set(be, generator, &world, plan, set, cfg.sampling.batch, obs)?;
     let quality = measure(&world, &latents);
     let per: usize = world.shape().iter().product();
-    let mut total = 0.0;
-    for (k, xs) in latents.chunks(cfg.sampling.batch * per).enumerate() {
-        let n = xs.len() / per;
-        let first = k * cfg.sampling.batch;
-        let text = be.upload(&prompt_text(&world, &set.prompts[first..first + n]));
-        let xb = be.upload(xs);
-        let zeros = vec![0.0f32; n];
-        let cond = text_cond(&text, world.text_len);
-        let scores = reward.score(be, &cond.inputs(video_shape(&world, n), &xb, &zeros))?;
-        total += scores.iter().map(|&s| s as f64).sum::<f64>();
-    }
+    let text = prompt_text(&world, &set.prompts);
+    let scores = score_all(be, reward, &world, &latents, &text, 0.0)?;
+    let mean_reward = scores.iter().map(|&s| s as f64).sum::<f64>() / scores.len() as f64;
     // One clip from each of the first groups, so the preview shows different prompts.
     let stride = cfg.early_reject.candidates;
     let preview = (0..cfg.preview_clips.min(cfg.early_reject.groups))
@@ -182,7 +180,7 @@ fn sample_and_measure<B: Backend>(
     Ok((
         SampleResults {
             quality,
-            mean_reward: total / set.len() as f64,
+            mean_reward,
             preview,
             seconds: start.elapsed().as_secs_f64(),
         },

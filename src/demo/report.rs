@@ -37,10 +37,17 @@ pub fn claims(r: &DemoResults) -> Vec<Claim> {
     for row in &r.reward.accuracy {
         claim(
             format!(
-                "reward accuracy at t={:.0} is above chance ({:.2}, 95% CI [{:.2}, {:.2}])",
-                row.timestep, row.accuracy.value, row.accuracy.low, row.accuracy.high
+                "reward accuracy at t={:.0} is above chance: clips {:.2} [{:.2}, {:.2}], pairs \
+                 {:.2} [{:.2}, {:.2}]",
+                row.timestep,
+                row.accuracy.value,
+                row.accuracy.low,
+                row.accuracy.high,
+                row.pair_accuracy.value,
+                row.pair_accuracy.low,
+                row.pair_accuracy.high
             ),
-            row.accuracy.value > 0.5,
+            row.accuracy.value > 0.5 && row.pair_accuracy.value > 0.5,
         );
     }
     claim(
@@ -95,7 +102,10 @@ pub fn write_report(dir: &Path, cfg: &DemoConfig, r: &DemoResults) -> Result<Str
     write("reward.svg", &reward_chart(r))?;
     write("quality.svg", &quality_chart(r))?;
     let shape = cfg.world.world().shape();
-    for (name, clips) in [("before.gif", &r.before.preview), ("after.gif", &r.after.preview)] {
+    for (name, clips) in [
+        ("before.gif", &r.before.preview),
+        ("after.gif", &r.after.preview),
+    ] {
         if !clips.is_empty() {
             write_gif(&dir.join(name), clips, shape, 250)?;
         }
@@ -127,17 +137,18 @@ pub fn summary_table(r: &DemoResults) -> String {
     row(
         "b. reward model",
         format!(
-            "{} steps, {} clips, {:.0} s",
-            r.reward.steps, r.reward.clips_seen, r.reward.seconds
+            "{} pair steps + {} calibration steps, {} clips, {:.0} s",
+            r.reward.steps, r.reward.calibration_steps, r.reward.clips_seen, r.reward.seconds
         ),
     );
     for a in &r.reward.accuracy {
         row(
-            &format!("   accuracy at t={:.0}", a.timestep),
+            &format!("   held-out accuracy at t={:.0}", a.timestep),
             format!(
-                "{} AUC {}",
+                "clips {}, AUC {}; pairs {}",
                 a.accuracy.display(),
-                a.auc.map_or("-".into(), |v| format!("{v:.2}"))
+                a.auc.map_or("-".into(), |v| format!("{v:.2}")),
+                a.pair_accuracy.display()
             ),
         );
     }
@@ -206,12 +217,7 @@ pub fn summary_table(r: &DemoResults) -> String {
     let _ = writeln!(s, "\nCosts are generator evaluations of one clip (a reward evaluation counts {:.2}: its share of the generator's blocks).", e.reward_cost);
     let _ = writeln!(s, "\nClaims:");
     for c in claims(r) {
-        let _ = writeln!(
-            s,
-            "- [{}] {}",
-            if c.holds { "x" } else { " " },
-            c.statement
-        );
+        let _ = writeln!(s, "- [{}] {}", if c.holds { "x" } else { " " }, c.statement);
     }
     s
 }
@@ -225,13 +231,21 @@ fn accuracy_chart(r: &DemoResults) -> String {
     LineChart {
         title: "Reward model accuracy vs timestep (held-out clips)".into(),
         x_label: "timestep t (noise level 1000 sigma)".into(),
-        y_label: "accuracy / AUC".into(),
+        y_label: "accuracy".into(),
         series: vec![
             Series {
                 name: "accuracy".into(),
                 points: rows
                     .iter()
                     .map(|a| (a.timestep as f64, a.accuracy.value))
+                    .collect(),
+                markers: true,
+            },
+            Series {
+                name: "pair accuracy".into(),
+                points: rows
+                    .iter()
+                    .map(|a| (a.timestep as f64, a.pair_accuracy.value))
                     .collect(),
                 markers: true,
             },
@@ -258,7 +272,7 @@ fn training_chart(r: &DemoResults) -> String {
             markers: false,
         },
         Series {
-            name: "b. reward BCE".into(),
+            name: "b. reward loss (pairs, then calibration)".into(),
             points: curve(&r.reward.loss),
             markers: false,
         },
@@ -325,7 +339,10 @@ fn quality_chart(r: &DemoResults) -> String {
                 PALETTE[2],
             ),
             bar(
-                format!("best-of-N\n{:.0}% cost", 100.0 * e.cost_best_at_end / e.cost_all),
+                format!(
+                    "best-of-N\n{:.0}% cost",
+                    100.0 * e.cost_best_at_end / e.cost_all
+                ),
                 &e.best_at_end,
                 PALETTE[3],
             ),

@@ -18,9 +18,12 @@ pub struct CurvePoint {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AccuracyRow {
     pub timestep: f32,
-    /// Fraction of clips on the right side of 0.5, with its Wilson interval.
+    /// Fraction of labelled clips on the right side of 0.5, with its Wilson interval.
     pub accuracy: Proportion,
+    /// ROC AUC over the labelled clips.
     pub auc: Option<f64>,
+    /// Fraction of preference pairs scored in the right order.
+    pub pair_accuracy: Proportion,
 }
 
 /// Phase a.
@@ -37,9 +40,12 @@ pub struct PretrainResults {
 /// Phase b.
 #[derive(Clone, Debug, Serialize)]
 pub struct RewardResults {
+    /// Bradley-Terry steps on pairs.
     pub steps: usize,
+    /// Head-only calibration steps on labelled clips.
+    pub calibration_steps: usize,
     pub clips_seen: usize,
-    /// BCE per step (smoothed).
+    /// Loss per step, pairs then calibration (smoothed).
     pub loss: Vec<CurvePoint>,
     pub accuracy: Vec<AccuracyRow>,
     pub seconds: f64,

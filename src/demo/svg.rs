@@ -103,7 +103,11 @@ impl LineChart {
                 path.join(" ")
             );
             if s.markers {
-                for &(x, y) in s.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
+                for &(x, y) in s
+                    .points
+                    .iter()
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+                {
                     let _ = write!(
                         out,
                         r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::flow_step::flow_matching_micro;
 use super::sample::Cond;
 use crate::backend::Backend;
 use crate::model::params::Grads;
@@ -141,59 +142,23 @@ impl<B: Backend> PretrainTrainer<B> {
         x0: &[f32],
     ) -> Result<PretrainStepStats> {
         let start = Instant::now();
-        let per = self.generator.cfg.out_dim * shape.voxels();
-        if x0.len() != shape.batch * per {
-            return Err(Error::InvalidInput(format!(
-                "x0 holds {} values, expected {} x {per}",
-                x0.len(),
-                shape.batch
-            )));
-        }
-        let mut x = vec![0.0f32; x0.len()];
-        let mut target = vec![0.0f32; x0.len()];
-        let mut t = Vec::with_capacity(shape.batch);
-        let mut eps = vec![0.0f32; per];
-        for b in 0..shape.batch {
-            let level = self.levels.draw(&mut self.rng);
-            self.rng.fill_normal(&mut eps);
-            let r = b * per..(b + 1) * per;
-            for ((xi, ti), (&a, &e)) in x[r.clone()]
-                .iter_mut()
-                .zip(&mut target[r.clone()])
-                .zip(x0[r].iter().zip(&eps))
-            {
-                *xi = (1.0 - level.sigma) * a + level.sigma * e;
-                *ti = e - a;
-            }
-            t.push(level.timestep);
-        }
         let mode = if self.cfg.recompute {
             Mode::TrainRecompute
         } else {
             Mode::Train
         };
-        let xb = be.upload(&x);
-        let (v, tape) = self
-            .generator
-            .forward(be, &cond.inputs(shape, &xb, &t), mode)?;
-        let vh = be.download(&v);
-        let count = vh.len() as f64;
-        let loss = vh
-            .iter()
-            .zip(&target)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum::<f64>()
-            / count;
-        if loss.is_finite() {
-            let dv: Vec<f32> = vh
-                .iter()
-                .zip(&target)
-                .map(|(a, b)| (2.0 * (a - b) as f64 / count) as f32)
-                .collect();
-            let tape = tape.expect("a training mode records a tape");
-            self.generator
-                .backward(be, &tape, &be.upload(&dv), &mut self.grads)?;
-        } else {
+        let loss = flow_matching_micro(
+            be,
+            &self.generator,
+            &mut self.grads,
+            &self.levels,
+            &mut self.rng,
+            shape,
+            cond,
+            x0,
+            mode,
+        )?;
+        if !loss.is_finite() {
             self.poisoned = true;
         }
         self.micro += 1;

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::flow_step::flow_matching_micro;
 use super::sample::{Cond, GridKind, SamplingPlan};
 use crate::backend::Backend;
 use crate::model::lora::LoraConfig;
@@ -312,52 +313,21 @@ impl<B: Backend> PrflTrainer<B> {
         cond: &Cond<'_, B>,
         x0: &[f32],
     ) -> Result<f64> {
-        let per = x0.len() / shape.batch;
-        let mut x = vec![0.0f32; x0.len()];
-        let mut target = vec![0.0f32; x0.len()];
-        let mut t = Vec::with_capacity(shape.batch);
-        let mut eps = vec![0.0f32; per];
-        for b in 0..shape.batch {
-            let level = self.levels.draw(&mut self.rng);
-            self.rng.fill_normal(&mut eps);
-            let r = b * per..(b + 1) * per;
-            for ((xi, ti), (&a, &e)) in x[r.clone()]
-                .iter_mut()
-                .zip(&mut target[r.clone()])
-                .zip(x0[r].iter().zip(&eps))
-            {
-                *xi = (1.0 - level.sigma) * a + level.sigma * e;
-                *ti = e - a;
-            }
-            t.push(level.timestep);
-        }
-        let xb = be.upload(&x);
-        let (v, tape) = self
-            .generator
-            .forward(be, &cond.inputs(shape, &xb, &t), self.mode())?;
-        let vh = be.download(&v);
-        let count = vh.len() as f64;
-        let loss = vh
-            .iter()
-            .zip(&target)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum::<f64>()
-            / count;
+        let mode = self.mode();
+        let loss = flow_matching_micro(
+            be,
+            &self.generator,
+            &mut self.grads,
+            &self.levels,
+            &mut self.rng,
+            shape,
+            cond,
+            x0,
+            mode,
+        )?;
         if !loss.is_finite() {
             self.poisoned = true;
-            return Ok(loss);
         }
-        let dv: Vec<f32> = vh
-            .iter()
-            .zip(&target)
-            .map(|(a, b)| (2.0 * (a - b) as f64 / count) as f32)
-            .collect();
-        self.generator.backward(
-            be,
-            &tape.expect("training mode"),
-            &be.upload(&dv),
-            &mut self.grads,
-        )?;
         Ok(loss)
     }
 

@@ -15,6 +15,7 @@
 //!   is how Wan's `[B, 6, D]` shift/scale/gate table is consumed without copies.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::tensor::{DType, Storage};
 

@@ -1,0 +1,1 @@
+//! Flash attention on the GPU (forward and backward).

@@ -1,0 +1,1 @@
+//! Element-wise, norm, modulation, RoPE, patch, cast and optimiser kernels.

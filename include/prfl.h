@@ -96,11 +96,14 @@ enum PrflDevice
      */
     PRFL_DEVICE_CPU = 0,
     /**
-     * An NVIDIA GPU. This build has no CUDA backend: `prfl_create` answers `PRFL_ERR_DEVICE`.
+     * An NVIDIA GPU (`device_index` picks which), compute capability 8.0 or newer, with the
+     * CUDA driver, NVRTC, cuBLAS and cuBLASLt loadable (from `cuda_library_dir` or the system's
+     * search path). When it cannot be used, `prfl_create` answers `PRFL_ERR_DEVICE` with the
+     * reason, or with `cpu_fallback = 1` runs on the CPU instead.
      */
     PRFL_DEVICE_CUDA = 1,
     /**
-     * The best device available: CPU in this build.
+     * The first CUDA GPU when one is usable, else the CPU.
      */
     PRFL_DEVICE_AUTO = 2,
 };
@@ -188,7 +191,8 @@ enum PrflStatus
      */
     PRFL_ERR_NOT_LOADED = 10,
     /**
-     * The requested device cannot be used (e.g. CUDA in a build without a CUDA backend).
+     * The requested device cannot be used: no CUDA driver or library, no such GPU, a GPU too old,
+     * or its kernels failed to compile (the message says which).
      */
     PRFL_ERR_DEVICE = 11,
     /**
@@ -264,11 +268,14 @@ typedef struct PrflConfig {
      */
     int32_t device;
     /**
-     * Which device of that kind (0 for the CPU).
+     * Which device of that kind: the CUDA ordinal for `PRFL_DEVICE_CUDA`; 0 for the CPU and
+     * `PRFL_DEVICE_AUTO`.
      */
     int32_t device_index;
     /**
-     * Where to find the CUDA libraries; NULL = the system's search path. Unused on the CPU.
+     * A folder holding CUDA libraries (the driver `libcuda`, `libnvrtc`, `libcublas`,
+     * `libcublasLt`), loaded from there in preference to the system's; NULL = the system's
+     * search path only. Read during `prfl_create` only (a NUL-terminated UTF-8 string).
      */
     const char *cuda_library_dir;
     /**
@@ -360,6 +367,13 @@ typedef struct PrflConfig {
      * Seed of every random draw (head initialisation, noise levels, rollouts).
      */
     uint64_t seed;
+    /**
+     * 1 = when `PRFL_DEVICE_CUDA` cannot be used, run on the CPU (logged as a warning) instead
+     * of failing `prfl_create`; 0 = fail. Also applies when `PRFL_DEVICE_AUTO` finds a GPU that
+     * then fails to start. Appended after ABI version 1's fields: a caller compiled against the
+     * older, smaller struct gets the default (0).
+     */
+    int32_t cpu_fallback;
 } PrflConfig;
 
 /**
@@ -475,8 +489,6 @@ typedef void (*PrflLogCallback)(void *user, int32_t level, const char *message);
 
 
 
-
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -506,12 +518,13 @@ void prfl_config_default(struct PrflConfig *out);
  * Creates a runtime: validates `*config`, allocates the sample queue (every slot, up front).
  * On success `*out` is the new handle; on failure it is set to NULL.
  * Errors: `PRFL_ERR_VERSION` (struct_size, abi_version), `PRFL_ERR_UNKNOWN_ENUM`,
- * `PRFL_ERR_DEVICE` (CUDA in this build), `PRFL_ERR_INVALID_ARGUMENT` (a value out of range,
- * queue memory unavailable).
+ * `PRFL_ERR_DEVICE` (the CUDA device cannot be used: libraries, driver, GPU, kernel
+ * compilation; the message says which, and `cpu_fallback = 1` runs on the CPU instead),
+ * `PRFL_ERR_INVALID_ARGUMENT` (a value out of range, queue memory unavailable).
  *
  * # Safety
- * `config` points to a `PrflConfig` of at least `config->struct_size` bytes; `out` to a
- * writable `PrflRuntime *`.
+ * `config` points to a `PrflConfig` of at least `config->struct_size` bytes whose
+ * `cuda_library_dir` is NULL or a NUL-terminated string; `out` to a writable `PrflRuntime *`.
  */
 PrflStatus prfl_create(const struct PrflConfig *config, struct PrflRuntime **out);
 

@@ -725,8 +725,12 @@ fn bad_inputs_get_distinct_statuses_and_messages() {
             &["device", "7"],
             || create_with(|c| c.device = 7),
         ),
+        // No machine has a thousand GPUs: an error on every machine, with or without CUDA.
         case("create: CUDA", PRFL_ERR_DEVICE, &["CUDA"], || {
-            create_with(|c| c.device = PrflDevice::PRFL_DEVICE_CUDA as i32)
+            create_with(|c| {
+                c.device = PrflDevice::PRFL_DEVICE_CUDA as i32;
+                c.device_index = 1000;
+            })
         }),
         case(
             "create: backpressure",

@@ -282,6 +282,11 @@ public:
         c_.seed = s;
         return *this;
     }
+    // Run on the CPU (with a logged warning) when the CUDA device cannot be used.
+    Config& cpu_fallback(bool on) {
+        c_.cpu_fallback = on ? 1 : 0;
+        return *this;
+    }
 
     // Float counts of one sample's tensors under this configuration.
     size_t latent_len() const noexcept {

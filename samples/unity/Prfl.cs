@@ -95,6 +95,8 @@ namespace Prfl
         public float LoraAlpha;
         public uint Recompute;
         public ulong Seed;
+        // 1: run on the CPU when PRFL_DEVICE_CUDA cannot be used (instead of failing).
+        public int CpuFallback;
 
         // The library's defaults (prfl_config_default), with the size and ABI version filled in.
         public static PrflConfig Default()

@@ -16,6 +16,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 
 use crate::tensor::{DType, Storage};
 

@@ -1,8 +1,13 @@
 //! Phase c: PRFL fine-tuning of the pre-trained generator against the frozen PAVRM, in latent
-//! space only. Each step rolls out from fresh noise under a random prompt to a random mid step,
-//! takes the gradient of the reward of the next latent through one generator call, and updates
-//! every generator weight.
+//! space only. Each iteration draws a batch of the pre-training mix (its prompts, and its clips
+//! for the SFT term), rolls out from fresh noise to a random mid step, takes the gradient of the
+//! reward of the next latent through one generator call, adds the flow-matching gradient of the
+//! clips, and takes one AdamW step on every generator weight.
+//!
+//! The control run is the same loop with the reward's weight at zero: whatever it gains comes
+//! from the SFT term (more training on the data), not from the reward.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::config::DemoConfig;
@@ -12,7 +17,6 @@ use super::results::{smooth, PrflResults};
 use crate::backend::Backend;
 use crate::finetune::prfl::{PrflConfig, PrflTrainer};
 use crate::finetune::sample::GridKind;
-use crate::model::lora::{init_lora, LoraConfig};
 use crate::model::wan::WanModel;
 use crate::reward::dataset::BatchLatents;
 use crate::reward::model::RewardModel;
@@ -20,35 +24,21 @@ use crate::schedule::Rng;
 use crate::synthetic::mixed_clip_batch;
 use crate::Result;
 
-/// Fine-tunes `generator` with PRFL; returns it (and the reward model, unchanged).
+/// Fine-tunes `generator` with PRFL, the reward weighted by `reward_scale` (0 for the control);
+/// returns it and the reward model (unchanged).
 pub fn finetune<B: Backend>(
     be: &B,
     cfg: &DemoConfig,
     generator: WanModel<B>,
     reward: RewardModel<B>,
+    reward_scale: f32,
+    phase: &str,
     obs: &mut dyn Observer,
 ) -> Result<(WanModel<B>, RewardModel<B>, PrflResults)> {
     let start = Instant::now();
     let world = cfg.world.world();
     let p = &cfg.prfl;
     let s = &cfg.sampling;
-    let mut generator = generator;
-    let lora = match p.lora_rank {
-        None => None,
-        Some(rank) => {
-            let lora = LoraConfig {
-                rank,
-                alpha: rank as f32,
-                targets: match std::env::var("LORA_T") {
-                    Ok(t) => t.split(',').map(String::from).collect(),
-                    Err(_) => LoraConfig::default().targets,
-                },
-            };
-            let adapters = init_lora(&generator.cfg, &lora, cfg.seed ^ 0x10A)?;
-            generator.attach_lora(be, &lora, &adapters)?;
-            Some(lora)
-        }
-    };
     let mut trainer = PrflTrainer::new(
         be,
         generator,
@@ -59,41 +49,39 @@ pub fn finetune<B: Backend>(
             solver: s.solver,
             grid: GridKind::Wan,
             mid_range: p.mid_range,
-            sft: p.sft,
+            scale: reward_scale,
+            // The SFT term is added below, inside the same optimiser step.
+            sft: false,
             lr: p.lr,
-            eps: p.eps,
-            scale: p.reward_scale,
             recompute: false,
-            lora,
             seed: cfg.seed ^ 0x9F1,
             ..PrflConfig::default()
         },
     )?;
-    // The prompts (and, with SFT, the clean clips) of each step come from the pre-training mix.
+    // The same data stream for the run and its control.
     let mut data = Rng::seed_from_u64(cfg.seed ^ 0xF17E);
     let shape = video_shape(&world, p.batch);
     let (mut rewards, mut losses, mut sft) = (Vec::new(), Vec::new(), Vec::new());
-    obs.phase("c. fine-tune generator (PRFL)", p.steps as u64);
+    obs.phase(phase, p.steps as u64);
     for step in 0..p.steps {
         let batch = mixed_clip_batch(&world, &mut data, p.batch, cfg.world.mix);
         let BatchLatents::Clips { latents, .. } = &batch.latents else {
-            unreachable!("clip_batch makes clips")
+            unreachable!("mixed_clip_batch makes clips")
         };
         let text = be.upload(&batch.text);
         let cond = text_cond(&text, world.text_len);
-        if p.joint_sft {
+        if p.sft {
+            // Accumulated into the trainer's gradients; the PRFL micro-step below adds its own
+            // and takes the optimiser step.
             sft.push(trainer.sft_micro(be, shape, &cond, latents)?);
         }
-        let stats = trainer.micro_step(be, shape, &cond, Some(latents))?;
+        let stats = trainer.micro_step(be, shape, &cond, None)?;
         rewards.push(stats.reward);
         losses.push(stats.prfl_loss);
-        if let Some(l) = stats.sft_loss {
-            sft.push(l);
-        }
         let n = rewards.len().min(20);
         let mean = rewards[rewards.len() - n..].iter().sum::<f64>() / n as f64;
         obs.tick(&format!(
-            "step {} reward {mean:.3} (m = {})",
+            "step {} rollout reward {mean:.3} (m = {})",
             step + 1,
             stats.mid_step
         ));
@@ -104,10 +92,20 @@ pub fn finetune<B: Backend>(
         trainer.reward,
         PrflResults {
             steps: p.steps,
+            reward_scale,
             reward: smooth(&rewards, 0.05),
             loss: smooth(&losses, 0.05),
             sft_loss: smooth(&sft, 0.05),
             seconds: start.elapsed().as_secs_f64(),
         },
     ))
+}
+
+/// A copy of `model` (the control run fine-tunes its own).
+pub fn copy_model<B: Backend>(be: &B, model: &WanModel<B>) -> Result<WanModel<B>> {
+    let ps = &model.params;
+    let tensors: BTreeMap<_, _> = (0..ps.len())
+        .map(|i| (ps.name(i).to_string(), ps.to_host(be, i)))
+        .collect();
+    WanModel::new(be, model.cfg.clone(), &tensors, None)
 }

@@ -1,15 +1,16 @@
 //! The demo's phases in order: a. pre-train the generator; b. cut and train the PAVRM; d. sample
 //! the fixed set before fine-tuning (and compare early rejection on it); c. PRFL; d. sample the
-//! same set after. Deterministic in the seed: every random stream is derived from it.
+//! same set after; then the control (the same fine-tuning without the reward) and its samples.
+//! Deterministic in the seed: every random stream is derived from it.
 
 use std::time::Instant;
 
 use super::config::DemoConfig;
-use super::finetune::finetune;
+use super::finetune::{copy_model, finetune};
 use super::generator::{plan, pretrain, sample_set};
 use super::observer::Observer;
 use super::rejection::compare;
-use super::results::{DemoResults, SampleResults};
+use super::results::{ControlResults, DemoResults, SampleResults};
 use super::reward::{score_all, train_reward};
 use super::stats::two_proportion_z;
 use super::world::{measure, prompt_text, SampleSet};
@@ -79,7 +80,20 @@ pub fn run<B: Backend>(be: &B, cfg: &DemoConfig, obs: &mut dyn Observer) -> Resu
         100.0 * rejection.saved
     ));
 
-    let (generator, reward, prfl) = finetune(be, cfg, generator, reward, obs)?;
+    let control_copy = if cfg.prfl.control {
+        Some(copy_model(be, &generator)?)
+    } else {
+        None
+    };
+    let (generator, reward, prfl) = finetune(
+        be,
+        cfg,
+        generator,
+        reward,
+        cfg.prfl.reward_scale,
+        "c. fine-tune generator (PRFL)",
+        obs,
+    )?;
     obs.note(&format!(
         "c. PRFL: {} steps, reward of rollouts {:.3} -> {:.3} ({:.0} s)",
         prfl.steps,
@@ -97,11 +111,40 @@ pub fn run<B: Backend>(be: &B, cfg: &DemoConfig, obs: &mut dyn Observer) -> Resu
         after.mean_reward
     ));
 
+    let mut reward = reward;
+    let control = match control_copy {
+        None => None,
+        Some(copy) => {
+            let (tuned, r, prfl) = finetune(
+                be,
+                cfg,
+                copy,
+                reward,
+                0.0,
+                "   control: same fine-tuning, reward weight 0",
+                obs,
+            )?;
+            reward = r;
+            obs.phase("   control: sample", batches(cfg, set.len()));
+            let (c_after, _) = sample_and_measure(be, cfg, &tuned, &reward, &plan, &set, obs)?;
+            obs.finish();
+            obs.note(&format!(
+                "   control (SFT alone): fraction good {}",
+                c_after.quality.good.display()
+            ));
+            Some(ControlResults {
+                prfl_vs_control_z: two_proportion_z(&c_after.quality.good, &after.quality.good),
+                prfl,
+                after: c_after,
+            })
+        }
+    };
+
     let improvement_z = two_proportion_z(&before.quality.good, &after.quality.good);
     Ok(DemoResults {
         seed: cfg.seed,
-        generator_params: count_params(be, &generator),
-        reward_params: count_params(be, &reward.backbone),
+        generator_params: count_params(&generator),
+        reward_params: count_params(&reward.backbone),
         pretrain,
         reward: reward_res,
         before,
@@ -109,6 +152,7 @@ pub fn run<B: Backend>(be: &B, cfg: &DemoConfig, obs: &mut dyn Observer) -> Resu
         prfl,
         after,
         improvement_z,
+        control,
         total_seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -128,6 +172,19 @@ fn validate(cfg: &DemoConfig) -> Result<()> {
             "early rejection at step {} of {}",
             e.at_step, cfg.sampling.steps
         ));
+    }
+    if let Some((lo, hi)) = cfg.prfl.mid_range {
+        if lo > hi || hi + 2 > cfg.sampling.steps {
+            return bad(format!(
+                "PRFL mid steps {lo}..={hi} must lie within 0..={}",
+                cfg.sampling.steps.saturating_sub(2)
+            ));
+        }
+    }
+    let mix = cfg.world.mix;
+    let valid = mix.iter().all(|&w| w.is_finite() && w >= 0.0);
+    if !valid || mix.iter().sum::<f32>() <= 0.0 {
+        return bad(format!("world.mix {mix:?} must be non-negative weights"));
     }
     if cfg.reward.blocks == 0 || cfg.reward.blocks > cfg.generator.layers {
         return bad(format!(
@@ -188,7 +245,6 @@ fn sample_and_measure<B: Backend>(
     ))
 }
 
-fn count_params<B: Backend>(be: &B, model: &WanModel<B>) -> usize {
-    let _ = be;
+fn count_params<B: Backend>(model: &WanModel<B>) -> usize {
     (0..model.params.len()).map(|i| model.params.numel(i)).sum()
 }

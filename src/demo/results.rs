@@ -55,6 +55,8 @@ pub struct RewardResults {
 #[derive(Clone, Debug, Serialize)]
 pub struct PrflResults {
     pub steps: usize,
+    /// The reward's weight (0 in the control run).
+    pub reward_scale: f32,
     /// Mean reward of the rolled-out `x_{m+1}` per step (smoothed).
     pub reward: Vec<CurvePoint>,
     /// PRFL loss per step (smoothed).
@@ -109,6 +111,15 @@ pub struct RejectionResults {
     pub seconds: f64,
 }
 
+/// The control run and how PRFL compares with it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ControlResults {
+    pub prfl: PrflResults,
+    pub after: SampleResults,
+    /// Two-proportion z of PRFL's after against the control's after.
+    pub prfl_vs_control_z: f64,
+}
+
 /// Everything a run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct DemoResults {
@@ -123,6 +134,8 @@ pub struct DemoResults {
     pub after: SampleResults,
     /// Two-proportion z of after against before.
     pub improvement_z: f64,
+    /// The control: the same fine-tuning with the reward's weight at zero (SFT alone).
+    pub control: Option<ControlResults>,
     pub total_seconds: f64,
 }
 

@@ -75,7 +75,9 @@ pub fn train_reward<B: Backend>(
     let mut losses = Vec::with_capacity(r.steps + r.calibration_steps);
     obs.phase("b. train reward model (PAVRM, pairs)", r.steps as u64);
     run_steps(be, &mut trainer, r.steps, &mut losses, obs, || {
-        pair_batch(&world, &mut data, r.batch)
+        let batch = pair_batch(&world, &mut data, r.batch);
+        let batch = with_faint_pairs(batch, r.faint, &mut data);
+        with_random_gain(batch, r.gain, r.offset, &mut data)
     })?;
     obs.finish();
 
@@ -101,7 +103,13 @@ pub fn train_reward<B: Backend>(
         r.calibration_steps,
         &mut losses,
         obs,
-        || clip_batch(&world, &mut data, r.batch, 0.5),
+        || {
+            with_faint_clips(
+                clip_batch(&world, &mut data, r.batch, 0.5),
+                r.faint,
+                &mut data,
+            )
+        },
     )?;
     obs.finish();
     let model = trainer.model;
@@ -134,6 +142,81 @@ pub fn train_reward<B: Backend>(
             seconds: start.elapsed().as_secs_f64(),
         },
     ))
+}
+
+/// Replaces a fraction `faint` of the pairs by fidelity pairs: a clip (the pair's winner or
+/// loser) against the same clip at a random amplitude in [0.2, 0.8], the full one preferred.
+fn with_faint_pairs(mut batch: Batch, faint: f32, rng: &mut Rng) -> Batch {
+    let per: usize = batch.shape.iter().product();
+    let BatchLatents::Pairs { win, lose } = &mut batch.latents else {
+        unreachable!("pair_batch makes pairs")
+    };
+    for i in 0..win.len() / per {
+        if rng.uniform_f32() >= faint {
+            continue;
+        }
+        let r = i * per..(i + 1) * per;
+        if rng.uniform_f32() < 0.5 {
+            win[r.clone()].copy_from_slice(&lose[r.clone()]);
+        }
+        let a = 0.2 + 0.6 * rng.uniform_f32();
+        for (l, &w) in lose[r.clone()].iter_mut().zip(&win[r]) {
+            *l = a * w;
+        }
+    }
+    batch
+}
+
+/// Multiplies every sample (both clips of a pair alike) by a random gain in `gain` and adds a
+/// random per-channel offset of standard deviation `offset`: neither changes the motion, so the
+/// reward learns to ignore them (otherwise PRFL inflates or shifts its samples to fool it).
+fn with_random_gain(mut batch: Batch, gain: (f32, f32), offset: f32, rng: &mut Rng) -> Batch {
+    let [c, f, h, w] = batch.shape;
+    let plane = f * h * w;
+    let transform = |rng: &mut Rng| {
+        let a = gain.0 + (gain.1 - gain.0) * rng.uniform_f32();
+        let b: Vec<f32> = (0..c).map(|_| offset * rng.normal_f32()).collect();
+        (a, b)
+    };
+    let apply = |x: &mut [f32], (a, b): &(f32, Vec<f32>)| {
+        for (chan, &bc) in x.chunks_exact_mut(plane).zip(b) {
+            chan.iter_mut().for_each(|v| *v = a * *v + bc);
+        }
+    };
+    let per = c * plane;
+    match &mut batch.latents {
+        BatchLatents::Pairs { win, lose } => {
+            for (xw, xl) in win.chunks_exact_mut(per).zip(lose.chunks_exact_mut(per)) {
+                let t = transform(rng);
+                apply(xw, &t);
+                apply(xl, &t);
+            }
+        }
+        BatchLatents::Clips { latents, .. } => {
+            for x in latents.chunks_exact_mut(per) {
+                let t = transform(rng);
+                apply(x, &t);
+            }
+        }
+    }
+    batch
+}
+
+/// Turns a fraction `faint` of the clips into bad ones by scaling them to a random amplitude in
+/// [0.2, 0.8].
+fn with_faint_clips(mut batch: Batch, faint: f32, rng: &mut Rng) -> Batch {
+    let per: usize = batch.shape.iter().product();
+    let BatchLatents::Clips { latents, labels } = &mut batch.latents else {
+        unreachable!("clip_batch makes clips")
+    };
+    for (x, label) in latents.chunks_exact_mut(per).zip(labels.iter_mut()) {
+        if rng.uniform_f32() < faint {
+            let a = 0.2 + 0.6 * rng.uniform_f32();
+            x.iter_mut().for_each(|v| *v *= a);
+            *label = 0.0;
+        }
+    }
+    batch
 }
 
 /// `steps` micro-steps on batches from `next`, losses appended to `losses`.

@@ -92,12 +92,13 @@ pub unsafe extern "C" fn prfl_config_default(out: *mut PrflConfig) {
 /// Creates a runtime: validates `*config`, allocates the sample queue (every slot, up front).
 /// On success `*out` is the new handle; on failure it is set to NULL.
 /// Errors: `PRFL_ERR_VERSION` (struct_size, abi_version), `PRFL_ERR_UNKNOWN_ENUM`,
-/// `PRFL_ERR_DEVICE` (CUDA in this build), `PRFL_ERR_INVALID_ARGUMENT` (a value out of range,
-/// queue memory unavailable).
+/// `PRFL_ERR_DEVICE` (the CUDA device cannot be used: libraries, driver, GPU, kernel
+/// compilation; the message says which, and `cpu_fallback = 1` runs on the CPU instead),
+/// `PRFL_ERR_INVALID_ARGUMENT` (a value out of range, queue memory unavailable).
 ///
 /// # Safety
-/// `config` points to a `PrflConfig` of at least `config->struct_size` bytes; `out` to a
-/// writable `PrflRuntime *`.
+/// `config` points to a `PrflConfig` of at least `config->struct_size` bytes whose
+/// `cuda_library_dir` is NULL or a NUL-terminated string; `out` to a writable `PrflRuntime *`.
 #[no_mangle]
 pub unsafe extern "C" fn prfl_create(
     config: *const PrflConfig,
@@ -114,7 +115,8 @@ pub unsafe extern "C" fn prfl_create(
         }
         // SAFETY: non-null, aligned, and sized `struct_size` per the contract.
         let c = unsafe { read_config(config) }?;
-        let rt = Runtime::new(RuntimeConfig::validate(&c)?)?;
+        // SAFETY: `cuda_library_dir` is NULL or a NUL-terminated string per the contract.
+        let rt = Runtime::new(unsafe { RuntimeConfig::validate(&c) }?)?;
         let handle = Box::into_raw(Box::new(PrflRuntime { inner: rt }));
         // SAFETY: checked writable above.
         unsafe { out.write(handle) };

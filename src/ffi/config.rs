@@ -11,7 +11,9 @@
 use std::ffi::c_char;
 use std::mem::size_of;
 
-use super::status::{FfiError, PRFL_ERR_DEVICE, PRFL_ERR_VERSION};
+use super::status::{FfiError, PRFL_ERR_VERSION};
+use crate::backend::cuda::CudaOptions;
+use crate::backend::device::DeviceSpec;
 use crate::model::lora::LoraConfig;
 
 /// The ABI version of this header. Bumped only on incompatible changes; appending fields to the
@@ -25,9 +27,12 @@ pub const PRFL_ABI_VERSION: u32 = 1;
 pub enum PrflDevice {
     /// Host CPU (all cores, through a thread pool).
     PRFL_DEVICE_CPU = 0,
-    /// An NVIDIA GPU. This build has no CUDA backend: `prfl_create` answers `PRFL_ERR_DEVICE`.
+    /// An NVIDIA GPU (`device_index` picks which), compute capability 8.0 or newer, with the
+    /// CUDA driver, NVRTC, cuBLAS and cuBLASLt loadable (from `cuda_library_dir` or the system's
+    /// search path). When it cannot be used, `prfl_create` answers `PRFL_ERR_DEVICE` with the
+    /// reason, or with `cpu_fallback = 1` runs on the CPU instead.
     PRFL_DEVICE_CUDA = 1,
-    /// The best device available: CPU in this build.
+    /// The first CUDA GPU when one is usable, else the CPU.
     PRFL_DEVICE_AUTO = 2,
 }
 
@@ -68,9 +73,12 @@ pub struct PrflConfig {
     pub abi_version: u32,
     /// A `PrflDevice`.
     pub device: i32,
-    /// Which device of that kind (0 for the CPU).
+    /// Which device of that kind: the CUDA ordinal for `PRFL_DEVICE_CUDA`; 0 for the CPU and
+    /// `PRFL_DEVICE_AUTO`.
     pub device_index: i32,
-    /// Where to find the CUDA libraries; NULL = the system's search path. Unused on the CPU.
+    /// A folder holding CUDA libraries (the driver `libcuda`, `libnvrtc`, `libcublas`,
+    /// `libcublasLt`), loaded from there in preference to the system's; NULL = the system's
+    /// search path only. Read during `prfl_create` only (a NUL-terminated UTF-8 string).
     pub cuda_library_dir: *const c_char,
     /// Queue slots, each preallocated at `prfl_create` for one sample of the shapes below (two
     /// latents, the text and the image features): memory = capacity x slot size.
@@ -117,18 +125,23 @@ pub struct PrflConfig {
     pub recompute: u32,
     /// Seed of every random draw (head initialisation, noise levels, rollouts).
     pub seed: u64,
+    /// 1 = when `PRFL_DEVICE_CUDA` cannot be used, run on the CPU (logged as a warning) instead
+    /// of failing `prfl_create`; 0 = fail. Also applies when `PRFL_DEVICE_AUTO` finds a GPU that
+    /// then fails to start. Appended after ABI version 1's fields: a caller compiled against the
+    /// older, smaller struct gets the default (0).
+    pub cpu_fallback: i32,
 }
 
 /// Size of ABI version 1's `PrflConfig`: the smallest `struct_size` accepted. This stays the
-/// version-1 size when fields are appended.
-pub const CONFIG_V1_SIZE: usize = size_of::<PrflConfig>();
+/// version-1 size when fields are appended (it ends where the first appended field starts).
+pub const CONFIG_V1_SIZE: usize = std::mem::offset_of!(PrflConfig, cpu_fallback);
 
 impl Default for PrflConfig {
     /// A Wan2.1 480p, 81-frame T2V setup with the paper's hyperparameters; a small queue
     /// (8 slots of about 25 MB each at this shape).
     fn default() -> Self {
         PrflConfig {
-            struct_size: CONFIG_V1_SIZE as u32,
+            struct_size: size_of::<PrflConfig>() as u32,
             abi_version: PRFL_ABI_VERSION,
             device: PrflDevice::PRFL_DEVICE_AUTO as i32,
             device_index: 0,
@@ -155,6 +168,7 @@ impl Default for PrflConfig {
             lora_alpha: 128.0,
             recompute: 1,
             seed: 0,
+            cpu_fallback: 0,
         }
     }
 }
@@ -225,6 +239,12 @@ pub struct SampleSizes {
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeConfig {
+    /// The device to open (`cpu`, `cuda:N`, `auto`).
+    pub device: DeviceSpec,
+    /// Where the CUDA libraries are looked for first.
+    pub cuda: CudaOptions,
+    /// Run on the CPU when the CUDA device cannot be used.
+    pub cpu_fallback: bool,
     pub queue_capacity: usize,
     pub backpressure: Backpressure,
     pub sizes: SampleSizes,
@@ -243,17 +263,24 @@ pub struct RuntimeConfig {
 
 impl RuntimeConfig {
     /// Checks every field, naming the first bad one. The device comes first: asking for a device
-    /// this build lacks is the most important thing to report.
-    pub fn validate(c: &PrflConfig) -> Result<RuntimeConfig, FfiError> {
-        match c.device {
-            d if d == PrflDevice::PRFL_DEVICE_CPU as i32
-                || d == PrflDevice::PRFL_DEVICE_AUTO as i32 => {}
+    /// that cannot be used is the most important thing to report. Whether the device can
+    /// actually be opened is checked later, by [`super::runtime::Runtime::new`].
+    ///
+    /// # Safety
+    /// `c.cuda_library_dir` is NULL or points to a NUL-terminated string (`prfl_create`'s
+    /// contract); it is read here and not kept.
+    pub unsafe fn validate(c: &PrflConfig) -> Result<RuntimeConfig, FfiError> {
+        let device = match c.device {
+            d if d == PrflDevice::PRFL_DEVICE_CPU as i32 => DeviceSpec::Cpu,
+            d if d == PrflDevice::PRFL_DEVICE_AUTO as i32 => DeviceSpec::Auto,
             d if d == PrflDevice::PRFL_DEVICE_CUDA as i32 => {
-                return Err(FfiError::new(
-                    PRFL_ERR_DEVICE,
-                    "device PRFL_DEVICE_CUDA: this build of prfl has no CUDA backend \
-                     (use PRFL_DEVICE_CPU or PRFL_DEVICE_AUTO)",
-                ))
+                if c.device_index < 0 {
+                    return Err(FfiError::invalid(format!(
+                        "device_index is {}: a CUDA device index is 0 or more",
+                        c.device_index
+                    )));
+                }
+                DeviceSpec::Cuda(c.device_index as usize)
             }
             d => {
                 return Err(FfiError::unknown_enum(
@@ -262,13 +289,27 @@ impl RuntimeConfig {
                     "PRFL_DEVICE_CPU (0), PRFL_DEVICE_CUDA (1), PRFL_DEVICE_AUTO (2)",
                 ))
             }
-        }
-        if c.device_index != 0 {
+        };
+        if !matches!(device, DeviceSpec::Cuda(_)) && c.device_index != 0 {
             return Err(FfiError::invalid(format!(
-                "device_index is {}: the CPU device has index 0 only",
+                "device_index is {}: it selects a GPU with PRFL_DEVICE_CUDA; PRFL_DEVICE_CPU and \
+                 PRFL_DEVICE_AUTO take 0",
                 c.device_index
             )));
         }
+        let cpu_fallback = match c.cpu_fallback {
+            0 => false,
+            1 => true,
+            v => {
+                return Err(FfiError::invalid(format!(
+                    "cpu_fallback is {v}, not 0 or 1"
+                )))
+            }
+        };
+        // SAFETY: this function's contract.
+        let lib_dir = unsafe { super::args::string(c.cuda_library_dir, "cuda_library_dir") }?
+            .filter(|s| !s.is_empty())
+            .map(std::path::PathBuf::from);
         let backpressure = match c.backpressure {
             0 => Backpressure::RejectNewest,
             1 => Backpressure::DropOldest,
@@ -384,6 +425,9 @@ impl RuntimeConfig {
             v => return Err(FfiError::invalid(format!("recompute is {v}, not 0 or 1"))),
         };
         Ok(RuntimeConfig {
+            device,
+            cuda: CudaOptions { lib_dir },
+            cpu_fallback,
             queue_capacity,
             backpressure,
             sizes: SampleSizes {
@@ -418,9 +462,85 @@ mod tests {
 
     #[test]
     fn default_validates() {
-        let c = RuntimeConfig::validate(&PrflConfig::default()).unwrap();
+        // SAFETY: the default's library folder is NULL.
+        let c = unsafe { RuntimeConfig::validate(&PrflConfig::default()) }.unwrap();
         assert_eq!(c.sizes.latent, 16 * 21 * 60 * 104);
         assert_eq!(c.sizes.text, 512 * 4096);
+    }
+
+    fn validate(c: &PrflConfig) -> Result<RuntimeConfig, FfiError> {
+        // SAFETY: the tests' library folders are NULL or NUL-terminated literals.
+        unsafe { RuntimeConfig::validate(c) }
+    }
+
+    #[test]
+    fn devices_validate() {
+        let cfg = |device: PrflDevice, index: i32| PrflConfig {
+            device: device as i32,
+            device_index: index,
+            ..PrflConfig::default()
+        };
+        use PrflDevice::*;
+        assert_eq!(
+            validate(&cfg(PRFL_DEVICE_CPU, 0)).unwrap().device,
+            DeviceSpec::Cpu
+        );
+        assert_eq!(
+            validate(&cfg(PRFL_DEVICE_AUTO, 0)).unwrap().device,
+            DeviceSpec::Auto
+        );
+        assert_eq!(
+            validate(&cfg(PRFL_DEVICE_CUDA, 2)).unwrap().device,
+            DeviceSpec::Cuda(2)
+        );
+        for bad in [
+            cfg(PRFL_DEVICE_CPU, 1),
+            cfg(PRFL_DEVICE_AUTO, 1),
+            cfg(PRFL_DEVICE_CUDA, -1),
+        ] {
+            let e = validate(&bad).unwrap_err();
+            assert!(e.message.contains("device_index"), "{}", e.message);
+        }
+        let e = validate(&PrflConfig {
+            cpu_fallback: 2,
+            ..PrflConfig::default()
+        })
+        .unwrap_err();
+        assert!(e.message.contains("cpu_fallback"), "{}", e.message);
+        let dir = c"/opt/cuda/lib";
+        let c = validate(&PrflConfig {
+            cuda_library_dir: dir.as_ptr(),
+            cpu_fallback: 1,
+            ..PrflConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.cuda.lib_dir.as_deref(),
+            Some(std::path::Path::new("/opt/cuda/lib"))
+        );
+        assert!(c.cpu_fallback);
+        let empty = c"";
+        let c = validate(&PrflConfig {
+            cuda_library_dir: empty.as_ptr(),
+            ..PrflConfig::default()
+        })
+        .unwrap();
+        assert_eq!(c.cuda.lib_dir, None);
+        assert!(!c.cpu_fallback);
+    }
+
+    #[test]
+    fn a_version_1_struct_gets_the_appended_fields_defaults() {
+        // A caller compiled before `cpu_fallback` existed: its struct ends where it starts.
+        let mut c = PrflConfig {
+            cpu_fallback: 1,
+            ..PrflConfig::default()
+        };
+        c.struct_size = CONFIG_V1_SIZE as u32;
+        assert!(CONFIG_V1_SIZE < size_of::<PrflConfig>());
+        let got = unsafe { read_config(&c) }.unwrap();
+        assert_eq!(got.cpu_fallback, 0);
+        assert_eq!(got.seed, c.seed);
     }
 
     #[test]

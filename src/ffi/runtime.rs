@@ -25,12 +25,12 @@ use super::config::RuntimeConfig;
 use super::generator::GeneratorSource;
 use super::queue::{check_finite, SampleQueue, SampleRef, Want};
 use super::status::{
-    FfiError, PRFL_ERR_BUSY, PRFL_ERR_CORRUPT_FILE, PRFL_ERR_DEVICE_LOST, PRFL_ERR_NON_FINITE,
-    PRFL_ERR_NOT_ENOUGH_SAMPLES,
+    FfiError, PRFL_ERR_BUSY, PRFL_ERR_CORRUPT_FILE, PRFL_ERR_DEVICE, PRFL_ERR_DEVICE_LOST,
+    PRFL_ERR_NON_FINITE, PRFL_ERR_NOT_ENOUGH_SAMPLES,
 };
 use super::types::{PrflQueueStats, PrflStepMode, PrflStepStats};
 use super::worker::Control;
-use crate::backend::cpu::Cpu;
+use crate::backend::device::Device;
 use crate::backend::Backend;
 use crate::finetune::prfl::{PrflConfig as FinetuneConfig, PrflTrainer};
 use crate::finetune::sample::Cond;
@@ -57,7 +57,7 @@ impl Drop for PrflRuntime {
 }
 
 pub struct RewardState {
-    pub trainer: RewardTrainer<Cpu>,
+    pub trainer: RewardTrainer<Device>,
     /// Successful reward steps (the iteration saved in checkpoints).
     pub steps: u64,
     /// [`Models::revision`] when this model last changed.
@@ -65,7 +65,7 @@ pub struct RewardState {
 }
 
 pub struct PrflState {
-    pub trainer: PrflTrainer<Cpu>,
+    pub trainer: PrflTrainer<Device>,
     pub steps: u64,
     /// The reward revision the trainer's frozen copy holds.
     pub revision: u64,
@@ -91,7 +91,8 @@ impl Models {
 
 pub struct Runtime {
     pub cfg: RuntimeConfig,
-    pub be: Cpu,
+    /// The device every model of this runtime lives on (chosen at creation).
+    pub be: Device,
     pub queue: SampleQueue,
     models: RwLock<Models>,
     pub(crate) control: Mutex<Control>,
@@ -149,9 +150,9 @@ fn kind_name(kind: SampleKind) -> &'static str {
 
 /// Copies the trainable weights of `src` into `dst` (same structure).
 fn assign_trained_from(
-    be: &Cpu,
-    dst: &mut RewardModel<Cpu>,
-    src: &RewardModel<Cpu>,
+    be: &Device,
+    dst: &mut RewardModel<Device>,
+    src: &RewardModel<Device>,
 ) -> Result<(), FfiError> {
     let tensors: BTreeMap<_, _> = src
         .trainable_tensors(be)
@@ -178,11 +179,18 @@ pub fn read_training_meta(path: &Path) -> Result<TrainingMeta, FfiError> {
 
 impl Runtime {
     pub fn new(cfg: RuntimeConfig) -> Result<Arc<Runtime>, FfiError> {
+        // The device first: it is the likeliest thing to be unavailable.
+        let be = Device::open(cfg.device, &cfg.cuda, cfg.cpu_fallback).map_err(|e| {
+            FfiError::new(
+                PRFL_ERR_DEVICE,
+                format!("device {} cannot be used: {e}", cfg.device),
+            )
+        })?;
         let queue = SampleQueue::new(cfg.queue_capacity, &cfg.sizes, cfg.backpressure)?;
         let s = &cfg.sizes;
         ::log::info!(
             "prfl runtime on {}: queue of {} slots ({} floats each), latent {:?}, text [{}, {}]",
-            Cpu.name(),
+            be.name(),
             cfg.queue_capacity,
             2 * s.latent + s.text + s.image,
             s.latent_shape,
@@ -191,7 +199,7 @@ impl Runtime {
         );
         Ok(Arc::new(Runtime {
             cfg,
-            be: Cpu,
+            be,
             queue,
             models: RwLock::new(Models::default()),
             control: Mutex::new(Control::default()),
@@ -225,6 +233,29 @@ impl Runtime {
         }
     }
 
+    /// Runs device work. The [`Backend`] trait has no `Result`: a GPU failure inside an op (a
+    /// launch error, out of memory, a sticky device error) panics. On a GPU such a panic marks
+    /// the runtime lost and answers `PRFL_ERR_DEVICE_LOST` with the panic's message; on the CPU
+    /// a panic is a bug and keeps unwinding (the entry point answers `PRFL_ERR_PANIC`).
+    fn on_device<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, FfiError>,
+    ) -> Result<T, FfiError> {
+        if !self.be.is_cuda() {
+            return f();
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(payload) => {
+                let text = crate::backend::cuda::panic_message(&*payload);
+                let reason = format!("{what} failed on {}: {text}", self.be.name());
+                self.mark_lost(&reason);
+                Err(FfiError::new(PRFL_ERR_DEVICE_LOST, reason))
+            }
+        }
+    }
+
     /// Write access to the models (see [`ModelsGuard`]).
     pub fn write_models(&self) -> ModelsGuard<'_> {
         ModelsGuard {
@@ -248,7 +279,7 @@ impl Runtime {
             ));
         }
         let mut models = self.write_models();
-        let result = f(&mut models);
+        let result = self.on_device(what, || f(&mut models));
         drop(models);
         drop(control);
         result
@@ -312,7 +343,7 @@ impl Runtime {
         generator: &GeneratorSource,
         cfg: RewardModelConfig,
         seed: u64,
-    ) -> Result<RewardModel<Cpu>, FfiError> {
+    ) -> Result<RewardModel<Device>, FfiError> {
         let wan = generator.config().clone();
         if cfg.blocks == 0 || cfg.blocks > wan.num_layers {
             return Err(FfiError::invalid(format!(
@@ -486,10 +517,10 @@ impl Runtime {
         m: &mut Models,
         mode: PrflStepMode,
     ) -> Result<PrflStepStats, FfiError> {
-        match mode {
+        self.on_device("a training step", || match mode {
             PrflStepMode::PRFL_STEP_REWARD => self.reward_step(m),
             PrflStepMode::PRFL_STEP_PRFL => self.prfl_step(m),
-        }
+        })
     }
 
     fn not_enough(&self, have: usize, what: &str) -> FfiError {
@@ -601,8 +632,9 @@ impl Runtime {
             height: s.latent_shape[2],
             width: s.latent_shape[3],
         };
-        let cond = Cond::<Cpu> {
-            text: &batch.text,
+        let text = self.be.upload(&batch.text);
+        let cond = Cond::<Device> {
+            text: &text,
             text_len: s.text_len,
             y: None,
             clip: None,
@@ -660,6 +692,21 @@ impl Runtime {
         check_finite(text, "text")?;
         let models = self.models.read();
         let model = &models.reward.as_ref().ok_or_else(no_reward)?.trainer.model;
+        self.on_device("scoring", || {
+            self.score_chunks(model, latents, timesteps, text, out)
+        })
+    }
+
+    fn score_chunks(
+        &self,
+        model: &RewardModel<Device>,
+        latents: &[f32],
+        timesteps: &[f32],
+        text: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), FfiError> {
+        let s = &self.cfg.sizes;
+        let count = timesteps.len();
         let chunk = self.cfg.batch_size;
         for first in (0..count).step_by(chunk) {
             let n = chunk.min(count - first);
@@ -686,5 +733,48 @@ impl Runtime {
             out[first..first + n].copy_from_slice(&scores);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::device::DeviceSpec;
+    use crate::ffi::config::PrflConfig;
+
+    fn small(device: DeviceSpec, cpu_fallback: bool) -> RuntimeConfig {
+        let c = PrflConfig {
+            latent_frames: 1,
+            latent_height: 2,
+            latent_width: 2,
+            text_len: 2,
+            text_dim: 4,
+            queue_capacity: 1,
+            ..PrflConfig::default()
+        };
+        // SAFETY: the library folder is NULL.
+        let mut cfg = unsafe { RuntimeConfig::validate(&c) }.unwrap();
+        cfg.device = device;
+        cfg.cpu_fallback = cpu_fallback;
+        cfg
+    }
+
+    #[test]
+    fn the_device_is_opened_at_creation_with_the_configured_fallback() {
+        let have_gpu = crate::backend::cuda::probe(&Default::default()).is_ok();
+        let rt = Runtime::new(small(DeviceSpec::Cpu, false)).unwrap();
+        assert!(!rt.be.is_cuda());
+        let rt = Runtime::new(small(DeviceSpec::Auto, false)).unwrap();
+        assert_eq!(rt.be.is_cuda(), have_gpu);
+        let rt = Runtime::new(small(DeviceSpec::Cuda(0), true)).unwrap();
+        assert_eq!(rt.be.is_cuda(), have_gpu);
+        match Runtime::new(small(DeviceSpec::Cuda(0), false)) {
+            Ok(rt) => assert!(have_gpu && rt.be.is_cuda()),
+            Err(e) => {
+                assert!(!have_gpu);
+                assert_eq!(e.status, PRFL_ERR_DEVICE);
+                assert!(e.message.contains("cuda:0"), "{}", e.message);
+            }
+        }
     }
 }

@@ -41,7 +41,8 @@ pub enum PrflStatus {
     PRFL_ERR_NOT_ENOUGH_SAMPLES = 9,
     /// The call needs a model that is not loaded yet (generator, reward model or trainer).
     PRFL_ERR_NOT_LOADED = 10,
-    /// The requested device cannot be used (e.g. CUDA in a build without a CUDA backend).
+    /// The requested device cannot be used: no CUDA driver or library, no such GPU, a GPU too old,
+    /// or its kernels failed to compile (the message says which).
     PRFL_ERR_DEVICE = 11,
     /// The runtime's device failed earlier; every call on this runtime answers this until it is
     /// destroyed.

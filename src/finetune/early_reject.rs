@@ -94,6 +94,39 @@ pub fn sample_with_early_rejection<B: Backend>(
     cand: &Candidates<'_>,
     stages: &[RejectStage],
 ) -> Result<EarlyRejectOutcome> {
+    run(be, generator, Some(reward), plan, cand, stages)
+}
+
+/// Samples every candidate to the end with no rejection: the same batching and per-candidate
+/// samplers as [`sample_with_early_rejection`] (so its survivors equal these rows), and no reward
+/// model needed.
+pub fn sample_candidates<B: Backend>(
+    be: &B,
+    generator: &WanModel<B>,
+    plan: &SamplingPlan,
+    cand: &Candidates<'_>,
+) -> Result<EarlyRejectOutcome> {
+    run(be, generator, None, plan, cand, &[])
+}
+
+/// The indices of the `keep` highest `scores`, best first; ties keep the lower index (the order
+/// every rejection stage uses). `keep` is clamped to `scores.len()`.
+pub fn best_first(scores: &[f32], keep: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    // Best first; the stable sort keeps the lower index on ties.
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order.truncate(keep);
+    order
+}
+
+fn run<B: Backend>(
+    be: &B,
+    generator: &WanModel<B>,
+    reward: Option<&RewardModel<B>>,
+    plan: &SamplingPlan,
+    cand: &Candidates<'_>,
+    stages: &[RejectStage],
+) -> Result<EarlyRejectOutcome> {
     let per = generator.cfg.out_dim * cand.shape.voxels();
     let per_text = cand.text_len * generator.cfg.text_dim;
     let bad = |m: String| Err(Error::InvalidInput(m));
@@ -137,13 +170,16 @@ pub fn sample_with_early_rejection<B: Backend>(
     let (mut generator_evals, mut reward_evals) = (0, 0);
     for step in 0..steps {
         if let Some(stage) = stage_iter.next_if(|s| s.at_step == step) {
+            let reward = reward.ok_or_else(|| {
+                Error::InvalidInput("rejection stages need a reward model".into())
+            })?;
             let t = samplers[alive[0]].timestep(step);
             let scores = score_alive(be, reward, cand, &alive, &xs, t)?;
             reward_evals += alive.len();
-            let mut order: Vec<usize> = (0..alive.len()).collect();
-            // Best first; the stable sort keeps the lower index on ties.
-            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-            let kept: Vec<usize> = order[..stage.keep].iter().map(|&k| alive[k]).collect();
+            let kept: Vec<usize> = best_first(&scores, stage.keep)
+                .into_iter()
+                .map(|k| alive[k])
+                .collect();
             reports.push(StageReport {
                 at_step: step,
                 timestep: t,
@@ -247,4 +283,177 @@ fn gather_host(data: &[f32], which: &[usize], per: usize) -> Vec<f32> {
         .iter()
         .flat_map(|&i| data[i * per..(i + 1) * per].iter().copied())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::finetune::sample::{sample, Cond};
+    use crate::model::init::random_weights;
+    use crate::model::{ModelType, WanConfig};
+    use crate::reward::head::init_head_params;
+    use crate::reward::model::RewardModelConfig;
+    use crate::schedule::{Rng, SolverKind};
+
+    fn wan() -> WanConfig {
+        WanConfig {
+            model_type: ModelType::T2V,
+            in_dim: 4,
+            out_dim: 4,
+            dim: 16,
+            ffn_dim: 24,
+            freq_dim: 16,
+            text_dim: 8,
+            image_dim: None,
+            num_heads: 2,
+            num_layers: 2,
+            eps: 1e-6,
+            text_len: 3,
+        }
+    }
+
+    const SHAPE: VideoShape = VideoShape {
+        batch: 1,
+        frames: 2,
+        height: 4,
+        width: 4,
+    };
+
+    #[test]
+    fn survivors_are_the_best_scored_and_finish_as_full_sampling_would() {
+        let cfg = wan();
+        let weights = random_weights(&cfg, 1);
+        let generator = WanModel::new(&Cpu, cfg.clone(), &weights, None).unwrap();
+        let rcfg = RewardModelConfig {
+            blocks: 1,
+            trainable_blocks: None,
+            heads: 2,
+            queries: 1,
+            hidden: [8, 4],
+        };
+        let head = init_head_params(cfg.dim, 2, 1, [8, 4], 2);
+        let reward =
+            RewardModel::from_tensors(&Cpu, cfg.clone(), &weights, &head, rcfg, None).unwrap();
+        let (n, per, steps) = (6, 4 * SHAPE.voxels(), 5);
+        let mut noise = vec![0.0f32; n * per];
+        Rng::seed_from_u64(3).fill_normal(&mut noise);
+        let mut text = vec![0.0f32; n * 3 * 8];
+        Rng::seed_from_u64(4).fill_normal(&mut text);
+        let plan = SamplingPlan::wan(steps, 3.0, SolverKind::UniPc).unwrap();
+        let cand = Candidates {
+            shape: SHAPE,
+            noise: &noise,
+            text: &text,
+            text_len: 3,
+            max_batch: 4,
+        };
+        let stages = [
+            RejectStage {
+                at_step: 2,
+                keep: 3,
+            },
+            RejectStage {
+                at_step: 3,
+                keep: 2,
+            },
+        ];
+        let out =
+            sample_with_early_rejection(&Cpu, &generator, &reward, &plan, &cand, &stages).unwrap();
+        assert_eq!(out.kept.len(), 2);
+        assert_eq!(out.generator_evals, 6 * 2 + 3 + 2 * 2);
+        assert_eq!(out.reward_evals, 6 + 3);
+        assert_eq!(out.full_generator_evals, 6 * 5);
+        assert!(out.saved_fraction(0.5) > 0.0);
+        // Each stage keeps its best-scored candidates.
+        for st in &out.stages {
+            let best = st.scores.iter().map(|s| s.1).fold(f32::MIN, f32::max);
+            let top = st.scores.iter().find(|s| s.0 == st.kept[0]).unwrap().1;
+            assert_eq!(top, best);
+        }
+        // A survivor ends where sampling it alone ends.
+        for (k, &c) in out.kept.iter().enumerate() {
+            let tb = text[c * 24..(c + 1) * 24].to_vec();
+            let cond = Cond {
+                text: &tb,
+                text_len: 3,
+                y: None,
+                clip: None,
+                image_len: 0,
+            };
+            let alone = sample(
+                &Cpu,
+                &generator,
+                SHAPE,
+                &cond,
+                None,
+                &plan,
+                noise[c * per..(c + 1) * per].to_vec(),
+            )
+            .unwrap();
+            let mine = &out.latents[k * per..(k + 1) * per];
+            let diff = alone
+                .iter()
+                .zip(mine)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff < 1e-4, "candidate {c}: differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn invalid_stages_are_rejected() {
+        let cfg = wan();
+        let weights = random_weights(&cfg, 1);
+        let generator = WanModel::new(&Cpu, cfg.clone(), &weights, None).unwrap();
+        let rcfg = RewardModelConfig {
+            blocks: 1,
+            trainable_blocks: None,
+            heads: 2,
+            queries: 1,
+            hidden: [8, 4],
+        };
+        let head = init_head_params(cfg.dim, 2, 1, [8, 4], 2);
+        let reward = RewardModel::from_tensors(&Cpu, cfg, &weights, &head, rcfg, None).unwrap();
+        let per = 4 * SHAPE.voxels();
+        let noise = vec![0.1f32; 4 * per];
+        let text = vec![0.0f32; 4 * 24];
+        let plan = SamplingPlan::wan(4, 3.0, SolverKind::Euler).unwrap();
+        let cand = Candidates {
+            shape: SHAPE,
+            noise: &noise,
+            text: &text,
+            text_len: 3,
+            max_batch: 4,
+        };
+        for stages in [
+            vec![RejectStage {
+                at_step: 0,
+                keep: 2,
+            }],
+            vec![RejectStage {
+                at_step: 4,
+                keep: 2,
+            }],
+            vec![RejectStage {
+                at_step: 2,
+                keep: 5,
+            }],
+            vec![
+                RejectStage {
+                    at_step: 2,
+                    keep: 2,
+                },
+                RejectStage {
+                    at_step: 1,
+                    keep: 1,
+                },
+            ],
+        ] {
+            assert!(
+                sample_with_early_rejection(&Cpu, &generator, &reward, &plan, &cand, &stages)
+                    .is_err(),
+                "{stages:?}"
+            );
+        }
+    }
 }

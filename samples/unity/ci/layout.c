@@ -39,6 +39,7 @@ int main(void) {
     FIELD(PrflConfig, lora_alpha);
     FIELD(PrflConfig, recompute);
     FIELD(PrflConfig, seed);
+    FIELD(PrflConfig, cpu_fallback);
 
     SIZE(PrflStepStats);
     FIELD(PrflStepStats, struct_size);

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use prfl::backend::cpu::Cpu;
 use prfl::demo::report::write_report;
 use prfl::demo::{run, DemoConfig, Observer};
 
+use crate::device_args::DeviceArgs;
 use crate::progress::Progress;
 
 #[derive(Args)]
@@ -25,6 +25,8 @@ pub struct DemoArgs {
     /// `[prfl]\nsteps = 300`), applied over the full or quick defaults.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Progress bars for the phases, result lines between them.
@@ -98,14 +100,15 @@ fn merge(base: &mut toml::Value, top: toml::Value) {
 
 pub fn demo(args: &DemoArgs) -> Result<(), String> {
     let cfg = settings(args)?;
+    let be = args.device.open()?;
     eprintln!(
         "prfl demo ({}, seed {}) on {}: report in {}",
         if args.quick { "quick" } else { "full" },
         cfg.seed,
-        prfl::backend::Backend::name(&Cpu),
+        prfl::backend::Backend::name(&be),
         args.out.display()
     );
-    let results = run(&Cpu, &cfg, &mut Bars { bar: None }).map_err(|e| e.to_string())?;
+    let results = run(&be, &cfg, &mut Bars { bar: None }).map_err(|e| e.to_string())?;
     let table = write_report(&args.out, &cfg, &results).map_err(|e| e.to_string())?;
     println!("{table}");
     Ok(())

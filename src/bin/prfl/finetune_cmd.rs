@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use prfl::backend::cpu::Cpu;
+use prfl::backend::device::Device;
+use prfl::backend::Backend;
 use prfl::finetune::prfl::{PrflConfig, PrflTrainer};
 use prfl::finetune::sample::{sample, Cond, Guidance, SamplingPlan};
 use prfl::model::checkpoint::{read_safetensors, save_checkpoint, write_safetensors, Checkpoint};
@@ -19,6 +20,7 @@ use prfl::tensor::{DType, HostTensor};
 use serde::Deserialize;
 
 use crate::config_file::{err, read_toml, rel};
+use crate::device_args::DeviceArgs;
 use crate::progress::Progress;
 
 /// `finetune` configuration (TOML). Paths are relative to the config file.
@@ -56,7 +58,7 @@ fn one() -> usize {
     1
 }
 
-pub fn finetune(config: &Path) -> Result<(), String> {
+pub fn finetune(config: &Path, device: &DeviceArgs) -> Result<(), String> {
     let c: FinetuneConfig = read_toml(config)?;
     let out = rel(config, &c.out);
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -66,7 +68,7 @@ pub fn finetune(config: &Path) -> Result<(), String> {
         .map(DType::parse)
         .transpose()
         .map_err(err)?;
-    let be = Cpu;
+    let be = device.open()?;
     let gen_ckpt = Checkpoint::open(&rel(config, &c.generator)).map_err(err)?;
     let base = gen_ckpt.load_all().map_err(err)?;
     let mut generator = WanModel::new(&be, gen_ckpt.config().clone(), &base, dtype).map_err(err)?;
@@ -129,10 +131,11 @@ pub fn finetune(config: &Path) -> Result<(), String> {
             height: h,
             width: w,
         };
-        let y = batch.i2v.as_ref().map(|i| i.y.clone());
-        let clip = batch.i2v.as_ref().map(|i| i.image.clone());
-        let cond = Cond::<Cpu> {
-            text: &batch.text,
+        let y = batch.i2v.as_ref().map(|i| be.upload(&i.y));
+        let clip = batch.i2v.as_ref().map(|i| be.upload(&i.image));
+        let text = be.upload(&batch.text);
+        let cond = Cond::<Device> {
+            text: &text,
             text_len: batch.text_len,
             y: y.as_ref(),
             clip: clip.as_ref(),
@@ -235,6 +238,8 @@ pub struct SampleArgs {
     /// Output safetensors: `latent` `[count, 16, F, H, W]`.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -260,7 +265,7 @@ fn text_states(path: &Path, count: usize) -> Result<(Vec<f32>, usize), String> {
 }
 
 pub fn sample_cmd(a: &SampleArgs) -> Result<(), String> {
-    let be = Cpu;
+    let be = a.device.open()?;
     let ckpt = Checkpoint::open(&a.generator).map_err(err)?;
     let mut gen = WanModel::new(
         &be,
@@ -286,7 +291,8 @@ pub fn sample_cmd(a: &SampleArgs) -> Result<(), String> {
         width: a.width,
     };
     let (text, text_len) = text_states(&a.text, a.count)?;
-    let cond = Cond::<Cpu> {
+    let text = be.upload(&text);
+    let cond = Cond::<Device> {
         text: &text,
         text_len,
         y: None,
@@ -296,7 +302,7 @@ pub fn sample_cmd(a: &SampleArgs) -> Result<(), String> {
     let neg = a
         .negative
         .as_ref()
-        .map(|p| text_states(p, a.count))
+        .map(|p| text_states(p, a.count).map(|(t, l)| (be.upload(&t), l)))
         .transpose()?;
     let guidance = neg.as_ref().map(|(t, l)| Guidance {
         negative: Cond {
@@ -316,7 +322,17 @@ pub fn sample_cmd(a: &SampleArgs) -> Result<(), String> {
     let mut noise = vec![0.0f32; a.count * gen.cfg.out_dim * shape.voxels()];
     Rng::seed_from_u64(a.seed).fill_normal(&mut noise);
     let start = Instant::now();
-    let x = sample(&be, &gen, shape, &cond, guidance.as_ref(), &plan, noise).map_err(err)?;
+    let x = sample(
+        &be,
+        &gen,
+        shape,
+        &cond,
+        guidance.as_ref(),
+        &plan,
+        be.upload(&noise),
+    )
+    .map_err(err)?;
+    let x = be.download(&x);
     let t = HostTensor::from_f32(
         vec![a.count, gen.cfg.out_dim, a.frames, a.height, a.width],
         x,

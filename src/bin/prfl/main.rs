@@ -4,6 +4,7 @@ mod alloc;
 mod bench;
 mod config_file;
 mod demo_cmd;
+mod device_args;
 mod finetune_cmd;
 mod progress;
 mod queue_bench;
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use prfl::backend::cpu::Cpu;
+use device_args::DeviceArgs;
 use prfl::model::checkpoint::{read_safetensors, write_safetensors, Checkpoint};
 use prfl::model::host::{run_forward, RunOptions};
 
@@ -54,13 +55,19 @@ enum Cmd {
         /// Recompute each block's activations during backward instead of keeping them.
         #[arg(long)]
         recompute: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Forward and forward+backward throughput and peak memory of a small configuration.
     Bench(bench::BenchArgs),
     /// Latency of submitting 1 MiB latents through the C ABI while the background trainer runs.
     BenchQueue(queue_bench::BenchQueueArgs),
     /// Trains a reward model (PAVRM) from a TOML configuration.
-    TrainReward { config: PathBuf },
+    TrainReward {
+        config: PathBuf,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// Accuracy and ROC-AUC of a trained reward model per timestep on a dataset.
     EvalReward {
         #[arg(long)]
@@ -73,6 +80,8 @@ enum Cmd {
         timesteps: Vec<f32>,
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Scores latents (a safetensors file with `latent` and `text`) at a timestep.
     Score {
@@ -86,15 +95,23 @@ enum Cmd {
         timestep: f32,
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Fine-tunes a generator with PRFL from a TOML configuration.
-    Finetune { config: PathBuf },
+    Finetune {
+        config: PathBuf,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// Samples latents from a generator (+ LoRA) with UniPC or Euler.
     Sample(finetune_cmd::SampleArgs),
-    /// The whole method end to end on a built-in procedural world (CPU, no downloads): pre-train
+    /// The whole method end to end on a built-in procedural world (no downloads): pre-train
     /// a small generator, train the latent reward model, fine-tune with PRFL, measure before and
     /// after, and compare early rejection; writes a report folder.
     Demo(demo_cmd::DemoArgs),
+    /// The compute devices: the CPU, the CUDA libraries found, and every CUDA GPU.
+    Devices(device_args::DevicesArgs),
 }
 
 fn inspect(path: Option<&Path>) -> Result<(), String> {
@@ -155,11 +172,13 @@ fn forward(
     out: &Path,
     grad: bool,
     recompute: bool,
+    device: &DeviceArgs,
 ) -> Result<(), String> {
+    let be = device.open()?;
     let ckpt = Checkpoint::open(weights).map_err(|e| e.to_string())?;
     let inputs = read_safetensors(inputs).map_err(|e| e.to_string())?;
     let start = std::time::Instant::now();
-    let outputs = run_forward(&Cpu, &ckpt, &inputs, RunOptions { grad, recompute })
+    let outputs = run_forward(&be, &ckpt, &inputs, RunOptions { grad, recompute })
         .map_err(|e| e.to_string())?;
     let secs = start.elapsed().as_secs_f64();
     write_safetensors(out, outputs.iter().map(|(k, v)| (k.as_str(), v)), None)
@@ -185,27 +204,31 @@ fn main() -> ExitCode {
             out,
             grad,
             recompute,
-        } => forward(weights, inputs, out, *grad, *recompute),
+            device,
+        } => forward(weights, inputs, out, *grad, *recompute, device),
         Cmd::Bench(a) => bench::run(a),
         Cmd::BenchQueue(a) => queue_bench::run(a),
-        Cmd::TrainReward { config } => reward_cmd::train_reward(config),
+        Cmd::TrainReward { config, device } => reward_cmd::train_reward(config, device),
         Cmd::EvalReward {
             generator,
             reward,
             data,
             timesteps,
             batch_size,
-        } => reward_cmd::eval_reward(generator, reward, data, timesteps, *batch_size),
+            device,
+        } => reward_cmd::eval_reward(generator, reward, data, timesteps, *batch_size, device),
         Cmd::Score {
             generator,
             reward,
             input,
             timestep,
             out,
-        } => reward_cmd::score(generator, reward, input, *timestep, out.as_deref()),
-        Cmd::Finetune { config } => finetune_cmd::finetune(config),
+            device,
+        } => reward_cmd::score(generator, reward, input, *timestep, out.as_deref(), device),
+        Cmd::Finetune { config, device } => finetune_cmd::finetune(config, device),
         Cmd::Sample(a) => finetune_cmd::sample_cmd(a),
         Cmd::Demo(a) => demo_cmd::demo(a),
+        Cmd::Devices(a) => device_args::devices(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

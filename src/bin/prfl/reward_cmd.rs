@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use prfl::backend::cpu::Cpu;
+use prfl::backend::device::Device;
+use prfl::backend::Backend;
 use prfl::model::checkpoint::{read_safetensors, write_safetensors, Checkpoint};
 use prfl::model::wan::{Inputs, VideoShape};
 use prfl::reward::dataset::{Dataset, SampleKind};
@@ -16,6 +17,7 @@ use prfl::tensor::{DType, HostTensor};
 use serde::Deserialize;
 
 use crate::config_file::{err, read_toml, rel};
+use crate::device_args::DeviceArgs;
 use crate::progress::Progress;
 
 /// `train-reward` configuration (TOML). Paths are relative to the config file.
@@ -77,7 +79,7 @@ pub fn print_eval(rows: &[EvalRow]) {
     }
 }
 
-pub fn train_reward(config: &Path) -> Result<(), String> {
+pub fn train_reward(config: &Path, device: &DeviceArgs) -> Result<(), String> {
     let c: TrainRewardConfig = read_toml(config)?;
     let (gen_path, data, out) = (
         rel(config, &c.generator),
@@ -91,7 +93,7 @@ pub fn train_reward(config: &Path) -> Result<(), String> {
         .map(DType::parse)
         .transpose()
         .map_err(err)?;
-    let be = Cpu;
+    let be = device.open()?;
     let gen = Checkpoint::open(&gen_path).map_err(err)?;
     let model = RewardModel::from_generator(&be, &gen, c.model.clone(), dtype, c.train.seed)
         .map_err(err)?;
@@ -211,8 +213,9 @@ pub fn eval_reward(
     data: &Path,
     timesteps: &[f32],
     batch_size: usize,
+    device: &DeviceArgs,
 ) -> Result<(), String> {
-    let be = Cpu;
+    let be = device.open()?;
     let gen = Checkpoint::open(generator).map_err(err)?;
     let model = RewardModel::load(&be, &gen, reward).map_err(err)?;
     let ds = Dataset::open(data).map_err(err)?;
@@ -229,8 +232,9 @@ pub fn score(
     input: &Path,
     timestep: f32,
     out: Option<&Path>,
+    device: &DeviceArgs,
 ) -> Result<(), String> {
-    let be = Cpu;
+    let be = device.open()?;
     let gen = Checkpoint::open(generator).map_err(err)?;
     let model = RewardModel::load(&be, &gen, reward).map_err(err)?;
     let t = read_safetensors(input).map_err(err)?;
@@ -258,13 +262,13 @@ pub fn score(
         width: s[4],
     };
     let text_len = text.shape[text.shape.len() - 2];
-    let x = latent.to_f32();
-    let ctx = text.to_f32();
-    let y = t.get("y").map(|y| y.to_f32());
-    let clip = t.get("image").map(|c| c.to_f32());
+    let x = be.upload(&latent.to_f32());
+    let ctx = be.upload(&text.to_f32());
+    let y = t.get("y").map(|y| be.upload(&y.to_f32()));
+    let clip = t.get("image").map(|c| be.upload(&c.to_f32()));
     let image_len = t.get("image").map_or(0, |c| c.shape[c.shape.len() - 2]);
     let ts = vec![timestep; shape.batch];
-    let inp = Inputs::<Cpu> {
+    let inp = Inputs::<Device> {
         shape,
         x: &x,
         t: &ts,

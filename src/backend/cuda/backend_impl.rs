@@ -1,0 +1,662 @@
+//! [`Cuda`]: the [`Backend`] on one NVIDIA GPU.
+//!
+//! Every op is enqueued on the backend's single stream and returns without waiting; only
+//! `download`, `weight_to_host` and `sum_squares` (which return host values) wait. Element-wise,
+//! norm, modulation, RoPE, patch, cast and optimiser ops are the NVRTC-compiled kernels of
+//! [`super::kernels`], attention is [`super::attention`], and the dense products are
+//! [`super::gemm`] (cuBLASLt).
+//!
+//! Failures: the trait has no `Result`, so an error inside an op (a launch failure, running out
+//! of device memory, an error left by an earlier asynchronous op) **panics** with a message
+//! starting `CUDA:`. Such a failure usually leaves the device's state unknown: the C ABI catches
+//! the panic, marks the runtime lost and answers `PRFL_ERR_DEVICE_LOST`; Rust callers may
+//! `catch_unwind` likewise and must then drop the backend. Shape errors (a buffer too short)
+//! also panic, as on the CPU backend.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::{bf16, f16};
+use parking_lot::Mutex;
+
+use super::context::DeviceContext;
+use super::gemm::{Gemm, GemmKernels};
+use super::kernels::Kernels;
+use super::types::{CudaBuf, CudaWeight, WeightData};
+use super::{no_panic, CudaError, CudaOptions, DeviceInfo, MemoryStats};
+use crate::backend::{AdamWHyper, AttnShape, Backend, ModSlot, PatchOrder, PatchShape};
+use crate::tensor::{DType, Storage};
+
+/// The CUDA backend on one device. See the module documentation for how failures surface.
+pub struct Cuda {
+    info: DeviceInfo,
+    dev: DeviceContext,
+    kernels: Kernels,
+    gemm: Mutex<Gemm>,
+}
+
+/// Panics with the CUDA error of an op (the trait has no `Result`; see the module docs).
+#[track_caller]
+fn ok<T, E: Into<CudaError>>(what: &str, r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("CUDA: {what} failed: {}", e.into()),
+    }
+}
+
+/// The kernels the GEMMs use (16-bit activation copies, the bias gradient).
+struct KernelCast<'a> {
+    k: &'a Kernels,
+    s: &'a Arc<CudaStream>,
+}
+
+impl GemmKernels for KernelCast<'_> {
+    fn to_bf16(&self, src: &CudaBuf, dst: &mut CudaSlice<u16>) -> Result<(), CudaError> {
+        Ok(self.k.cast_f32_to_bf16(self.s, src, dst)?)
+    }
+    fn to_f16(&self, src: &CudaBuf, dst: &mut CudaSlice<u16>) -> Result<(), CudaError> {
+        Ok(self.k.cast_f32_to_f16(self.s, src, dst)?)
+    }
+    fn sum_rows_accumulate(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        d: usize,
+        out: &mut CudaBuf,
+    ) -> Result<(), CudaError> {
+        Ok(self.k.sum_rows_accumulate(self.s, x, rows, d, out)?)
+    }
+}
+
+impl Cuda {
+    /// Opens device `index`: checks the libraries and the device ([`super::probe`]), creates the
+    /// context and stream, compiles the kernels for the device's architecture with NVRTC, and
+    /// creates the cuBLASLt handle and workspace. Never panics.
+    pub fn open(index: usize, opts: &CudaOptions) -> Result<Cuda, CudaError> {
+        let devices = super::probe(opts)?;
+        let info = devices.get(index).cloned().ok_or(CudaError::BadIndex {
+            index,
+            count: devices.len(),
+        })?;
+        let (major, minor) = info.compute_capability;
+        if major < 8 {
+            return Err(CudaError::Unsupported {
+                device: info.name.clone(),
+                major,
+                minor,
+            });
+        }
+        no_panic("opening the CUDA device", || {
+            let dev = DeviceContext::new(index)?;
+            let kernels =
+                Kernels::load(&dev.ctx, info.compute_capability).map_err(CudaError::Compile)?;
+            let gemm = Gemm::new(dev.stream.clone(), major)?;
+            dev.synchronize()?;
+            ::log::info!("CUDA backend on {info}");
+            Ok(Cuda {
+                info,
+                dev,
+                kernels,
+                gemm: Mutex::new(gemm),
+            })
+        })
+    }
+
+    /// The device this backend runs on.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Waits for every op enqueued so far; an asynchronous failure of one of them is reported
+    /// here.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.dev.synchronize()
+    }
+
+    /// Device memory allocated through this backend: now, at peak, and held by the allocator.
+    /// (The statistics of the device's memory pool: see [`super::context`].) Zeros if the driver
+    /// cannot be asked.
+    pub fn memory(&self) -> MemoryStats {
+        self.dev.memory().unwrap_or_default()
+    }
+
+    /// Starts a new peak-memory measurement at the current allocation.
+    pub fn reset_peak_memory(&self) -> Result<(), CudaError> {
+        self.dev.reset_peak()
+    }
+
+    /// The compiled kernels (for tests and benchmarks that call a launcher directly).
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    /// The stream every op is enqueued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.dev.stream
+    }
+
+    fn s(&self) -> &Arc<CudaStream> {
+        &self.dev.stream
+    }
+
+    fn cast(&self) -> KernelCast<'_> {
+        KernelCast {
+            k: &self.kernels,
+            s: &self.dev.stream,
+        }
+    }
+
+    fn upload_u16(&self, bits: &[u16]) -> CudaSlice<u16> {
+        ok("weight upload", self.dev.upload(bits))
+    }
+}
+
+impl Backend for Cuda {
+    type Buf = CudaBuf;
+    type Weight = CudaWeight;
+
+    fn name(&self) -> String {
+        format!(
+            "cuda:{} ({}, sm_{}{})",
+            self.info.index,
+            self.info.name,
+            self.info.compute_capability.0,
+            self.info.compute_capability.1
+        )
+    }
+
+    // ---------------------------------------------------------------- memory
+    fn zeros(&self, n: usize) -> CudaBuf {
+        ok("zeros", self.dev.zeros::<f32>(n))
+    }
+    fn upload(&self, data: &[f32]) -> CudaBuf {
+        ok("upload", self.dev.upload(data))
+    }
+    fn download(&self, buf: &CudaBuf) -> Vec<f32> {
+        ok("download", self.dev.download(buf))
+    }
+    fn len(&self, buf: &CudaBuf) -> usize {
+        buf.len()
+    }
+    fn fill_zero(&self, buf: &mut CudaBuf) {
+        if !buf.is_empty() {
+            ok("fill_zero", self.s().memset_zeros(buf));
+        }
+    }
+    fn copy_range(
+        &self,
+        src: &CudaBuf,
+        src_off: usize,
+        dst: &mut CudaBuf,
+        dst_off: usize,
+        n: usize,
+    ) {
+        ok(
+            "copy_range",
+            self.kernels
+                .copy_range(self.s(), src, src_off, dst, dst_off, n),
+        );
+    }
+    fn weight_from_host(&self, data: &Storage, rows: usize, cols: usize) -> CudaWeight {
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "weight data does not match [{rows}, {cols}]"
+        );
+        let data = match data {
+            Storage::F32(v) => WeightData::F32(self.upload(v)),
+            // The 16-bit types are their bit patterns (`half` is `repr(transparent)` over u16).
+            Storage::BF16(v) => WeightData::Bf16(self.upload_u16(bytemuck::cast_slice(v))),
+            Storage::F16(v) => WeightData::F16(self.upload_u16(bytemuck::cast_slice(v))),
+        };
+        CudaWeight { data, rows, cols }
+    }
+    fn weight_to_host(&self, w: &CudaWeight) -> Storage {
+        match &w.data {
+            WeightData::F32(s) => Storage::F32(self.download(s)),
+            WeightData::Bf16(s) => Storage::BF16(
+                ok("weight download", self.dev.download(s))
+                    .into_iter()
+                    .map(bf16::from_bits)
+                    .collect(),
+            ),
+            WeightData::F16(s) => Storage::F16(
+                ok("weight download", self.dev.download(s))
+                    .into_iter()
+                    .map(f16::from_bits)
+                    .collect(),
+            ),
+        }
+    }
+    fn weight_dtype(&self, w: &CudaWeight) -> DType {
+        match w.data {
+            WeightData::F32(_) => DType::F32,
+            WeightData::Bf16(_) => DType::BF16,
+            WeightData::F16(_) => DType::F16,
+        }
+    }
+    fn weight_dims(&self, w: &CudaWeight) -> (usize, usize) {
+        (w.rows, w.cols)
+    }
+
+    // ---------------------------------------------------------------- elementwise
+    fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) {
+        self.axpy(1.0, x, y);
+    }
+    fn axpy(&self, alpha: f32, x: &CudaBuf, y: &mut CudaBuf) {
+        ok("axpy", self.kernels.axpy(self.s(), alpha, x, y));
+    }
+    fn scale(&self, alpha: f32, x: &mut CudaBuf) {
+        ok("scale", self.kernels.scale(self.s(), alpha, x));
+    }
+    fn broadcast_add(
+        &self,
+        x: &CudaBuf,
+        table: &CudaBuf,
+        batch: usize,
+        w: usize,
+        k: usize,
+        out: &mut CudaBuf,
+    ) {
+        ok(
+            "broadcast_add",
+            self.kernels
+                .broadcast_add(self.s(), x, table, batch, w, k, out),
+        );
+    }
+    fn broadcast_add_backward(
+        &self,
+        dout: &CudaBuf,
+        batch: usize,
+        w: usize,
+        k: usize,
+        dx: &mut CudaBuf,
+        dtable: &mut CudaBuf,
+    ) {
+        ok(
+            "broadcast_add_backward",
+            self.kernels
+                .broadcast_add_backward(self.s(), dout, batch, w, k, dx, dtable),
+        );
+    }
+    fn silu_forward(&self, x: &CudaBuf, y: &mut CudaBuf) {
+        ok("silu_forward", self.kernels.silu_forward(self.s(), x, y));
+    }
+    fn silu_backward(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) {
+        ok(
+            "silu_backward",
+            self.kernels.silu_backward(self.s(), x, dy, dx),
+        );
+    }
+    fn gelu_tanh_forward(&self, x: &CudaBuf, y: &mut CudaBuf) {
+        ok(
+            "gelu_tanh_forward",
+            self.kernels.gelu_tanh_forward(self.s(), x, y),
+        );
+    }
+    fn gelu_tanh_backward(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) {
+        ok(
+            "gelu_tanh_backward",
+            self.kernels.gelu_tanh_backward(self.s(), x, dy, dx),
+        );
+    }
+    fn gelu_erf_forward(&self, x: &CudaBuf, y: &mut CudaBuf) {
+        ok(
+            "gelu_erf_forward",
+            self.kernels.gelu_erf_forward(self.s(), x, y),
+        );
+    }
+    fn gelu_erf_backward(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) {
+        ok(
+            "gelu_erf_backward",
+            self.kernels.gelu_erf_backward(self.s(), x, dy, dx),
+        );
+    }
+    fn relu_forward(&self, x: &CudaBuf, y: &mut CudaBuf) {
+        ok("relu_forward", self.kernels.relu_forward(self.s(), x, y));
+    }
+    fn relu_backward(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) {
+        ok(
+            "relu_backward",
+            self.kernels.relu_backward(self.s(), x, dy, dx),
+        );
+    }
+
+    // ---------------------------------------------------------------- reductions
+    fn sum_squares(&self, x: &CudaBuf) -> f64 {
+        ok("sum_squares", self.kernels.sum_squares(self.s(), x))
+    }
+
+    // ---------------------------------------------------------------- optimiser
+    fn adamw_update(
+        &self,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+        h: &AdamWHyper,
+    ) {
+        ok(
+            "adamw_update",
+            self.kernels.adamw_update(self.s(), param, grad, m, v, h),
+        );
+    }
+    fn weight_assign(&self, w: &mut CudaWeight, master: &CudaBuf) {
+        assert_eq!(
+            master.len(),
+            w.rows * w.cols,
+            "master copy does not match the weight"
+        );
+        ok(
+            "weight_assign",
+            self.kernels.weight_assign(self.s(), w, master),
+        );
+    }
+    fn weight_to_buf(&self, w: &CudaWeight) -> CudaBuf {
+        // SAFETY: fully overwritten by the copy or cast.
+        let mut out = ok("weight_to_buf", unsafe {
+            self.dev.alloc::<f32>(w.rows * w.cols)
+        });
+        ok(
+            "weight_to_buf",
+            self.kernels.weight_to_buf(self.s(), w, &mut out),
+        );
+        out
+    }
+
+    // ---------------------------------------------------------------- linear algebra
+    fn linear_forward(
+        &self,
+        x: &CudaBuf,
+        n: usize,
+        w: &CudaWeight,
+        b: Option<&CudaBuf>,
+        y: &mut CudaBuf,
+    ) {
+        let cast = self.cast();
+        ok(
+            "linear_forward",
+            self.gemm.lock().linear_forward(&cast, x, n, w, b, y),
+        );
+    }
+    fn linear_backward_input(&self, dy: &CudaBuf, n: usize, w: &CudaWeight, dx: &mut CudaBuf) {
+        let cast = self.cast();
+        ok(
+            "linear_backward_input",
+            self.gemm.lock().linear_backward_input(&cast, dy, n, w, dx),
+        );
+    }
+    fn linear_backward_weight(
+        &self,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        n: usize,
+        n_in: usize,
+        n_out: usize,
+        dw: &mut CudaBuf,
+        db: Option<&mut CudaBuf>,
+    ) {
+        let cast = self.cast();
+        ok(
+            "linear_backward_weight",
+            self.gemm
+                .lock()
+                .linear_backward_weight(&cast, dy, x, n, n_in, n_out, dw, db),
+        );
+    }
+
+    // ---------------------------------------------------------------- normalisation
+    fn layernorm_forward(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        d: usize,
+        weight: Option<&CudaBuf>,
+        bias: Option<&CudaBuf>,
+        eps: f32,
+        y: &mut CudaBuf,
+        mean: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+    ) {
+        ok(
+            "layernorm_forward",
+            self.kernels
+                .layernorm_forward(self.s(), x, rows, d, weight, bias, eps, y, mean, rstd),
+        );
+    }
+    fn layernorm_backward(
+        &self,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        rows: usize,
+        d: usize,
+        weight: Option<&CudaBuf>,
+        mean: &CudaBuf,
+        rstd: &CudaBuf,
+        dx: &mut CudaBuf,
+        dweight: Option<&mut CudaBuf>,
+        dbias: Option<&mut CudaBuf>,
+    ) {
+        ok(
+            "layernorm_backward",
+            self.kernels.layernorm_backward(
+                self.s(),
+                dy,
+                x,
+                rows,
+                d,
+                weight,
+                mean,
+                rstd,
+                dx,
+                dweight,
+                dbias,
+            ),
+        );
+    }
+    fn rmsnorm_forward(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        d: usize,
+        weight: &CudaBuf,
+        eps: f32,
+        y: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+    ) {
+        ok(
+            "rmsnorm_forward",
+            self.kernels
+                .rmsnorm_forward(self.s(), x, rows, d, weight, eps, y, rstd),
+        );
+    }
+    fn rmsnorm_backward(
+        &self,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        rows: usize,
+        d: usize,
+        weight: &CudaBuf,
+        rstd: &CudaBuf,
+        dx: &mut CudaBuf,
+        dweight: &mut CudaBuf,
+    ) {
+        ok(
+            "rmsnorm_backward",
+            self.kernels
+                .rmsnorm_backward(self.s(), dy, x, rows, d, weight, rstd, dx, dweight),
+        );
+    }
+
+    // ---------------------------------------------------------------- adaptive modulation
+    fn modulate_forward(
+        &self,
+        x: &CudaBuf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &CudaBuf,
+        shift: ModSlot,
+        scale: ModSlot,
+        y: &mut CudaBuf,
+    ) {
+        ok(
+            "modulate_forward",
+            self.kernels
+                .modulate_forward(self.s(), x, batch, rows, d, mods, shift, scale, y),
+        );
+    }
+    fn modulate_backward(
+        &self,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &CudaBuf,
+        shift: ModSlot,
+        scale: ModSlot,
+        dx: &mut CudaBuf,
+        dmods: &mut CudaBuf,
+    ) {
+        ok(
+            "modulate_backward",
+            self.kernels.modulate_backward(
+                self.s(),
+                dy,
+                x,
+                batch,
+                rows,
+                d,
+                mods,
+                shift,
+                scale,
+                dx,
+                dmods,
+            ),
+        );
+    }
+    fn gated_add_forward(
+        &self,
+        x: &mut CudaBuf,
+        y: &CudaBuf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &CudaBuf,
+        gate: ModSlot,
+    ) {
+        ok(
+            "gated_add_forward",
+            self.kernels
+                .gated_add_forward(self.s(), x, y, batch, rows, d, mods, gate),
+        );
+    }
+    fn gated_add_backward(
+        &self,
+        dx: &CudaBuf,
+        y: &CudaBuf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &CudaBuf,
+        gate: ModSlot,
+        dy: &mut CudaBuf,
+        dmods: &mut CudaBuf,
+    ) {
+        ok(
+            "gated_add_backward",
+            self.kernels
+                .gated_add_backward(self.s(), dx, y, batch, rows, d, mods, gate, dy, dmods),
+        );
+    }
+
+    // ---------------------------------------------------------------- rotary embedding
+    fn rope(
+        &self,
+        x: &mut CudaBuf,
+        batch: usize,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        cos: &CudaBuf,
+        sin: &CudaBuf,
+        inverse: bool,
+    ) {
+        ok(
+            "rope",
+            self.kernels.rope(
+                self.s(),
+                x,
+                batch,
+                tokens,
+                heads,
+                head_dim,
+                cos,
+                sin,
+                inverse,
+            ),
+        );
+    }
+
+    // ---------------------------------------------------------------- attention
+    fn attention_forward(
+        &self,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        shape: AttnShape,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+    ) {
+        ok(
+            "attention_forward",
+            super::attention::attention_forward(&self.kernels, self.s(), q, k, v, shape, out, lse),
+        );
+    }
+    fn attention_backward(
+        &self,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        dout: &CudaBuf,
+        shape: AttnShape,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+    ) {
+        ok(
+            "attention_backward",
+            super::attention::attention_backward(
+                &self.kernels,
+                self.s(),
+                q,
+                k,
+                v,
+                out,
+                lse,
+                dout,
+                shape,
+                dq,
+                dk,
+                dv,
+            ),
+        );
+    }
+
+    // ---------------------------------------------------------------- (un)patchify
+    fn patchify(&self, x: &CudaBuf, shape: PatchShape, order: PatchOrder, tokens: &mut CudaBuf) {
+        ok(
+            "patchify",
+            self.kernels.patchify(self.s(), x, shape, order, tokens),
+        );
+    }
+    fn unpatchify(&self, tokens: &CudaBuf, shape: PatchShape, order: PatchOrder, x: &mut CudaBuf) {
+        ok(
+            "unpatchify",
+            self.kernels.unpatchify(self.s(), tokens, shape, order, x),
+        );
+    }
+}

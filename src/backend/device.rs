@@ -1,0 +1,912 @@
+//! Choosing the device at run time: [`DeviceSpec`] (`cpu`, `cuda`, `cuda:N`, `auto`) and
+//! [`Device`], a [`Backend`] that is either the CPU or a CUDA backend and dispatches every op.
+//!
+//! Buffers and weights carry their device ([`DeviceBuf`], [`DeviceWeight`]); handing a buffer of
+//! one device to the other is a bug and panics with a message saying so.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::cpu::{Cpu, CpuWeight};
+use super::cuda::types::{CudaBuf, CudaWeight};
+use super::cuda::{Cuda, CudaError, CudaOptions};
+use super::{AdamWHyper, AttnShape, Backend, ModSlot, PatchOrder, PatchShape};
+use crate::tensor::{DType, Storage};
+
+/// Which device to compute on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// CUDA device `N` (`cuda:N`; `cuda` alone is `cuda:0`).
+    Cuda(usize),
+    /// The first CUDA device when one is usable, else the CPU.
+    #[default]
+    Auto,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "auto" => Ok(DeviceSpec::Auto),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            _ => {
+                let idx = t
+                    .strip_prefix("cuda:")
+                    .or_else(|| t.strip_prefix("gpu:"))
+                    .ok_or_else(|| {
+                        format!("unknown device {s:?}: expected cpu, cuda, cuda:N or auto")
+                    })?;
+                idx.parse::<usize>().map(DeviceSpec::Cuda).map_err(|_| {
+                    format!("unknown device {s:?}: the index in cuda:N must be a number")
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// The backend chosen at run time.
+pub enum Device {
+    Cpu(Cpu),
+    Cuda(Box<Cuda>),
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu(_) => f.write_str("Device::Cpu"),
+            Device::Cuda(c) => write!(f, "Device::Cuda({})", c.info()),
+        }
+    }
+}
+
+impl Device {
+    /// Opens the device `spec` names.
+    ///
+    /// - `cpu`: always succeeds.
+    /// - `cuda:N`: the CUDA backend on device `N`; when CUDA cannot be used (libraries, driver,
+    ///   device, kernel compilation), the error, or with `cpu_fallback` the CPU (logged at warn
+    ///   level with the reason).
+    /// - `auto`: the first CUDA device of compute capability 8.0 or newer when
+    ///   [`super::cuda::probe`] finds one, else the CPU (logged at info level). A device that
+    ///   probes fine but then fails to open (driver error, kernel compilation) is reported as an
+    ///   error unless `cpu_fallback`: a broken installation should not silently run 100x slower.
+    ///
+    /// Never panics.
+    pub fn open(
+        spec: DeviceSpec,
+        opts: &CudaOptions,
+        cpu_fallback: bool,
+    ) -> Result<Device, CudaError> {
+        match spec {
+            DeviceSpec::Cpu => Ok(Device::Cpu(Cpu)),
+            DeviceSpec::Cuda(index) => match Cuda::open(index, opts) {
+                Ok(c) => Ok(Device::Cuda(Box::new(c))),
+                Err(e) if cpu_fallback => {
+                    ::log::warn!("cuda:{index} unavailable ({e}); computing on the CPU instead");
+                    Ok(Device::Cpu(Cpu))
+                }
+                Err(e) => Err(e),
+            },
+            DeviceSpec::Auto => match super::cuda::probe(opts) {
+                Ok(devices) => match devices.iter().find(|d| d.compute_capability.0 >= 8) {
+                    Some(d) => Device::open(DeviceSpec::Cuda(d.index), opts, cpu_fallback),
+                    None => {
+                        ::log::info!(
+                            "device auto: no CUDA device of compute capability 8.0 or newer \
+                             ({}); computing on the CPU",
+                            devices
+                                .iter()
+                                .map(|d| d.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                        Ok(Device::Cpu(Cpu))
+                    }
+                },
+                Err(e) => {
+                    ::log::info!("device auto: no usable CUDA ({e}); computing on the CPU");
+                    Ok(Device::Cpu(Cpu))
+                }
+            },
+        }
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    /// The CUDA backend, if that is what this is.
+    pub fn cuda(&self) -> Option<&Cuda> {
+        match self {
+            Device::Cuda(c) => Some(c),
+            Device::Cpu(_) => None,
+        }
+    }
+
+    /// The spec that reopens this device (`cpu` or `cuda:N`).
+    pub fn spec(&self) -> DeviceSpec {
+        match self {
+            Device::Cpu(_) => DeviceSpec::Cpu,
+            Device::Cuda(c) => DeviceSpec::Cuda(c.info().index),
+        }
+    }
+
+    /// Waits for the device's queued work (nothing to wait for on the CPU).
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        match self {
+            Device::Cpu(_) => Ok(()),
+            Device::Cuda(c) => c.synchronize(),
+        }
+    }
+}
+
+/// A buffer of a [`Device`].
+pub enum DeviceBuf {
+    Cpu(Vec<f32>),
+    Cuda(CudaBuf),
+}
+
+/// A matrix weight of a [`Device`].
+pub enum DeviceWeight {
+    Cpu(CpuWeight),
+    Cuda(CudaWeight),
+}
+
+#[cold]
+#[inline(never)]
+fn mismatch(expect: &str) -> ! {
+    panic!("a buffer of the other device was passed to the {expect} backend (a bug in the caller)")
+}
+
+// Unwrapping helpers: the device's own variant, or a clear panic.
+fn c(b: &DeviceBuf) -> &Vec<f32> {
+    match b {
+        DeviceBuf::Cpu(v) => v,
+        DeviceBuf::Cuda(_) => mismatch("CPU"),
+    }
+}
+fn cm(b: &mut DeviceBuf) -> &mut Vec<f32> {
+    match b {
+        DeviceBuf::Cpu(v) => v,
+        DeviceBuf::Cuda(_) => mismatch("CPU"),
+    }
+}
+fn g(b: &DeviceBuf) -> &CudaBuf {
+    match b {
+        DeviceBuf::Cuda(v) => v,
+        DeviceBuf::Cpu(_) => mismatch("CUDA"),
+    }
+}
+fn gm(b: &mut DeviceBuf) -> &mut CudaBuf {
+    match b {
+        DeviceBuf::Cuda(v) => v,
+        DeviceBuf::Cpu(_) => mismatch("CUDA"),
+    }
+}
+fn cw(w: &DeviceWeight) -> &CpuWeight {
+    match w {
+        DeviceWeight::Cpu(w) => w,
+        DeviceWeight::Cuda(_) => mismatch("CPU"),
+    }
+}
+fn cwm(w: &mut DeviceWeight) -> &mut CpuWeight {
+    match w {
+        DeviceWeight::Cpu(w) => w,
+        DeviceWeight::Cuda(_) => mismatch("CPU"),
+    }
+}
+fn gw(w: &DeviceWeight) -> &CudaWeight {
+    match w {
+        DeviceWeight::Cuda(w) => w,
+        DeviceWeight::Cpu(_) => mismatch("CUDA"),
+    }
+}
+fn gwm(w: &mut DeviceWeight) -> &mut CudaWeight {
+    match w {
+        DeviceWeight::Cuda(w) => w,
+        DeviceWeight::Cpu(_) => mismatch("CUDA"),
+    }
+}
+
+impl Backend for Device {
+    type Buf = DeviceBuf;
+    type Weight = DeviceWeight;
+
+    fn name(&self) -> String {
+        match self {
+            Device::Cpu(b) => b.name(),
+            Device::Cuda(b) => b.name(),
+        }
+    }
+
+    fn zeros(&self, n: usize) -> DeviceBuf {
+        match self {
+            Device::Cpu(b) => DeviceBuf::Cpu(b.zeros(n)),
+            Device::Cuda(b) => DeviceBuf::Cuda(b.zeros(n)),
+        }
+    }
+    fn upload(&self, data: &[f32]) -> DeviceBuf {
+        match self {
+            Device::Cpu(b) => DeviceBuf::Cpu(b.upload(data)),
+            Device::Cuda(b) => DeviceBuf::Cuda(b.upload(data)),
+        }
+    }
+    fn download(&self, buf: &DeviceBuf) -> Vec<f32> {
+        match self {
+            Device::Cpu(b) => b.download(c(buf)),
+            Device::Cuda(b) => b.download(g(buf)),
+        }
+    }
+    fn len(&self, buf: &DeviceBuf) -> usize {
+        match buf {
+            DeviceBuf::Cpu(v) => v.len(),
+            DeviceBuf::Cuda(v) => v.len(),
+        }
+    }
+    fn fill_zero(&self, buf: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.fill_zero(cm(buf)),
+            Device::Cuda(b) => b.fill_zero(gm(buf)),
+        }
+    }
+    fn copy_range(
+        &self,
+        src: &DeviceBuf,
+        src_off: usize,
+        dst: &mut DeviceBuf,
+        dst_off: usize,
+        n: usize,
+    ) {
+        match self {
+            Device::Cpu(b) => b.copy_range(c(src), src_off, cm(dst), dst_off, n),
+            Device::Cuda(b) => b.copy_range(g(src), src_off, gm(dst), dst_off, n),
+        }
+    }
+    fn weight_from_host(&self, data: &Storage, rows: usize, cols: usize) -> DeviceWeight {
+        match self {
+            Device::Cpu(b) => DeviceWeight::Cpu(b.weight_from_host(data, rows, cols)),
+            Device::Cuda(b) => DeviceWeight::Cuda(b.weight_from_host(data, rows, cols)),
+        }
+    }
+    fn weight_to_host(&self, w: &DeviceWeight) -> Storage {
+        match self {
+            Device::Cpu(b) => b.weight_to_host(cw(w)),
+            Device::Cuda(b) => b.weight_to_host(gw(w)),
+        }
+    }
+    fn weight_dtype(&self, w: &DeviceWeight) -> DType {
+        match self {
+            Device::Cpu(b) => b.weight_dtype(cw(w)),
+            Device::Cuda(b) => b.weight_dtype(gw(w)),
+        }
+    }
+    fn weight_dims(&self, w: &DeviceWeight) -> (usize, usize) {
+        match self {
+            Device::Cpu(b) => b.weight_dims(cw(w)),
+            Device::Cuda(b) => b.weight_dims(gw(w)),
+        }
+    }
+    fn buf_bytes(&self, buf: &DeviceBuf) -> usize {
+        match self {
+            Device::Cpu(b) => b.buf_bytes(c(buf)),
+            Device::Cuda(b) => b.buf_bytes(g(buf)),
+        }
+    }
+
+    fn add_assign(&self, y: &mut DeviceBuf, x: &DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.add_assign(cm(y), c(x)),
+            Device::Cuda(b) => b.add_assign(gm(y), g(x)),
+        }
+    }
+    fn axpy(&self, alpha: f32, x: &DeviceBuf, y: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.axpy(alpha, c(x), cm(y)),
+            Device::Cuda(b) => b.axpy(alpha, g(x), gm(y)),
+        }
+    }
+    fn scale(&self, alpha: f32, x: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.scale(alpha, cm(x)),
+            Device::Cuda(b) => b.scale(alpha, gm(x)),
+        }
+    }
+    fn broadcast_add(
+        &self,
+        x: &DeviceBuf,
+        table: &DeviceBuf,
+        batch: usize,
+        w: usize,
+        k: usize,
+        out: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.broadcast_add(c(x), c(table), batch, w, k, cm(out)),
+            Device::Cuda(b) => b.broadcast_add(g(x), g(table), batch, w, k, gm(out)),
+        }
+    }
+    fn broadcast_add_backward(
+        &self,
+        dout: &DeviceBuf,
+        batch: usize,
+        w: usize,
+        k: usize,
+        dx: &mut DeviceBuf,
+        dtable: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.broadcast_add_backward(c(dout), batch, w, k, cm(dx), cm(dtable)),
+            Device::Cuda(b) => b.broadcast_add_backward(g(dout), batch, w, k, gm(dx), gm(dtable)),
+        }
+    }
+    fn silu_forward(&self, x: &DeviceBuf, y: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.silu_forward(c(x), cm(y)),
+            Device::Cuda(b) => b.silu_forward(g(x), gm(y)),
+        }
+    }
+    fn silu_backward(&self, x: &DeviceBuf, dy: &DeviceBuf, dx: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.silu_backward(c(x), c(dy), cm(dx)),
+            Device::Cuda(b) => b.silu_backward(g(x), g(dy), gm(dx)),
+        }
+    }
+    fn gelu_tanh_forward(&self, x: &DeviceBuf, y: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.gelu_tanh_forward(c(x), cm(y)),
+            Device::Cuda(b) => b.gelu_tanh_forward(g(x), gm(y)),
+        }
+    }
+    fn gelu_tanh_backward(&self, x: &DeviceBuf, dy: &DeviceBuf, dx: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.gelu_tanh_backward(c(x), c(dy), cm(dx)),
+            Device::Cuda(b) => b.gelu_tanh_backward(g(x), g(dy), gm(dx)),
+        }
+    }
+    fn gelu_erf_forward(&self, x: &DeviceBuf, y: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.gelu_erf_forward(c(x), cm(y)),
+            Device::Cuda(b) => b.gelu_erf_forward(g(x), gm(y)),
+        }
+    }
+    fn gelu_erf_backward(&self, x: &DeviceBuf, dy: &DeviceBuf, dx: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.gelu_erf_backward(c(x), c(dy), cm(dx)),
+            Device::Cuda(b) => b.gelu_erf_backward(g(x), g(dy), gm(dx)),
+        }
+    }
+    fn relu_forward(&self, x: &DeviceBuf, y: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.relu_forward(c(x), cm(y)),
+            Device::Cuda(b) => b.relu_forward(g(x), gm(y)),
+        }
+    }
+    fn relu_backward(&self, x: &DeviceBuf, dy: &DeviceBuf, dx: &mut DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.relu_backward(c(x), c(dy), cm(dx)),
+            Device::Cuda(b) => b.relu_backward(g(x), g(dy), gm(dx)),
+        }
+    }
+
+    fn sum_squares(&self, x: &DeviceBuf) -> f64 {
+        match self {
+            Device::Cpu(b) => b.sum_squares(c(x)),
+            Device::Cuda(b) => b.sum_squares(g(x)),
+        }
+    }
+
+    fn adamw_update(
+        &self,
+        param: &mut DeviceBuf,
+        grad: &DeviceBuf,
+        m: &mut DeviceBuf,
+        v: &mut DeviceBuf,
+        h: &AdamWHyper,
+    ) {
+        match self {
+            Device::Cpu(b) => b.adamw_update(cm(param), c(grad), cm(m), cm(v), h),
+            Device::Cuda(b) => b.adamw_update(gm(param), g(grad), gm(m), gm(v), h),
+        }
+    }
+    fn weight_assign(&self, w: &mut DeviceWeight, master: &DeviceBuf) {
+        match self {
+            Device::Cpu(b) => b.weight_assign(cwm(w), c(master)),
+            Device::Cuda(b) => b.weight_assign(gwm(w), g(master)),
+        }
+    }
+    fn weight_to_buf(&self, w: &DeviceWeight) -> DeviceBuf {
+        match self {
+            Device::Cpu(b) => DeviceBuf::Cpu(b.weight_to_buf(cw(w))),
+            Device::Cuda(b) => DeviceBuf::Cuda(b.weight_to_buf(gw(w))),
+        }
+    }
+
+    fn linear_forward(
+        &self,
+        x: &DeviceBuf,
+        n: usize,
+        w: &DeviceWeight,
+        bias: Option<&DeviceBuf>,
+        y: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.linear_forward(c(x), n, cw(w), bias.map(c), cm(y)),
+            Device::Cuda(b) => b.linear_forward(g(x), n, gw(w), bias.map(g), gm(y)),
+        }
+    }
+    fn linear_backward_input(
+        &self,
+        dy: &DeviceBuf,
+        n: usize,
+        w: &DeviceWeight,
+        dx: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.linear_backward_input(c(dy), n, cw(w), cm(dx)),
+            Device::Cuda(b) => b.linear_backward_input(g(dy), n, gw(w), gm(dx)),
+        }
+    }
+    fn linear_backward_weight(
+        &self,
+        dy: &DeviceBuf,
+        x: &DeviceBuf,
+        n: usize,
+        n_in: usize,
+        n_out: usize,
+        dw: &mut DeviceBuf,
+        db: Option<&mut DeviceBuf>,
+    ) {
+        match self {
+            Device::Cpu(b) => {
+                b.linear_backward_weight(c(dy), c(x), n, n_in, n_out, cm(dw), db.map(cm))
+            }
+            Device::Cuda(b) => {
+                b.linear_backward_weight(g(dy), g(x), n, n_in, n_out, gm(dw), db.map(gm))
+            }
+        }
+    }
+
+    fn layernorm_forward(
+        &self,
+        x: &DeviceBuf,
+        rows: usize,
+        d: usize,
+        weight: Option<&DeviceBuf>,
+        bias: Option<&DeviceBuf>,
+        eps: f32,
+        y: &mut DeviceBuf,
+        mean: &mut DeviceBuf,
+        rstd: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.layernorm_forward(
+                c(x),
+                rows,
+                d,
+                weight.map(c),
+                bias.map(c),
+                eps,
+                cm(y),
+                cm(mean),
+                cm(rstd),
+            ),
+            Device::Cuda(b) => b.layernorm_forward(
+                g(x),
+                rows,
+                d,
+                weight.map(g),
+                bias.map(g),
+                eps,
+                gm(y),
+                gm(mean),
+                gm(rstd),
+            ),
+        }
+    }
+    fn layernorm_backward(
+        &self,
+        dy: &DeviceBuf,
+        x: &DeviceBuf,
+        rows: usize,
+        d: usize,
+        weight: Option<&DeviceBuf>,
+        mean: &DeviceBuf,
+        rstd: &DeviceBuf,
+        dx: &mut DeviceBuf,
+        dweight: Option<&mut DeviceBuf>,
+        dbias: Option<&mut DeviceBuf>,
+    ) {
+        match self {
+            Device::Cpu(b) => b.layernorm_backward(
+                c(dy),
+                c(x),
+                rows,
+                d,
+                weight.map(c),
+                c(mean),
+                c(rstd),
+                cm(dx),
+                dweight.map(cm),
+                dbias.map(cm),
+            ),
+            Device::Cuda(b) => b.layernorm_backward(
+                g(dy),
+                g(x),
+                rows,
+                d,
+                weight.map(g),
+                g(mean),
+                g(rstd),
+                gm(dx),
+                dweight.map(gm),
+                dbias.map(gm),
+            ),
+        }
+    }
+    fn rmsnorm_forward(
+        &self,
+        x: &DeviceBuf,
+        rows: usize,
+        d: usize,
+        weight: &DeviceBuf,
+        eps: f32,
+        y: &mut DeviceBuf,
+        rstd: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.rmsnorm_forward(c(x), rows, d, c(weight), eps, cm(y), cm(rstd)),
+            Device::Cuda(b) => b.rmsnorm_forward(g(x), rows, d, g(weight), eps, gm(y), gm(rstd)),
+        }
+    }
+    fn rmsnorm_backward(
+        &self,
+        dy: &DeviceBuf,
+        x: &DeviceBuf,
+        rows: usize,
+        d: usize,
+        weight: &DeviceBuf,
+        rstd: &DeviceBuf,
+        dx: &mut DeviceBuf,
+        dweight: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.rmsnorm_backward(
+                c(dy),
+                c(x),
+                rows,
+                d,
+                c(weight),
+                c(rstd),
+                cm(dx),
+                cm(dweight),
+            ),
+            Device::Cuda(b) => b.rmsnorm_backward(
+                g(dy),
+                g(x),
+                rows,
+                d,
+                g(weight),
+                g(rstd),
+                gm(dx),
+                gm(dweight),
+            ),
+        }
+    }
+
+    fn modulate_forward(
+        &self,
+        x: &DeviceBuf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &DeviceBuf,
+        shift: ModSlot,
+        scale: ModSlot,
+        y: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => {
+                b.modulate_forward(c(x), batch, rows, d, c(mods), shift, scale, cm(y))
+            }
+            Device::Cuda(b) => {
+                b.modulate_forward(g(x), batch, rows, d, g(mods), shift, scale, gm(y))
+            }
+        }
+    }
+    fn modulate_backward(
+        &self,
+        dy: &DeviceBuf,
+        x: &DeviceBuf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &DeviceBuf,
+        shift: ModSlot,
+        scale: ModSlot,
+        dx: &mut DeviceBuf,
+        dmods: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.modulate_backward(
+                c(dy),
+                c(x),
+                batch,
+                rows,
+                d,
+                c(mods),
+                shift,
+                scale,
+                cm(dx),
+                cm(dmods),
+            ),
+            Device::Cuda(b) => b.modulate_backward(
+                g(dy),
+                g(x),
+                batch,
+                rows,
+                d,
+                g(mods),
+                shift,
+                scale,
+                gm(dx),
+                gm(dmods),
+            ),
+        }
+    }
+    fn gated_add_forward(
+        &self,
+        x: &mut DeviceBuf,
+        y: &DeviceBuf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &DeviceBuf,
+        gate: ModSlot,
+    ) {
+        match self {
+            Device::Cpu(b) => b.gated_add_forward(cm(x), c(y), batch, rows, d, c(mods), gate),
+            Device::Cuda(b) => b.gated_add_forward(gm(x), g(y), batch, rows, d, g(mods), gate),
+        }
+    }
+    fn gated_add_backward(
+        &self,
+        dx: &DeviceBuf,
+        y: &DeviceBuf,
+        batch: usize,
+        rows: usize,
+        d: usize,
+        mods: &DeviceBuf,
+        gate: ModSlot,
+        dy: &mut DeviceBuf,
+        dmods: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.gated_add_backward(
+                c(dx),
+                c(y),
+                batch,
+                rows,
+                d,
+                c(mods),
+                gate,
+                cm(dy),
+                cm(dmods),
+            ),
+            Device::Cuda(b) => b.gated_add_backward(
+                g(dx),
+                g(y),
+                batch,
+                rows,
+                d,
+                g(mods),
+                gate,
+                gm(dy),
+                gm(dmods),
+            ),
+        }
+    }
+
+    fn rope(
+        &self,
+        x: &mut DeviceBuf,
+        batch: usize,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        cos: &DeviceBuf,
+        sin: &DeviceBuf,
+        inverse: bool,
+    ) {
+        match self {
+            Device::Cpu(b) => b.rope(
+                cm(x),
+                batch,
+                tokens,
+                heads,
+                head_dim,
+                c(cos),
+                c(sin),
+                inverse,
+            ),
+            Device::Cuda(b) => b.rope(
+                gm(x),
+                batch,
+                tokens,
+                heads,
+                head_dim,
+                g(cos),
+                g(sin),
+                inverse,
+            ),
+        }
+    }
+
+    fn attention_forward(
+        &self,
+        q: &DeviceBuf,
+        k: &DeviceBuf,
+        v: &DeviceBuf,
+        shape: AttnShape,
+        out: &mut DeviceBuf,
+        lse: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.attention_forward(c(q), c(k), c(v), shape, cm(out), cm(lse)),
+            Device::Cuda(b) => b.attention_forward(g(q), g(k), g(v), shape, gm(out), gm(lse)),
+        }
+    }
+    fn attention_backward(
+        &self,
+        q: &DeviceBuf,
+        k: &DeviceBuf,
+        v: &DeviceBuf,
+        out: &DeviceBuf,
+        lse: &DeviceBuf,
+        dout: &DeviceBuf,
+        shape: AttnShape,
+        dq: &mut DeviceBuf,
+        dk: &mut DeviceBuf,
+        dv: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.attention_backward(
+                c(q),
+                c(k),
+                c(v),
+                c(out),
+                c(lse),
+                c(dout),
+                shape,
+                cm(dq),
+                cm(dk),
+                cm(dv),
+            ),
+            Device::Cuda(b) => b.attention_backward(
+                g(q),
+                g(k),
+                g(v),
+                g(out),
+                g(lse),
+                g(dout),
+                shape,
+                gm(dq),
+                gm(dk),
+                gm(dv),
+            ),
+        }
+    }
+
+    fn patchify(
+        &self,
+        x: &DeviceBuf,
+        shape: PatchShape,
+        order: PatchOrder,
+        tokens: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.patchify(c(x), shape, order, cm(tokens)),
+            Device::Cuda(b) => b.patchify(g(x), shape, order, gm(tokens)),
+        }
+    }
+    fn unpatchify(
+        &self,
+        tokens: &DeviceBuf,
+        shape: PatchShape,
+        order: PatchOrder,
+        x: &mut DeviceBuf,
+    ) {
+        match self {
+            Device::Cpu(b) => b.unpatchify(c(tokens), shape, order, cm(x)),
+            Device::Cuda(b) => b.unpatchify(g(tokens), shape, order, gm(x)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print() {
+        for (text, spec) in [
+            ("cpu", DeviceSpec::Cpu),
+            ("CPU", DeviceSpec::Cpu),
+            ("auto", DeviceSpec::Auto),
+            ("cuda", DeviceSpec::Cuda(0)),
+            ("cuda:0", DeviceSpec::Cuda(0)),
+            ("cuda:3", DeviceSpec::Cuda(3)),
+            (" cuda:1 ", DeviceSpec::Cuda(1)),
+        ] {
+            assert_eq!(text.parse::<DeviceSpec>().unwrap(), spec, "{text}");
+        }
+        for spec in [DeviceSpec::Cpu, DeviceSpec::Auto, DeviceSpec::Cuda(2)] {
+            assert_eq!(spec.to_string().parse::<DeviceSpec>().unwrap(), spec);
+        }
+        assert_eq!(DeviceSpec::Cuda(0).to_string(), "cuda:0");
+        for bad in ["", "tpu", "cuda:", "cuda:x", "cuda:-1", "cuda0"] {
+            let e = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(
+                e.contains("cpu, cuda, cuda:N or auto") || e.contains("number"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_opens_and_computes() {
+        let d = Device::open(DeviceSpec::Cpu, &CudaOptions::default(), false).unwrap();
+        assert!(!d.is_cuda());
+        assert_eq!(d.spec(), DeviceSpec::Cpu);
+        let x = d.upload(&[1.0, 2.0, 3.0]);
+        let mut y = d.zeros(3);
+        d.axpy(2.0, &x, &mut y);
+        assert_eq!(d.download(&y), vec![2.0, 4.0, 6.0]);
+        let w = d.weight_from_host(&Storage::F32(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0]), 2, 3);
+        let mut out = d.zeros(2);
+        d.linear_forward(&x, 1, &w, None, &mut out);
+        assert_eq!(d.download(&out), vec![1.0, 6.0]);
+        d.synchronize().unwrap();
+    }
+
+    /// Where CUDA is usable these open a GPU; elsewhere (the usual CI machine) they check the
+    /// error paths. Neither may panic.
+    #[test]
+    fn cuda_without_a_gpu_is_an_error_or_a_fallback_never_a_panic() {
+        let opts = CudaOptions::default();
+        let have_gpu = super::super::cuda::probe(&opts).is_ok();
+        match Device::open(DeviceSpec::Cuda(0), &opts, false) {
+            Ok(d) => assert!(have_gpu && d.is_cuda()),
+            Err(e) => {
+                assert!(!have_gpu, "probe found a GPU but it failed to open: {e}");
+                assert!(
+                    matches!(e, CudaError::LibraryMissing { .. } | CudaError::NoDevice),
+                    "{e:?}"
+                );
+                assert!(!e.to_string().is_empty());
+            }
+        }
+        let d = Device::open(DeviceSpec::Cuda(0), &opts, true).unwrap();
+        assert_eq!(d.is_cuda(), have_gpu);
+        let d = Device::open(DeviceSpec::Auto, &opts, false).unwrap();
+        assert_eq!(d.is_cuda(), have_gpu);
+        // An index past the last device.
+        match Device::open(DeviceSpec::Cuda(1000), &opts, false) {
+            Err(CudaError::BadIndex { index: 1000, .. }) => assert!(have_gpu),
+            Err(CudaError::LibraryMissing { .. } | CudaError::NoDevice) => assert!(!have_gpu),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

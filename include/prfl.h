@@ -10,6 +10,7 @@
  *   producers: prfl_submit_labeled / prfl_submit_pair (clean latents + text states)
  *   trainer:   prfl_step(rt, PRFL_STEP_REWARD, &stats), or prfl_start / prfl_stop
  *   prfl_score / prfl_score_batch;  prfl_save / prfl_load;  prfl_destroy(rt)
+ *   early rejection: prfl_select_candidates (the host's sampler) or prfl_sample_early_reject
  *
  * Conventions
  * - Every fallible call returns a PrflStatus; on failure prfl_last_error() names the problem.
@@ -32,9 +33,10 @@
  * - prfl_step runs on the calling thread (seconds to minutes on a real model). prfl_start runs
  *   steps on a background thread instead; while it runs, prfl_step, prfl_save, prfl_load,
  *   prfl_init_reward, prfl_load_reward and the generator loads return PRFL_ERR_BUSY.
- * - Training steps and scoring share the reward model: prfl_score / prfl_score_batch run
- *   concurrently with each other but wait while a step (foreground or background) holds the
- *   model, i.e. up to one step; a step waits for scores in progress. Submissions and
+ * - Training steps and scoring share the reward model: prfl_score / prfl_score_batch /
+ *   prfl_select_candidates / prfl_sample_early_reject run concurrently with each other but wait
+ *   while a step (foreground or background) holds the model, i.e. up to one step; a step waits
+ *   for scores and samplings in progress. Submissions and
  *   prfl_queue_stats never wait for a step; prfl_stop waits for the step in progress.
  * - The log callback is process-wide and may be called from any thread, including the
  *   background trainer's.
@@ -57,6 +59,12 @@
  * structs is not one (`struct_size` handles it).
  */
 #define PRFL_ABI_VERSION 1
+
+/**
+ * The most sampling steps `prfl_sample_early_reject` takes (the grid's timesteps are whole
+ * numbers in [0, 1000), so more steps would only repeat them).
+ */
+#define PRFL_MAX_SAMPLE_STEPS 1000
 
 /**
  * What a submission does when every queue slot is taken.
@@ -130,6 +138,27 @@ enum PrflRewardLoss
 };
 #ifndef __cplusplus
 typedef int32_t PrflRewardLoss;
+#endif // __cplusplus
+
+/**
+ * The solver `prfl_sample_early_reject` integrates with.
+ */
+enum PrflSolver
+#ifdef __cplusplus
+  : int32_t
+#endif // __cplusplus
+ {
+    /**
+     * UniPC, order 2 (bh2, predict-x0, UniC corrector): Wan2.1's sampler. The default.
+     */
+    PRFL_SOLVER_UNIPC = 0,
+    /**
+     * First-order Euler on the flow-matching ODE.
+     */
+    PRFL_SOLVER_EULER = 1,
+};
+#ifndef __cplusplus
+typedef int32_t PrflSolver;
 #endif // __cplusplus
 
 /**
@@ -432,6 +461,84 @@ typedef struct PrflStepStats {
 } PrflStepStats;
 
 /**
+ * How `prfl_sample_early_reject` samples. Fill it with `prfl_sample_config_default` (every
+ * field 0 = its default), then change fields. Read up to `struct_size` bytes: fields appended
+ * in later versions get their defaults for an older caller.
+ */
+typedef struct PrflSampleConfig {
+    /**
+     * Set by the caller to `sizeof(PrflSampleConfig)` (`prfl_sample_config_default` does).
+     */
+    uint32_t struct_size;
+    /**
+     * Sampling steps N (at least 2) on the Wan2.1 reference grid; 0 = the runtime's
+     * `prfl_steps`.
+     */
+    uint32_t steps;
+    /**
+     * Flow-matching shift of the grid (finite, positive); 0 = the runtime's `shift`.
+     */
+    float shift;
+    /**
+     * A `PrflSolver`; 0 = `PRFL_SOLVER_UNIPC`.
+     */
+    int32_t solver;
+    /**
+     * Solver steps taken before the candidates are scored, in `1 ..= steps - 1`: the reward model
+     * reads the latents `x_s` at the grid's timestep `t_s`. 0 = `2 * steps / 5` (at least 1),
+     * e.g. 4 of 10 steps.
+     */
+    uint32_t reject_at_step;
+    /**
+     * Candidates finished, in `1 ..= count`; `count` samples every candidate with no rejection
+     * (and needs no reward model). 0 = `count / 4` (at least 1).
+     */
+    uint32_t keep;
+} PrflSampleConfig;
+
+/**
+ * What one `prfl_sample_early_reject` call cost. Costs count per-sample model evaluations (one
+ * latent through the model at one step).
+ */
+typedef struct PrflSampleStats {
+    /**
+     * Set by the caller to `sizeof(PrflSampleStats)` before the call.
+     */
+    uint32_t struct_size;
+    /**
+     * The timestep (in [0, 1000]) the reward model scored the candidates at; NaN when
+     * `keep == count` (no rejection).
+     */
+    float reject_timestep;
+    /**
+     * Generator evaluations spent.
+     */
+    uint64_t generator_evals;
+    /**
+     * Reward-model evaluations spent (`count` when rejecting, else 0).
+     */
+    uint64_t reward_evals;
+    /**
+     * Generator evaluations of sampling every candidate to the end (`count * steps`).
+     */
+    uint64_t full_generator_evals;
+    /**
+     * The price of one reward evaluation in generator evaluations: the reward model's blocks
+     * over the generator's (it runs the generator's first blocks); 0 when `keep == count`.
+     */
+    double reward_cost;
+    /**
+     * `1 - (generator_evals + reward_cost * reward_evals) / full_generator_evals`: the fraction
+     * of full sampling's compute saved (0 when `keep == count`).
+     */
+    double saved_fraction;
+    /**
+     * Wall time of the call (building the sampling generator on first use included).
+     */
+    double seconds;
+} PrflSampleStats;
+
+/**
  * The queue's counters. At any moment with no call in flight:
  * `submitted = accepted + rejected_full + rejected_invalid` and
  * `accepted = consumed + dropped_oldest + queued`.
@@ -484,6 +591,10 @@ typedef struct PrflQueueStats {
  * caller), and must not unwind (throw) into the library.
  */
 typedef void (*PrflLogCallback)(void *user, int32_t level, const char *message);
+
+
+
+
 
 
 
@@ -692,6 +803,84 @@ PrflStatus prfl_score_batch(struct PrflRuntime *rt,
                             const float *text,
                             size_t text_len,
                             float *out_scores);
+
+/**
+ * Early rejection for a host that runs its own sampler: scores `count` candidates' noisy
+ * latents, all at the sampler's current `timestep` (raw value in [0, 1000], as `prfl_score`),
+ * and writes the indices (0-based, into the candidates) of the best `keep` to `out_kept`,
+ * BEST FIRST; equal scores keep the lower index first, as `prfl_sample_early_reject` does. The
+ * host then finishes only those. `latents` holds `count x latent_len` floats, `text`
+ * `count x text_len` (one text per candidate, as `prfl_score_batch`; `latent_len` and
+ * `text_len` are per candidate), `out_kept` `keep` indices; `out_scores`, when not NULL,
+ * receives all `count` scores in candidate order. `keep` is in `1 ..= count`.
+ * Concurrency as `prfl_score`.
+ * Errors: `PRFL_ERR_NULL_POINTER`, `PRFL_ERR_SHAPE`, `PRFL_ERR_NON_FINITE`,
+ * `PRFL_ERR_INVALID_ARGUMENT` (count 0, keep outside 1..=count, timestep outside [0, 1000]),
+ * `PRFL_ERR_NOT_LOADED` (no reward model).
+ *
+ * # Safety
+ * `rt` is a live handle; the arrays hold the stated numbers of elements; the outputs do not
+ * overlap the inputs.
+ */
+PrflStatus prfl_select_candidates(struct PrflRuntime *rt,
+                                  const float *latents,
+                                  size_t count,
+                                  size_t latent_len,
+                                  float timestep,
+                                  const float *text,
+                                  size_t text_len,
+                                  size_t keep,
+                                  uint32_t *out_kept,
+                                  float *out_scores);
+
+/**
+ * Fills `*out` with the sampling defaults: every field 0 (= its default, see
+ * `PrflSampleConfig`) and `struct_size = sizeof(PrflSampleConfig)`. NULL is a no-op.
+ *
+ * # Safety
+ * A non-null `out` points to a writable `PrflSampleConfig`.
+ */
+void prfl_sample_config_default(struct PrflSampleConfig *out);
+
+/**
+ * Early rejection with the library's sampler: starts `count` candidates from `noise`
+ * (`count x latent_len` floats, standard normal) under `text` (`count x text_len`, one text per
+ * candidate), takes `config->reject_at_step` solver steps, scores them with the reward model
+ * there, and samples only the best `config->keep` to the end (ties keep the lower index).
+ * Writes the survivors' clean latents to `out_latents` (`keep x latent_len` floats) and their
+ * candidate indices to `out_kept` (`keep` values), both IN CANDIDATE ORDER (row k of
+ * `out_latents` is candidate `out_kept[k]`); `*out_stats` (NULL = not wanted; set its
+ * `struct_size` first) gets the cost. `keep == count` samples every candidate with no
+ * rejection (no reward model needed). A survivor ends where sampling it alone would (up to the
+ * summation order of a different batch size). `config` NULL = every default.
+ *
+ * The generator is the PRFL trainer's (fine-tuned, LoRA included) once a PRFL step has built
+ * it; before that, a whole inference copy of the loaded generator, built on the first call and
+ * kept (memory: the generator's weights on the device) until another generator is loaded or
+ * the PRFL trainer exists. Candidates run through the models in chunks of `batch_size`.
+ * Concurrency as `prfl_score`: runs beside scoring and beside the background trainer, waits
+ * while a training step holds the models, and a step waits for the whole sampling call.
+ * Errors: `PRFL_ERR_NULL_POINTER`, `PRFL_ERR_SHAPE`, `PRFL_ERR_NON_FINITE` (noise, text),
+ * `PRFL_ERR_INVALID_ARGUMENT` (count 0, keep outside 1..=count, steps outside 2..=1000,
+ * reject_at_step outside 1..steps, shift not positive), `PRFL_ERR_UNKNOWN_ENUM` (solver),
+ * `PRFL_ERR_VERSION` (a `struct_size`), `PRFL_ERR_NOT_LOADED` (no generator; no reward model
+ * when rejecting).
+ *
+ * # Safety
+ * `rt` is a live handle; the arrays hold the stated numbers of elements; a non-null `config`
+ * points to `config->struct_size` readable bytes; a non-null `out_stats` to a writable
+ * `PrflSampleStats` of `out_stats->struct_size` bytes; the outputs do not overlap the inputs.
+ */
+PrflStatus prfl_sample_early_reject(struct PrflRuntime *rt,
+                                    const float *noise,
+                                    size_t count,
+                                    size_t latent_len,
+                                    const float *text,
+                                    size_t text_len,
+                                    const struct PrflSampleConfig *config,
+                                    float *out_latents,
+                                    uint32_t *out_kept,
+                                    struct PrflSampleStats *out_stats);
 
 /**
  * Starts the background trainer: a thread that runs a step of `mode` whenever a full batch is

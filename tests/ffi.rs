@@ -20,7 +20,7 @@ use prfl::ffi::status::PrflStatus::{self, *};
 use prfl::ffi::testing;
 use prfl::ffi::{
     PrflBackpressure, PrflConfig, PrflDevice, PrflQueueStats, PrflRewardLoss, PrflRuntime,
-    PrflStepMode, PrflStepStats,
+    PrflSampleConfig, PrflSampleStats, PrflSolver, PrflStepMode, PrflStepStats,
 };
 use prfl::model::checkpoint::save_checkpoint;
 use prfl::model::init::random_weights;
@@ -1384,4 +1384,812 @@ fn bad_inputs_get_distinct_statuses_and_messages() {
     drop(ready_rt);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&set);
+}
+
+// ------------------------------------------------------------------ early rejection
+
+/// `count` candidates' starting noise (standard normal) and texts (one per candidate).
+fn candidates(count: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut noise = vec![0.0f32; count * LATENT];
+    prfl::schedule::Rng::seed_from_u64(seed).fill_normal(&mut noise);
+    let texts: Vec<f32> = (0..count).flat_map(text).collect();
+    (noise, texts)
+}
+
+fn sample_config(steps: u32, at: u32, keep: u32, solver: PrflSolver) -> PrflSampleConfig {
+    let mut c = PrflSampleConfig::default();
+    // SAFETY: a valid out pointer.
+    unsafe { prfl_sample_config_default(&mut c) };
+    assert_eq!(
+        c.struct_size as usize,
+        std::mem::size_of::<PrflSampleConfig>()
+    );
+    c.steps = steps;
+    c.reject_at_step = at;
+    c.keep = keep;
+    c.solver = solver as i32;
+    c
+}
+
+fn empty_sample_stats() -> PrflSampleStats {
+    PrflSampleStats {
+        struct_size: std::mem::size_of::<PrflSampleStats>() as u32,
+        ..Default::default()
+    }
+}
+
+/// Runs `prfl_sample_early_reject`: (status, survivors' latents, their indices, stats).
+fn sample_er(
+    rt: &Rt,
+    noise: &[f32],
+    texts: &[f32],
+    cfg: &PrflSampleConfig,
+    keep: usize,
+) -> (PrflStatus, Vec<f32>, Vec<u32>, PrflSampleStats) {
+    let count = noise.len() / LATENT;
+    let mut latents = vec![f32::NAN; keep * LATENT];
+    let mut kept = vec![u32::MAX; keep];
+    let mut stats = empty_sample_stats();
+    // SAFETY: arrays of the stated lengths.
+    let s = unsafe {
+        prfl_sample_early_reject(
+            rt.0,
+            noise.as_ptr(),
+            count,
+            LATENT,
+            texts.as_ptr(),
+            TEXT,
+            cfg,
+            latents.as_mut_ptr(),
+            kept.as_mut_ptr(),
+            &mut stats,
+        )
+    };
+    (s, latents, kept, stats)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+#[test]
+fn select_candidates_returns_the_top_k_of_score_batch() {
+    let rt = ready(&config());
+    let n = 7;
+    // Candidate 5 repeats candidate 1 (same latent, same text, same chunk position): a tie.
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx[5] = 1;
+    let latents: Vec<f32> = idx.iter().flat_map(|&i| latent(i)).collect();
+    let texts: Vec<f32> = idx.iter().flat_map(|&i| text(i)).collect();
+    let t = 600.0f32;
+    let mut batch = vec![0.0f32; n];
+    ok(unsafe {
+        prfl_score_batch(
+            rt.0,
+            latents.as_ptr(),
+            n,
+            LATENT,
+            vec![t; n].as_ptr(),
+            texts.as_ptr(),
+            TEXT,
+            batch.as_mut_ptr(),
+        )
+    });
+    assert_eq!(batch[1].to_bits(), batch[5].to_bits(), "{batch:?}");
+    let mut want: Vec<usize> = (0..n).collect();
+    want.sort_by(|&a, &b| batch[b].partial_cmp(&batch[a]).unwrap().then(a.cmp(&b)));
+    for keep in 1..=n {
+        let mut kept = vec![u32::MAX; keep];
+        let mut scores = vec![f32::NAN; n];
+        ok(unsafe {
+            prfl_select_candidates(
+                rt.0,
+                latents.as_ptr(),
+                n,
+                LATENT,
+                t,
+                texts.as_ptr(),
+                TEXT,
+                keep,
+                kept.as_mut_ptr(),
+                scores.as_mut_ptr(),
+            )
+        });
+        let got: Vec<usize> = kept.iter().map(|&k| k as usize).collect();
+        assert_eq!(got, want[..keep], "keep {keep}: scores {batch:?}");
+        assert_eq!(scores, batch);
+        // Scores are optional.
+        let mut again = vec![u32::MAX; keep];
+        ok(unsafe {
+            prfl_select_candidates(
+                rt.0,
+                latents.as_ptr(),
+                n,
+                LATENT,
+                t,
+                texts.as_ptr(),
+                TEXT,
+                keep,
+                again.as_mut_ptr(),
+                null_mut(),
+            )
+        });
+        assert_eq!(again, kept);
+    }
+    // The tie keeps the lower index first.
+    let p1 = want.iter().position(|&i| i == 1).unwrap();
+    let p5 = want.iter().position(|&i| i == 5).unwrap();
+    assert!(p1 < p5);
+}
+
+#[test]
+fn sample_early_reject_equals_plain_sampling_for_its_survivors() {
+    use prfl::backend::cpu::Cpu;
+    use prfl::finetune::sample::{sample, Cond, SamplingPlan};
+    use prfl::model::wan::{VideoShape, WanModel};
+    use prfl::schedule::SolverKind;
+
+    let rt = ready(&config());
+    let (n, steps) = (5usize, 4u32);
+    let (noise, texts) = candidates(n, 11);
+
+    // keep == count: plain sampling, equal to the library's sampler run on each candidate alone.
+    let all_cfg = sample_config(steps, 2, n as u32, PrflSolver::PRFL_SOLVER_UNIPC);
+    let (s, all, kept, stats) = sample_er(&rt, &noise, &texts, &all_cfg, n);
+    ok(s);
+    assert_eq!(kept, (0..n as u32).collect::<Vec<_>>());
+    assert_eq!(
+        stats.struct_size as usize,
+        std::mem::size_of::<PrflSampleStats>()
+    );
+    assert_eq!(stats.generator_evals, (n * steps as usize) as u64);
+    assert_eq!(stats.full_generator_evals, stats.generator_evals);
+    assert_eq!(stats.reward_evals, 0);
+    assert_eq!(stats.saved_fraction, 0.0);
+    assert!(stats.reject_timestep.is_nan());
+    assert!(stats.seconds > 0.0);
+
+    let cfg = wan();
+    let generator = WanModel::new(&Cpu, cfg.clone(), &random_weights(&cfg, 1), None).unwrap();
+    let plan = SamplingPlan::wan(steps as usize, 5.0, SolverKind::UniPc).unwrap();
+    let shape = VideoShape {
+        batch: 1,
+        frames: F,
+        height: H,
+        width: W,
+    };
+    for c in 0..n {
+        let t = texts[c * TEXT..(c + 1) * TEXT].to_vec();
+        let cond = Cond::<Cpu> {
+            text: &t,
+            text_len: TEXT_LEN,
+            y: None,
+            clip: None,
+            image_len: 0,
+        };
+        let alone = sample(
+            &Cpu,
+            &generator,
+            shape,
+            &cond,
+            None,
+            &plan,
+            noise[c * LATENT..(c + 1) * LATENT].to_vec(),
+        )
+        .unwrap();
+        let d = max_diff(&alone, &all[c * LATENT..(c + 1) * LATENT]);
+        assert!(
+            d < 1e-5,
+            "candidate {c} differs from sampling it alone by {d}"
+        );
+    }
+
+    // A second plain call repeats the first bit for bit (the cached generator).
+    let (s, again, _, _) = sample_er(&rt, &noise, &texts, &all_cfg, n);
+    ok(s);
+    assert_eq!(
+        again.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        all.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+
+    // keep < count: the survivors are the best scored at the rejection step and end where
+    // sampling every candidate ends them.
+    for solver in [PrflSolver::PRFL_SOLVER_UNIPC, PrflSolver::PRFL_SOLVER_EULER] {
+        let keep = 2;
+        let cfg_er = sample_config(steps, 2, keep as u32, solver);
+        let (s, survivors, kept, stats) = sample_er(&rt, &noise, &texts, &cfg_er, keep);
+        ok(s);
+        assert!(
+            kept.windows(2).all(|w| w[0] < w[1]),
+            "candidate order: {kept:?}"
+        );
+        let reference = if solver == PrflSolver::PRFL_SOLVER_UNIPC {
+            all.clone()
+        } else {
+            let plain = sample_config(steps, 2, n as u32, solver);
+            let (s, plain, _, _) = sample_er(&rt, &noise, &texts, &plain, n);
+            ok(s);
+            plain
+        };
+        for (k, &c) in kept.iter().enumerate() {
+            let c = c as usize;
+            let d = max_diff(
+                &survivors[k * LATENT..(k + 1) * LATENT],
+                &reference[c * LATENT..(c + 1) * LATENT],
+            );
+            assert!(d < 1e-5, "{solver:?}: survivor {c} differs by {d}");
+        }
+        // Costs: n candidates for 2 steps, then `keep` for the other 2; n reward evaluations.
+        let steps = steps as u64;
+        assert_eq!(
+            stats.generator_evals,
+            n as u64 * 2 + keep as u64 * (steps - 2)
+        );
+        assert_eq!(stats.reward_evals, n as u64);
+        assert_eq!(stats.full_generator_evals, n as u64 * steps);
+        // One of the tiny generator's two blocks.
+        assert_eq!(stats.reward_cost, 0.5);
+        let want = 1.0
+            - (stats.generator_evals as f64 + 0.5 * stats.reward_evals as f64)
+                / stats.full_generator_evals as f64;
+        assert!((stats.saved_fraction - want).abs() < 1e-12);
+        assert!(stats.saved_fraction > 0.0, "{stats:?}");
+        assert!((0.0..=1000.0).contains(&stats.reject_timestep));
+    }
+}
+
+#[test]
+fn sample_early_reject_keeps_what_select_candidates_would_keep() {
+    // A host driving select_candidates at the rejection step chooses the same survivors as the
+    // library: emulate it with the trace of the library's rollout, scored through the C ABI.
+    use prfl::backend::cpu::Cpu;
+    use prfl::finetune::sample::SamplingPlan;
+    use prfl::model::wan::{Inputs, Mode, VideoShape, WanModel};
+    use prfl::schedule::SolverKind;
+
+    let rt = ready(&config());
+    let (n, steps, at, keep) = (6usize, 5usize, 2usize, 3usize);
+    let (noise, texts) = candidates(n, 23);
+    let cfg_er = sample_config(
+        steps as u32,
+        at as u32,
+        keep as u32,
+        PrflSolver::PRFL_SOLVER_EULER,
+    );
+    let (s, _, kept, stats) = sample_er(&rt, &noise, &texts, &cfg_er, keep);
+    ok(s);
+
+    // The host's own sampler: Euler, each candidate alone, `at` steps.
+    let cfg = wan();
+    let generator = WanModel::new(&Cpu, cfg.clone(), &random_weights(&cfg, 1), None).unwrap();
+    let plan = SamplingPlan::wan(steps, 5.0, SolverKind::Euler).unwrap();
+    let shape = VideoShape {
+        batch: 1,
+        frames: F,
+        height: H,
+        width: W,
+    };
+    let mut xs = Vec::new();
+    let mut t_at = 0.0;
+    for c in 0..n {
+        let mut sampler = plan.sampler::<Cpu>().unwrap();
+        let mut x = noise[c * LATENT..(c + 1) * LATENT].to_vec();
+        let text_c = texts[c * TEXT..(c + 1) * TEXT].to_vec();
+        for i in 0..at {
+            let t = [sampler.timestep(i)];
+            let inputs = Inputs {
+                shape,
+                x: &x,
+                t: &t,
+                context: &text_c,
+                text_len: TEXT_LEN,
+                y: None,
+                clip: None,
+                image_len: 0,
+            };
+            let (v, _) = generator.forward(&Cpu, &inputs, Mode::Inference).unwrap();
+            x = sampler.step(&Cpu, &v, &x);
+        }
+        t_at = sampler.timestep(at);
+        xs.extend(x);
+    }
+    assert_eq!(t_at, stats.reject_timestep);
+    let mut chosen = vec![0u32; keep];
+    ok(unsafe {
+        prfl_select_candidates(
+            rt.0,
+            xs.as_ptr(),
+            n,
+            LATENT,
+            t_at,
+            texts.as_ptr(),
+            TEXT,
+            keep,
+            chosen.as_mut_ptr(),
+            null_mut(),
+        )
+    });
+    chosen.sort_unstable();
+    assert_eq!(chosen, kept);
+}
+
+#[test]
+fn sampling_follows_the_generator_the_runtime_holds() {
+    let c = config();
+    let (n, keep) = (4usize, 4usize);
+    let (noise, texts) = candidates(n, 5);
+    let cfg = sample_config(3, 0, 0, PrflSolver::PRFL_SOLVER_UNIPC);
+    let plain = sample_config(3, 0, keep as u32, PrflSolver::PRFL_SOLVER_UNIPC);
+
+    // Plain sampling needs no reward model; rejection does.
+    let rt = create(&c);
+    let path = cstr(generator_dir());
+    assert_eq!(
+        sample_er(&rt, &noise, &texts, &plain, keep).0,
+        PRFL_ERR_NOT_LOADED
+    );
+    assert!(last_error().contains("generator"), "{}", last_error());
+    ok(unsafe { prfl_load_generator(rt.0, path.as_ptr()) });
+    let (s, before, _, _) = sample_er(&rt, &noise, &texts, &plain, keep);
+    ok(s);
+    // Defaults: keep count / 4 = 1 at step 2 * 3 / 5 = 1; that needs the reward model.
+    assert_eq!(
+        sample_er(&rt, &noise, &texts, &cfg, 1).0,
+        PRFL_ERR_NOT_LOADED
+    );
+    assert!(last_error().contains("reward"), "{}", last_error());
+    // Loading a generator again drops the cached copy (same weights here: same result).
+    ok(unsafe { prfl_load_generator(rt.0, path.as_ptr()) });
+    ok(unsafe { prfl_init_reward(rt.0) });
+    let (s, again, _, _) = sample_er(&rt, &noise, &texts, &plain, keep);
+    ok(s);
+    assert_eq!(before, again);
+    let (s, _, kept, stats) = sample_er(&rt, &noise, &texts, &cfg, 1);
+    ok(s);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(stats.reward_evals, n as u64);
+
+    // Beside the background trainer (which only waits for samples here): sampling works.
+    ok(unsafe { prfl_start(rt.0, PrflStepMode::PRFL_STEP_REWARD as i32) });
+    let (s, beside, _, _) = sample_er(&rt, &noise, &texts, &plain, keep);
+    ok(s);
+    assert_eq!(before, beside);
+    ok(unsafe { prfl_stop(rt.0) });
+
+    // After a PRFL step, sampling uses the fine-tuned generator.
+    for i in 0..2 {
+        assert_eq!(submit_labeled(&rt, i, 1.0), PRFL_OK);
+    }
+    let (s, st) = step(&rt, PrflStepMode::PRFL_STEP_PRFL);
+    assert_eq!(s, PRFL_OK, "{}", last_error());
+    assert!(st.grad_norm.is_finite() && st.grad_norm > 0.0, "{st:?}");
+    let (s, after, _, _) = sample_er(&rt, &noise, &texts, &plain, keep);
+    ok(s);
+    assert_ne!(before, after, "sampling ignored the fine-tuned generator");
+    assert!(after.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn early_rejection_bad_inputs_get_statuses_and_leave_the_runtime_usable() {
+    let rt_box = ready(&config());
+    let rt = rt_box.0 as usize;
+    let p = move || rt as *mut PrflRuntime;
+    const N: usize = 4;
+    // select_candidates with every argument overridable.
+    #[allow(clippy::type_complexity)]
+    let select = move |lat: Option<Vec<f32>>,
+                       count: usize,
+                       ll: usize,
+                       t: f32,
+                       tl: usize,
+                       keep: usize,
+                       null_out: bool| {
+        let latents: Vec<f32> = lat.unwrap_or_else(|| (0..N).flat_map(latent).collect());
+        let texts: Vec<f32> = (0..N).flat_map(text).collect();
+        let mut kept = vec![0u32; N + 1];
+        unsafe {
+            prfl_select_candidates(
+                p(),
+                latents.as_ptr(),
+                count,
+                ll,
+                t,
+                texts.as_ptr(),
+                tl,
+                keep,
+                if null_out {
+                    null_mut()
+                } else {
+                    kept.as_mut_ptr()
+                },
+                null_mut(),
+            )
+        }
+    };
+    // sample_early_reject with a config edit and optional bad data.
+    let sample = move |edit: &dyn Fn(&mut PrflSampleConfig),
+                       noise_at: Option<(usize, f32)>,
+                       text_at: Option<(usize, f32)>,
+                       count: usize| {
+        let (mut noise, mut texts) = candidates(N, 1);
+        if let Some((i, v)) = noise_at {
+            noise[i] = v;
+        }
+        if let Some((i, v)) = text_at {
+            texts[i] = v;
+        }
+        let mut c = sample_config(3, 1, 2, PrflSolver::PRFL_SOLVER_UNIPC);
+        edit(&mut c);
+        let mut latents = vec![0.0f32; N * LATENT];
+        let mut kept = vec![0u32; N];
+        let mut stats = empty_sample_stats();
+        unsafe {
+            prfl_sample_early_reject(
+                p(),
+                noise.as_ptr(),
+                count,
+                LATENT,
+                texts.as_ptr(),
+                TEXT,
+                &c,
+                latents.as_mut_ptr(),
+                kept.as_mut_ptr(),
+                &mut stats,
+            )
+        }
+    };
+    let same = |_: &mut PrflSampleConfig| {};
+    run_table(vec![
+        case(
+            "select: null rt",
+            PRFL_ERR_NULL_POINTER,
+            &["rt"],
+            || unsafe {
+                prfl_select_candidates(
+                    null_mut(),
+                    latent(0).as_ptr(),
+                    1,
+                    LATENT,
+                    0.0,
+                    text(0).as_ptr(),
+                    TEXT,
+                    1,
+                    [0u32].as_mut_ptr(),
+                    null_mut(),
+                )
+            },
+        ),
+        case(
+            "select: null latents",
+            PRFL_ERR_NULL_POINTER,
+            &["prfl_select_candidates", "latents"],
+            move || unsafe {
+                let t = text(0);
+                let mut k = [0u32];
+                prfl_select_candidates(
+                    p(),
+                    null(),
+                    1,
+                    LATENT,
+                    0.0,
+                    t.as_ptr(),
+                    TEXT,
+                    1,
+                    k.as_mut_ptr(),
+                    null_mut(),
+                )
+            },
+        ),
+        case(
+            "select: null text",
+            PRFL_ERR_NULL_POINTER,
+            &["text"],
+            move || unsafe {
+                let l = latent(0);
+                let mut k = [0u32];
+                prfl_select_candidates(
+                    p(),
+                    l.as_ptr(),
+                    1,
+                    LATENT,
+                    0.0,
+                    null(),
+                    TEXT,
+                    1,
+                    k.as_mut_ptr(),
+                    null_mut(),
+                )
+            },
+        ),
+        case(
+            "select: null out_kept",
+            PRFL_ERR_NULL_POINTER,
+            &["out_kept"],
+            move || select(None, N, LATENT, 0.0, TEXT, 1, true),
+        ),
+        case(
+            "select: latent_len",
+            PRFL_ERR_SHAPE,
+            &["latent_len", "255", "256"],
+            move || select(None, N, LATENT - 1, 0.0, TEXT, 1, false),
+        ),
+        case(
+            "select: text_len",
+            PRFL_ERR_SHAPE,
+            &["text_len"],
+            move || select(None, N, LATENT, 0.0, TEXT + 1, 1, false),
+        ),
+        case(
+            "select: count 0",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["count"],
+            move || select(None, 0, LATENT, 0.0, TEXT, 1, false),
+        ),
+        case(
+            "select: keep 0",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["keep", "0"],
+            move || select(None, N, LATENT, 0.0, TEXT, 0, false),
+        ),
+        case(
+            "select: keep > count",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["keep", "5"],
+            move || select(None, N, LATENT, 0.0, TEXT, N + 1, false),
+        ),
+        case(
+            "select: NaN timestep",
+            PRFL_ERR_NON_FINITE,
+            &["timestep", "NaN"],
+            move || select(None, N, LATENT, f32::NAN, TEXT, 1, false),
+        ),
+        case(
+            "select: timestep 1001",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["timestep", "1001"],
+            move || select(None, N, LATENT, 1001.0, TEXT, 1, false),
+        ),
+        case(
+            "select: inf latent",
+            PRFL_ERR_NON_FINITE,
+            &["latent"],
+            move || {
+                let mut l: Vec<f32> = (0..N).flat_map(latent).collect();
+                l[LATENT + 3] = f32::INFINITY;
+                select(Some(l), N, LATENT, 0.0, TEXT, 1, false)
+            },
+        ),
+        case(
+            "sample: null rt",
+            PRFL_ERR_NULL_POINTER,
+            &["rt"],
+            || unsafe {
+                prfl_sample_early_reject(
+                    null_mut(),
+                    null(),
+                    1,
+                    LATENT,
+                    null(),
+                    TEXT,
+                    null(),
+                    null_mut(),
+                    null_mut(),
+                    null_mut(),
+                )
+            },
+        ),
+        case(
+            "sample: null noise",
+            PRFL_ERR_NULL_POINTER,
+            &["prfl_sample_early_reject", "noise"],
+            move || unsafe {
+                let t = text(0);
+                let mut out = vec![0.0f32; LATENT];
+                let mut k = [0u32];
+                prfl_sample_early_reject(
+                    p(),
+                    null(),
+                    1,
+                    LATENT,
+                    t.as_ptr(),
+                    TEXT,
+                    null(),
+                    out.as_mut_ptr(),
+                    k.as_mut_ptr(),
+                    null_mut(),
+                )
+            },
+        ),
+        case(
+            "sample: null out_latents",
+            PRFL_ERR_NULL_POINTER,
+            &["out_latents"],
+            move || unsafe {
+                let (n, t) = candidates(1, 0);
+                let mut k = [0u32];
+                prfl_sample_early_reject(
+                    p(),
+                    n.as_ptr(),
+                    1,
+                    LATENT,
+                    t.as_ptr(),
+                    TEXT,
+                    null(),
+                    null_mut(),
+                    k.as_mut_ptr(),
+                    null_mut(),
+                )
+            },
+        ),
+        case(
+            "sample: null out_kept",
+            PRFL_ERR_NULL_POINTER,
+            &["out_kept"],
+            move || unsafe {
+                let (n, t) = candidates(1, 0);
+                let mut out = vec![0.0f32; LATENT];
+                prfl_sample_early_reject(
+                    p(),
+                    n.as_ptr(),
+                    1,
+                    LATENT,
+                    t.as_ptr(),
+                    TEXT,
+                    null(),
+                    out.as_mut_ptr(),
+                    null_mut(),
+                    null_mut(),
+                )
+            },
+        ),
+        case(
+            "sample: latent_len",
+            PRFL_ERR_SHAPE,
+            &["latent_len"],
+            move || unsafe {
+                let (n, t) = candidates(1, 0);
+                let mut out = vec![0.0f32; LATENT];
+                let mut k = [0u32];
+                prfl_sample_early_reject(
+                    p(),
+                    n.as_ptr(),
+                    1,
+                    LATENT / 2,
+                    t.as_ptr(),
+                    TEXT,
+                    null(),
+                    out.as_mut_ptr(),
+                    k.as_mut_ptr(),
+                    null_mut(),
+                )
+            },
+        ),
+        case(
+            "sample: count 0",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["count"],
+            move || sample(&same, None, None, 0),
+        ),
+        case(
+            "sample: keep > count",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["keep", "5"],
+            move || sample(&|c| c.keep = 5, None, None, N),
+        ),
+        case(
+            "sample: steps 1",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["steps", "1"],
+            move || sample(&|c| c.steps = 1, None, None, N),
+        ),
+        case(
+            "sample: steps 1001",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["steps", "1001"],
+            move || sample(&|c| c.steps = 1001, None, None, N),
+        ),
+        case(
+            "sample: reject at the last step",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["reject_at_step", "3"],
+            move || sample(&|c| c.reject_at_step = 3, None, None, N),
+        ),
+        case(
+            "sample: NaN shift",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["shift", "NaN"],
+            move || sample(&|c| c.shift = f32::NAN, None, None, N),
+        ),
+        case(
+            "sample: negative shift",
+            PRFL_ERR_INVALID_ARGUMENT,
+            &["shift", "-1"],
+            move || sample(&|c| c.shift = -1.0, None, None, N),
+        ),
+        case(
+            "sample: solver 7",
+            PRFL_ERR_UNKNOWN_ENUM,
+            &["solver", "7"],
+            move || sample(&|c| c.solver = 7, None, None, N),
+        ),
+        case(
+            "sample: config struct_size",
+            PRFL_ERR_VERSION,
+            &["config->struct_size"],
+            move || sample(&|c| c.struct_size = 8, None, None, N),
+        ),
+        case(
+            "sample: stats struct_size",
+            PRFL_ERR_VERSION,
+            &["out_stats->struct_size"],
+            move || unsafe {
+                let (n, t) = candidates(1, 0);
+                let mut out = vec![0.0f32; LATENT];
+                let mut k = [0u32];
+                let mut st = PrflSampleStats {
+                    struct_size: 4,
+                    ..Default::default()
+                };
+                prfl_sample_early_reject(
+                    p(),
+                    n.as_ptr(),
+                    1,
+                    LATENT,
+                    t.as_ptr(),
+                    TEXT,
+                    null(),
+                    out.as_mut_ptr(),
+                    k.as_mut_ptr(),
+                    &mut st,
+                )
+            },
+        ),
+        case(
+            "sample: NaN noise",
+            PRFL_ERR_NON_FINITE,
+            &["noise[9]", "NaN"],
+            move || sample(&same, Some((9, f32::NAN)), None, N),
+        ),
+        case(
+            "sample: inf text",
+            PRFL_ERR_NON_FINITE,
+            &["text[2]", "inf"],
+            move || sample(&same, None, Some((2, f32::INFINITY)), N),
+        ),
+    ]);
+
+    // The runtime is still usable, and NULL config and stats mean defaults and "not wanted".
+    ok(select(None, N, LATENT, 300.0, TEXT, 2, false));
+    ok(sample(&same, None, None, N));
+    let (noise, texts) = candidates(N, 1);
+    let mut out = vec![0.0f32; LATENT];
+    let mut k = [u32::MAX];
+    ok(unsafe {
+        prfl_sample_early_reject(
+            p(),
+            noise.as_ptr(),
+            N,
+            LATENT,
+            texts.as_ptr(),
+            TEXT,
+            null(),
+            out.as_mut_ptr(),
+            k.as_mut_ptr(),
+            null_mut(),
+        )
+    });
+    assert!((k[0] as usize) < N && out.iter().all(|v| v.is_finite()));
+    // A NULL out pointer to prfl_sample_config_default is a no-op.
+    unsafe { prfl_sample_config_default(null_mut()) };
+
+    // Lost device: both answer PRFL_ERR_DEVICE_LOST.
+    unsafe { testing::fail_device(p(), "simulated") };
+    assert_eq!(
+        select(None, N, LATENT, 0.0, TEXT, 1, false),
+        PRFL_ERR_DEVICE_LOST
+    );
+    assert_eq!(sample(&same, None, None, N), PRFL_ERR_DEVICE_LOST);
 }

@@ -8,7 +8,9 @@ use std::mem::{offset_of, size_of};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use prfl::ffi::{PrflConfig, PrflQueueStats, PrflStatus, PrflStepStats};
+use prfl::ffi::{
+    PrflConfig, PrflQueueStats, PrflSampleConfig, PrflSampleStats, PrflStatus, PrflStepStats,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -69,6 +71,9 @@ fn header_has_the_abi_essentials() {
         "PRFL_BACKPRESSURE_DROP_OLDEST = 1",
         "PRFL_STEP_PRFL = 1",
         "PRFL_LOSS_BT = 1",
+        "PRFL_SOLVER_EULER = 1",
+        "#define PRFL_MAX_SAMPLE_STEPS 1000",
+        "void prfl_sample_config_default(struct PrflSampleConfig *out);",
         "typedef void (*PrflLogCallback)(void *user, int32_t level, const char *message);",
         "const char *prfl_last_error(void);",
     ] {
@@ -106,6 +111,14 @@ int main(void) {
     OFF(PrflStepStats, peak_bytes);
     printf("%zu ", sizeof(PrflQueueStats)); OFF(PrflQueueStats, submitted);
     OFF(PrflQueueStats, consumed);
+    printf("%zu ", sizeof(PrflSampleConfig)); OFF(PrflSampleConfig, shift);
+    OFF(PrflSampleConfig, solver); OFF(PrflSampleConfig, reject_at_step);
+    OFF(PrflSampleConfig, keep);
+    printf("%zu ", sizeof(PrflSampleStats)); OFF(PrflSampleStats, reject_timestep);
+    OFF(PrflSampleStats, generator_evals); OFF(PrflSampleStats, full_generator_evals);
+    OFF(PrflSampleStats, reward_cost); OFF(PrflSampleStats, saved_fraction);
+    OFF(PrflSampleStats, seconds);
+    printf("%d ", (int)PRFL_SOLVER_EULER);
     printf("%zu %d %d\n", sizeof(PrflStatus), (int)PRFL_ERR_INTERNAL, PRFL_ABI_VERSION);
     return 0;
 }
@@ -143,6 +156,19 @@ int main(void) {
         size_of::<PrflQueueStats>(),
         offset_of!(PrflQueueStats, submitted),
         offset_of!(PrflQueueStats, consumed),
+        size_of::<PrflSampleConfig>(),
+        offset_of!(PrflSampleConfig, shift),
+        offset_of!(PrflSampleConfig, solver),
+        offset_of!(PrflSampleConfig, reject_at_step),
+        offset_of!(PrflSampleConfig, keep),
+        size_of::<PrflSampleStats>(),
+        offset_of!(PrflSampleStats, reject_timestep),
+        offset_of!(PrflSampleStats, generator_evals),
+        offset_of!(PrflSampleStats, full_generator_evals),
+        offset_of!(PrflSampleStats, reward_cost),
+        offset_of!(PrflSampleStats, saved_fraction),
+        offset_of!(PrflSampleStats, seconds),
+        prfl::ffi::PrflSolver::PRFL_SOLVER_EULER as usize,
         size_of::<PrflStatus>(),
         PrflStatus::PRFL_ERR_INTERNAL as usize,
         prfl::ffi::PRFL_ABI_VERSION as usize,

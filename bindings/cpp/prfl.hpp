@@ -60,6 +60,7 @@ enum class Device : int32_t { Cpu = 0, Cuda = 1, Auto = 2 };
 enum class Backpressure : int32_t { RejectNewest = 0, DropOldest = 1 };
 enum class StepMode : int32_t { Reward = 0, Prfl = 1 };
 enum class RewardLoss : int32_t { Ce = 0, Bt = 1 };
+enum class Solver : int32_t { UniPc = 0, Euler = 1 };
 
 // Levels of the log callback, numbered like Rust's `log` crate (lower is more severe).
 enum class LogLevel : int32_t { Off = 0, Error = 1, Warn = 2, Info = 3, Debug = 4, Trace = 5 };
@@ -84,6 +85,8 @@ static_assert(static_cast<int32_t>(PRFL_OK) == 0 && static_cast<int32_t>(PRFL_ER
               "PrflStatus values in prfl.h differ from prfl::Status");
 static_assert(static_cast<int32_t>(PRFL_STEP_REWARD) == 0 && static_cast<int32_t>(PRFL_STEP_PRFL) == 1,
               "PrflStepMode values in prfl.h differ from prfl::StepMode");
+static_assert(static_cast<int32_t>(PRFL_SOLVER_UNIPC) == 0 && static_cast<int32_t>(PRFL_SOLVER_EULER) == 1,
+              "PrflSolver values in prfl.h differ from prfl::Solver");
 
 // A stable English name for a status (for logs; prfl_last_error() has the specific reason).
 inline const char* status_name(Status s) noexcept {
@@ -194,6 +197,49 @@ struct TensorView {
 
 using StepStats = PrflStepStats;
 using QueueStats = PrflQueueStats;
+using SampleStats = PrflSampleStats;
+
+// How Runtime::sample_early_reject samples: a builder over PrflSampleConfig, every field 0 (the
+// library's default) until set. See PrflSampleConfig in prfl.h for the defaults.
+class SampleConfig {
+public:
+    SampleConfig() noexcept { prfl_sample_config_default(&c_); }
+    // Sampling steps (2..=PRFL_MAX_SAMPLE_STEPS); 0 = the runtime's prfl_steps.
+    SampleConfig& steps(uint32_t n) noexcept {
+        c_.steps = n;
+        return *this;
+    }
+    // Grid shift; 0 = the runtime's shift.
+    SampleConfig& shift(float s) noexcept {
+        c_.shift = s;
+        return *this;
+    }
+    SampleConfig& solver(Solver s) noexcept {
+        c_.solver = static_cast<int32_t>(s);
+        return *this;
+    }
+    // Solver steps before the candidates are scored (1..steps-1); 0 = 2 * steps / 5.
+    SampleConfig& reject_at_step(uint32_t s) noexcept {
+        c_.reject_at_step = s;
+        return *this;
+    }
+    // Candidates finished (1..count; count = no rejection); 0 = count / 4 (at least 1).
+    SampleConfig& keep(uint32_t k) noexcept {
+        c_.keep = k;
+        return *this;
+    }
+    const PrflSampleConfig& c_config() const noexcept { return c_; }
+
+private:
+    PrflSampleConfig c_{};
+};
+
+// What Runtime::sample_early_reject returns: the survivors in candidate order.
+struct SampleResult {
+    std::vector<float> latents;   // kept.size() clean latents, back to back
+    std::vector<uint32_t> kept;   // their candidate indices, ascending
+    SampleStats stats{};
+};
 
 // ---------------------------------------------------------------------------------------------
 // Config: a builder over PrflConfig starting from the library's defaults.
@@ -543,6 +589,56 @@ public:
         detail::ok_or_throw(prfl_score_batch(rt_, latents.data, count, latent_len, timesteps.data, text.data,
                                              text_len, out),
                             "prfl_score_batch");
+    }
+
+    // --- early rejection ---------------------------------------------------------------------
+
+    // For a host running its own sampler: scores `count` candidates (latents and one text each,
+    // back to back) at the sampler's current timestep and returns the indices of the best
+    // `keep`, best first (ties: the lower index first). `scores`, when given, receives all
+    // `count` scores in candidate order.
+    std::vector<uint32_t> select_candidates(TensorView latents, size_t count, float timestep, TensorView text,
+                                            size_t keep, std::vector<float>* scores = nullptr) {
+        if (count == 0 || latents.size % count != 0 || text.size % count != 0) {
+            throw Error(Status::Shape, "prfl_select_candidates",
+                        std::to_string(latents.size) + " latent and " + std::to_string(text.size) +
+                            " text floats do not split into " + std::to_string(count) + " candidates");
+        }
+        std::vector<uint32_t> kept(keep);
+        if (scores) scores->assign(count, 0.0f);
+        detail::ok_or_throw(prfl_select_candidates(rt_, latents.data, count, latents.size / count, timestep,
+                                                   text.data, text.size / count, keep, kept.data(),
+                                                   scores ? scores->data() : nullptr),
+                            "prfl_select_candidates");
+        return kept;
+    }
+
+    // Lets the library sample `count` candidates from `noise` (standard normal, back to back)
+    // under one text each, score them part-way with the reward model and finish only the best
+    // config.keep (all of them when keep == count: plain sampling).
+    SampleResult sample_early_reject(TensorView noise, size_t count, TensorView text,
+                                     const SampleConfig& config = SampleConfig()) {
+        if (count == 0 || noise.size % count != 0 || text.size % count != 0) {
+            throw Error(Status::Shape, "prfl_sample_early_reject",
+                        std::to_string(noise.size) + " noise and " + std::to_string(text.size) +
+                            " text floats do not split into " + std::to_string(count) + " candidates");
+        }
+        const size_t latent_len = noise.size / count;
+        const uint32_t k = config.c_config().keep;
+        const size_t keep = k != 0 ? k : (count / 4 > 0 ? count / 4 : 1);
+        if (keep > count) {
+            throw Error(Status::InvalidArgument, "prfl_sample_early_reject",
+                        "config keep is " + std::to_string(keep) + ": between 1 and count (" +
+                            std::to_string(count) + ")");
+        }
+        SampleResult r;
+        r.latents.resize(keep * latent_len);
+        r.kept.resize(keep);
+        r.stats.struct_size = static_cast<uint32_t>(sizeof(SampleStats));
+        detail::ok_or_throw(prfl_sample_early_reject(rt_, noise.data, count, latent_len, text.data, text.size / count,
+                                                     &config.c_config(), r.latents.data(), r.kept.data(), &r.stats),
+                            "prfl_sample_early_reject");
+        return r;
     }
 
     // --- persistence and monitoring --------------------------------------------------------

@@ -237,6 +237,36 @@ int main(int argc, char** argv) {
         expect_error(prfl::Status::Shape, "one timestep for two latents",
                      [&] { rt.score_batch(both, 2, prfl::TensorView(ts.data(), 1), texts); });
 
+        // -- early rejection: pick candidates mid-sampling ----------------------------------------
+        {
+            // A host's own sampler: keep the better of the two clips at t = 500.
+            std::vector<float> scores;
+            const auto best = rt.select_candidates(both, 2, 500.0f, texts, 1, &scores);
+            expect(best.size() == 1 && best[0] == (scores[1] > scores[0] ? 1u : 0u) &&
+                       close_enough(scores[0], batch[0]),
+                   "select_candidates keeps the best score");
+            // The library's sampler: 4 candidates, scored after 2 of 5 steps, 2 finished.
+            const size_t n = 4;
+            std::mt19937 noise_rng(9);
+            std::normal_distribution<float> normal;
+            std::vector<float> noise(n * good.size());
+            for (auto& v : noise) v = normal(noise_rng);
+            std::vector<float> cand_texts;
+            for (size_t i = 0; i < n; ++i) cand_texts.insert(cand_texts.end(), text.begin(), text.end());
+            const auto r = rt.sample_early_reject(noise, n, cand_texts,
+                                                  prfl::SampleConfig().steps(5).reject_at_step(2).keep(2));
+            std::printf("early rejection: kept %u and %u of %zu at t=%.0f, %llu of %llu generator evaluations, "
+                        "%.0f%% saved\n",
+                        r.kept[0], r.kept[1], n, r.stats.reject_timestep,
+                        static_cast<unsigned long long>(r.stats.generator_evals),
+                        static_cast<unsigned long long>(r.stats.full_generator_evals), 100.0 * r.stats.saved_fraction);
+            expect(r.kept.size() == 2 && r.kept[0] < r.kept[1] && r.latents.size() == 2 * good.size() &&
+                       r.stats.saved_fraction > 0.0,
+                   "sample_early_reject finishes the survivors and saves compute");
+            expect_error(prfl::Status::InvalidArgument, "keep more than count",
+                         [&] { rt.sample_early_reject(noise, n, cand_texts, prfl::SampleConfig().keep(5)); });
+        }
+
         // -- PRFL: fine-tune the generator against the learnt reward -----------------------------
         // A PRFL step takes batch_size queued samples of either kind and uses their text to
         // condition a rollout; the generator's LoRA adapters learn to raise the reward mid-rollout.

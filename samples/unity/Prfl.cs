@@ -58,6 +58,7 @@ namespace Prfl
     public enum PrflBackpressure : int { RejectNewest = 0, DropOldest = 1 }
     public enum PrflStepMode : int { Reward = 0, Prfl = 1 }
     public enum PrflRewardLoss : int { Ce = 0, Bt = 1 }
+    public enum PrflSolver : int { UniPc = 0, Euler = 1 }
     // Numbered like Rust's `log` crate: lower is more severe.
     public enum PrflLogLevel : int { Off = 0, Error = 1, Warn = 2, Info = 3, Debug = 4, Trace = 5 }
 
@@ -155,6 +156,45 @@ namespace Prfl
         }
     }
 
+    // How PrflRuntime.SampleEarlyReject samples; every field 0 = its default (see prfl.h).
+    [StructLayout(LayoutKind.Sequential)]
+    public struct PrflSampleConfig
+    {
+        public uint StructSize;
+        public uint Steps;
+        public float Shift;
+        public PrflSolver Solver;
+        public uint RejectAtStep;
+        public uint Keep;
+
+        // Every field its default, with the size filled in (prfl_sample_config_default).
+        public static PrflSampleConfig Default()
+        {
+            PrflSampleConfig c;
+            PrflNative.prfl_sample_config_default(out c);
+            return c;
+        }
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct PrflSampleStats
+    {
+        public uint StructSize;
+        public float RejectTimestep;
+        public ulong GeneratorEvals;
+        public ulong RewardEvals;
+        public ulong FullGeneratorEvals;
+        public double RewardCost;
+        public double SavedFraction;
+        public double Seconds;
+
+        public override string ToString()
+        {
+            return string.Format("rejected at t={0} generator_evals {1}/{2} reward_evals {3} saved {4:P0} {5:F3}s",
+                RejectTimestep, GeneratorEvals, FullGeneratorEvals, RewardEvals, SavedFraction, Seconds);
+        }
+    }
+
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
     public delegate void PrflLogCallback(IntPtr user, int level, IntPtr message);
 
@@ -209,6 +249,15 @@ namespace Prfl
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
         public static extern PrflStatus prfl_score_batch(PrflRuntimeHandle runtime, float[] latents, UIntPtr count, UIntPtr latentLen,
             float[] timesteps, float[] text, UIntPtr textLen, [Out] float[] scores);
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        public static extern PrflStatus prfl_select_candidates(PrflRuntimeHandle runtime, float[] latents, UIntPtr count,
+            UIntPtr latentLen, float timestep, float[] text, UIntPtr textLen, UIntPtr keep, uint[] outKept, float[] outScores);
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        public static extern void prfl_sample_config_default(out PrflSampleConfig config);
+        [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
+        public static extern PrflStatus prfl_sample_early_reject(PrflRuntimeHandle runtime, float[] noise, UIntPtr count,
+            UIntPtr latentLen, float[] text, UIntPtr textLen, ref PrflSampleConfig config, float[] outLatents, uint[] outKept,
+            ref PrflSampleStats stats);
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
         public static extern PrflStatus prfl_start(PrflRuntimeHandle runtime, PrflStepMode mode);
         [DllImport(Library, CallingConvention = CallingConvention.Cdecl)]
@@ -482,6 +531,50 @@ namespace Prfl
             PrflException.ThrowIfFailed(PrflNative.prfl_score_batch(handle, latents, (UIntPtr)count,
                 (UIntPtr)(latents.Length / count), timesteps, texts, (UIntPtr)(texts.Length / count), scores), "prfl_score_batch");
             return scores;
+        }
+
+        // --- early rejection --------------------------------------------------------------
+
+        // For a host running its own sampler: scores `count` candidates (latents and one text
+        // each, back to back) at the sampler's current timestep and returns the indices of the
+        // best `keep`, best first (ties: the lower index first).
+        public uint[] SelectCandidates(float[] latents, int count, float timestep, float[] texts, int keep, float[] scores = null)
+        {
+            if (latents == null || texts == null) throw new ArgumentNullException(latents == null ? "latents" : "texts");
+            if (count <= 0 || latents.Length % count != 0 || texts.Length % count != 0)
+                throw new PrflException(PrflStatus.Shape, "prfl_select_candidates",
+                    latents.Length + " latent and " + texts.Length + " text floats do not split into " + count + " candidates");
+            if (scores != null && scores.Length < count)
+                throw new ArgumentException("scores holds fewer than count values", "scores");
+            var kept = new uint[Math.Max(keep, 0)];
+            PrflException.ThrowIfFailed(PrflNative.prfl_select_candidates(handle, latents, (UIntPtr)count,
+                (UIntPtr)(latents.Length / count), timestep, texts, (UIntPtr)(texts.Length / count), (UIntPtr)Math.Max(keep, 0),
+                kept, scores), "prfl_select_candidates");
+            return kept;
+        }
+
+        // Lets the library sample `count` candidates from `noise` (standard normal, back to back)
+        // under one text each, score them part-way and finish only the best config.Keep (all of
+        // them when Keep == count). Returns the survivors' latents; `kept` gets their candidate
+        // indices (ascending), `stats` the cost.
+        public float[] SampleEarlyReject(float[] noise, int count, float[] texts, PrflSampleConfig config,
+            out uint[] kept, out PrflSampleStats stats)
+        {
+            if (noise == null || texts == null) throw new ArgumentNullException(noise == null ? "noise" : "texts");
+            if (count <= 0 || noise.Length % count != 0 || texts.Length % count != 0)
+                throw new PrflException(PrflStatus.Shape, "prfl_sample_early_reject",
+                    noise.Length + " noise and " + texts.Length + " text floats do not split into " + count + " candidates");
+            int keep = config.Keep != 0 ? (int)config.Keep : Math.Max(count / 4, 1);
+            if (keep > count)
+                throw new PrflException(PrflStatus.InvalidArgument, "prfl_sample_early_reject",
+                    "config keep is " + keep + ": between 1 and count (" + count + ")");
+            int latentLen = noise.Length / count;
+            var latents = new float[keep * latentLen];
+            kept = new uint[keep];
+            stats = new PrflSampleStats { StructSize = (uint)Marshal.SizeOf(typeof(PrflSampleStats)) };
+            PrflException.ThrowIfFailed(PrflNative.prfl_sample_early_reject(handle, noise, (UIntPtr)count, (UIntPtr)latentLen,
+                texts, (UIntPtr)(texts.Length / count), ref config, latents, kept, ref stats), "prfl_sample_early_reject");
+            return latents;
         }
 
         // --- persistence and monitoring ---------------------------------------------------

@@ -67,8 +67,10 @@ public static class SmokeTest
             { "PrflConfig", typeof(PrflConfig) },
             { "PrflStepStats", typeof(PrflStepStats) },
             { "PrflQueueStats", typeof(PrflQueueStats) },
+            { "PrflSampleConfig", typeof(PrflSampleConfig) },
+            { "PrflSampleStats", typeof(PrflSampleStats) },
         };
-        int checkedFields = 0;
+        int checkedFields = 0, checkedSizes = 0;
         foreach (string line in File.ReadAllLines(path))
         {
             string[] parts = line.Split(' ');
@@ -76,6 +78,7 @@ public static class SmokeTest
             {
                 int size = Marshal.SizeOf(types[parts[0]]);
                 Expect(size == int.Parse(parts[2]), parts[0] + " is " + parts[2] + " bytes in C, " + size + " in C#");
+                checkedSizes++;
                 continue;
             }
             string[] name = parts[0].Split('.');
@@ -85,7 +88,8 @@ public static class SmokeTest
                 name[0] + "." + field + " is at " + offset + " in C#, " + parts[1] + " in C");
             checkedFields++;
         }
-        Console.WriteLine("layout: " + checkedFields + " field offsets and 3 sizes match prfl.h");
+        Expect(checkedSizes == types.Count, "layout file checks " + checkedSizes + " of " + types.Count + " structs");
+        Console.WriteLine("layout: " + checkedFields + " field offsets and " + checkedSizes + " sizes match prfl.h");
     }
 
     static string Pascal(string snake)
@@ -251,6 +255,29 @@ public static class SmokeTest
             Console.WriteLine(string.Format("scores at t=500: smooth {0:F5}, flickering {1:F5} (batched {2:F5}, {3:F5})",
                 goodScore, badScore, batch[0], batch[1]));
             Expect(Close(goodScore, batch[0]) && Close(badScore, batch[1]), "ScoreBatch matches Score");
+
+            // Early rejection: the host's sampler picks with SelectCandidates; the library's samples
+            // 4 candidates, scores them after 2 of 5 steps and finishes 2.
+            var scores = new float[2];
+            uint[] best = rt.SelectCandidates(both, 2, 500f, texts, 1, scores);
+            Expect(best.Length == 1 && best[0] == (scores[1] > scores[0] ? 1u : 0u) && Close(scores[0], batch[0]),
+                "SelectCandidates keeps the best score");
+            var noiseRng = new System.Random(9);
+            var noise = new float[4 * good.Length];
+            for (int i = 0; i < noise.Length; i++)  // Box-Muller: standard normal noise
+                noise[i] = (float)(Math.Sqrt(-2.0 * Math.Log(1.0 - noiseRng.NextDouble())) * Math.Cos(2.0 * Math.PI * noiseRng.NextDouble()));
+            var candTexts = new float[4 * text.Length];
+            for (int i = 0; i < 4; i++) text.CopyTo(candTexts, i * text.Length);
+            var sc = PrflSampleConfig.Default();
+            sc.Steps = 5;
+            sc.RejectAtStep = 2;
+            sc.Keep = 2;
+            uint[] kept;
+            PrflSampleStats sstats;
+            float[] survivors = rt.SampleEarlyReject(noise, 4, candTexts, sc, out kept, out sstats);
+            Console.WriteLine("early rejection: kept " + kept[0] + " and " + kept[1] + " of 4, " + sstats);
+            Expect(kept.Length == 2 && kept[0] < kept[1] && survivors.Length == 2 * good.Length && sstats.SavedFraction > 0,
+                "SampleEarlyReject finishes the survivors and saves compute");
             rt.Save(savePath);
             Console.WriteLine("saved " + savePath);
         }

@@ -12,7 +12,8 @@ use super::queue::SampleRef;
 use super::runtime::{PrflRuntime, Runtime};
 use super::status::{guard, guard_value, last_error_ptr, FfiError, PrflStatus};
 use super::types::{
-    PrflQueueStats, PrflStepMode, PrflStepStats, QUEUE_STATS_V1_SIZE, STEP_STATS_V1_SIZE,
+    PrflQueueStats, PrflSampleConfig, PrflSampleStats, PrflStepMode, PrflStepStats,
+    QUEUE_STATS_V1_SIZE, SAMPLE_CONFIG_V1_SIZE, SAMPLE_STATS_V1_SIZE, STEP_STATS_V1_SIZE,
 };
 use super::{persist, worker};
 use crate::reward::dataset::SampleKind;
@@ -48,6 +49,39 @@ unsafe fn image_arg<'a>(
         args::required_floats(image, image_len, s.image, "image", || {
             format!("image [Li, Di] = [{}, {}]", s.image_len, s.image_dim)
         })
+    }
+}
+
+/// Checks a batch call's per-sample length against the configuration.
+fn per_sample(what: &str, got: usize, want: usize, desc: String) -> Result<(), FfiError> {
+    if got != want {
+        return Err(FfiError::new(
+            super::status::PRFL_ERR_SHAPE,
+            format!("`{what}` is {got} floats per sample, expected {want} ({desc})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a candidate count and how many of them to keep: `1 <= keep <= count <= u32::MAX`
+/// (indices are `uint32_t`).
+fn candidate_count(count: usize, keep: Option<usize>) -> Result<(), FfiError> {
+    if count == 0 {
+        return Err(FfiError::invalid(
+            "`count` is 0: pass at least one candidate",
+        ));
+    }
+    if count > u32::MAX as usize {
+        return Err(FfiError::invalid(format!(
+            "`count` is {count}: at most {} candidates (indices are uint32_t)",
+            u32::MAX
+        )));
+    }
+    match keep {
+        Some(k) if k == 0 || k > count => Err(FfiError::invalid(format!(
+            "`keep` is {k}: between 1 and count ({count})"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -437,17 +471,8 @@ pub unsafe extern "C" fn prfl_score_batch(
                 return Err(FfiError::null(what));
             }
         }
-        let shape = |what: &str, got: usize, want: usize, desc: String| {
-            if got != want {
-                return Err(FfiError::new(
-                    super::status::PRFL_ERR_SHAPE,
-                    format!("`{what}` is {got} floats per sample, expected {want} ({desc})"),
-                ));
-            }
-            Ok(())
-        };
-        shape("latent_len", latent_len, s.latent, latent_desc(s))?;
-        shape("text_len", text_len, s.text, text_desc(s))?;
+        per_sample("latent_len", latent_len, s.latent, latent_desc(s))?;
+        per_sample("text_len", text_len, s.text, text_desc(s))?;
         if count == 0 {
             return Ok(());
         }
@@ -460,6 +485,178 @@ pub unsafe extern "C" fn prfl_score_batch(
         // SAFETY: as above; the output does not alias the inputs per the contract.
         let out = unsafe { args::floats_mut(out_scores, count, "out_scores") }?;
         rt.inner.score(latents, timesteps, text, out)
+    })
+}
+
+/// Early rejection for a host that runs its own sampler: scores `count` candidates' noisy
+/// latents, all at the sampler's current `timestep` (raw value in [0, 1000], as `prfl_score`),
+/// and writes the indices (0-based, into the candidates) of the best `keep` to `out_kept`,
+/// BEST FIRST; equal scores keep the lower index first, as `prfl_sample_early_reject` does. The
+/// host then finishes only those. `latents` holds `count x latent_len` floats, `text`
+/// `count x text_len` (one text per candidate, as `prfl_score_batch`; `latent_len` and
+/// `text_len` are per candidate), `out_kept` `keep` indices; `out_scores`, when not NULL,
+/// receives all `count` scores in candidate order. `keep` is in `1 ..= count`.
+/// Concurrency as `prfl_score`.
+/// Errors: `PRFL_ERR_NULL_POINTER`, `PRFL_ERR_SHAPE`, `PRFL_ERR_NON_FINITE`,
+/// `PRFL_ERR_INVALID_ARGUMENT` (count 0, keep outside 1..=count, timestep outside [0, 1000]),
+/// `PRFL_ERR_NOT_LOADED` (no reward model).
+///
+/// # Safety
+/// `rt` is a live handle; the arrays hold the stated numbers of elements; the outputs do not
+/// overlap the inputs.
+#[no_mangle]
+pub unsafe extern "C" fn prfl_select_candidates(
+    rt: *mut PrflRuntime,
+    latents: *const f32,
+    count: usize,
+    latent_len: usize,
+    timestep: f32,
+    text: *const f32,
+    text_len: usize,
+    keep: usize,
+    out_kept: *mut u32,
+    out_scores: *mut f32,
+) -> PrflStatus {
+    guard("prfl_select_candidates", || {
+        // SAFETY: forwarded contract.
+        let rt = unsafe { args::runtime(rt) }?;
+        let s = &rt.inner.cfg.sizes;
+        for (p, what) in [(latents, "latents"), (text, "text")] {
+            if p.is_null() {
+                return Err(FfiError::null(what));
+            }
+        }
+        if out_kept.is_null() {
+            return Err(FfiError::null("out_kept"));
+        }
+        per_sample("latent_len", latent_len, s.latent, latent_desc(s))?;
+        per_sample("text_len", text_len, s.text, text_desc(s))?;
+        candidate_count(count, Some(keep))?;
+        // SAFETY (all): non-null, and the caller guarantees the stated sizes.
+        let latents = unsafe { args::float_rows(latents, count, s.latent, "latents") }?;
+        // SAFETY: as above.
+        let text = unsafe { args::float_rows(text, count, s.text, "text") }?;
+        // SAFETY: as above; the outputs do not alias the inputs per the contract.
+        let kept = unsafe { args::u32s_mut(out_kept, keep, "out_kept") }?;
+        let mut own = Vec::new();
+        let scores = if out_scores.is_null() {
+            own.resize(count, 0.0f32);
+            &mut own[..]
+        } else {
+            // SAFETY: as above.
+            unsafe { args::floats_mut(out_scores, count, "out_scores") }?
+        };
+        rt.inner.select(latents, timestep, text, kept, scores)
+    })
+}
+
+/// Fills `*out` with the sampling defaults: every field 0 (= its default, see
+/// `PrflSampleConfig`) and `struct_size = sizeof(PrflSampleConfig)`. NULL is a no-op.
+///
+/// # Safety
+/// A non-null `out` points to a writable `PrflSampleConfig`.
+#[no_mangle]
+pub unsafe extern "C" fn prfl_sample_config_default(out: *mut PrflSampleConfig) {
+    guard_value("prfl_sample_config_default", (), || {
+        if !out.is_null() {
+            let c = PrflSampleConfig {
+                struct_size: SAMPLE_CONFIG_V1_SIZE as u32,
+                ..PrflSampleConfig::default()
+            };
+            // SAFETY: non-null and writable per the contract.
+            let _ = unsafe { args::write(out, c, "out") };
+        }
+    })
+}
+
+/// Early rejection with the library's sampler: starts `count` candidates from `noise`
+/// (`count x latent_len` floats, standard normal) under `text` (`count x text_len`, one text per
+/// candidate), takes `config->reject_at_step` solver steps, scores them with the reward model
+/// there, and samples only the best `config->keep` to the end (ties keep the lower index).
+/// Writes the survivors' clean latents to `out_latents` (`keep x latent_len` floats) and their
+/// candidate indices to `out_kept` (`keep` values), both IN CANDIDATE ORDER (row k of
+/// `out_latents` is candidate `out_kept[k]`); `*out_stats` (NULL = not wanted; set its
+/// `struct_size` first) gets the cost. `keep == count` samples every candidate with no
+/// rejection (no reward model needed). A survivor ends where sampling it alone would (up to the
+/// summation order of a different batch size). `config` NULL = every default.
+///
+/// The generator is the PRFL trainer's (fine-tuned, LoRA included) once a PRFL step has built
+/// it; before that, a whole inference copy of the loaded generator, built on the first call and
+/// kept (memory: the generator's weights on the device) until another generator is loaded or
+/// the PRFL trainer exists. Candidates run through the models in chunks of `batch_size`.
+/// Concurrency as `prfl_score`: runs beside scoring and beside the background trainer, waits
+/// while a training step holds the models, and a step waits for the whole sampling call.
+/// Errors: `PRFL_ERR_NULL_POINTER`, `PRFL_ERR_SHAPE`, `PRFL_ERR_NON_FINITE` (noise, text),
+/// `PRFL_ERR_INVALID_ARGUMENT` (count 0, keep outside 1..=count, steps outside 2..=1000,
+/// reject_at_step outside 1..steps, shift not positive), `PRFL_ERR_UNKNOWN_ENUM` (solver),
+/// `PRFL_ERR_VERSION` (a `struct_size`), `PRFL_ERR_NOT_LOADED` (no generator; no reward model
+/// when rejecting).
+///
+/// # Safety
+/// `rt` is a live handle; the arrays hold the stated numbers of elements; a non-null `config`
+/// points to `config->struct_size` readable bytes; a non-null `out_stats` to a writable
+/// `PrflSampleStats` of `out_stats->struct_size` bytes; the outputs do not overlap the inputs.
+#[no_mangle]
+pub unsafe extern "C" fn prfl_sample_early_reject(
+    rt: *mut PrflRuntime,
+    noise: *const f32,
+    count: usize,
+    latent_len: usize,
+    text: *const f32,
+    text_len: usize,
+    config: *const PrflSampleConfig,
+    out_latents: *mut f32,
+    out_kept: *mut u32,
+    out_stats: *mut PrflSampleStats,
+) -> PrflStatus {
+    guard("prfl_sample_early_reject", || {
+        // SAFETY: forwarded contract.
+        let rt = unsafe { args::runtime(rt) }?;
+        let s = &rt.inner.cfg.sizes;
+        for (p, what) in [
+            (noise, "noise"),
+            (text, "text"),
+            (out_latents.cast_const(), "out_latents"),
+        ] {
+            if p.is_null() {
+                return Err(FfiError::null(what));
+            }
+        }
+        if out_kept.is_null() {
+            return Err(FfiError::null("out_kept"));
+        }
+        let cfg = if config.is_null() {
+            PrflSampleConfig::default()
+        } else {
+            // SAFETY: forwarded contract.
+            unsafe { args::read_sized(config, "config", SAMPLE_CONFIG_V1_SIZE) }?
+        };
+        // Checked before the work, so that a bad struct never costs a rollout.
+        let n_stats = if out_stats.is_null() {
+            None
+        } else {
+            // SAFETY: forwarded contract.
+            Some(unsafe { args::out_size(out_stats, "out_stats", SAMPLE_STATS_V1_SIZE) }?)
+        };
+        per_sample("latent_len", latent_len, s.latent, latent_desc(s))?;
+        per_sample("text_len", text_len, s.text, text_desc(s))?;
+        candidate_count(count, None)?;
+        let setup = rt.inner.sample_setup(&cfg, count)?;
+        // SAFETY (all): non-null, and the caller guarantees the stated sizes.
+        let noise = unsafe { args::float_rows(noise, count, s.latent, "noise") }?;
+        // SAFETY: as above.
+        let text = unsafe { args::float_rows(text, count, s.text, "text") }?;
+        // SAFETY: as above; the outputs do not alias the inputs per the contract.
+        let latents_out =
+            unsafe { args::floats_mut(out_latents, setup.keep * s.latent, "out_latents") }?;
+        // SAFETY: as above.
+        let kept = unsafe { args::u32s_mut(out_kept, setup.keep, "out_kept") }?;
+        let stats = rt.inner.sample(noise, text, &setup, latents_out, kept)?;
+        if let Some(n) = n_stats {
+            // SAFETY: `out_stats` is valid for `n` bytes (`out_size`).
+            unsafe { args::write_sized(out_stats, stats, n) };
+        }
+        Ok(())
     })
 }
 

@@ -224,3 +224,66 @@ pub unsafe fn write<T>(out: *mut T, value: T, what: &str) -> Result<(), FfiError
     unsafe { out.write(value) };
     Ok(())
 }
+
+/// Reads an input struct whose first field is `struct_size`: the caller's bytes up to the
+/// fields this library knows, the rest from `T::default()` (fields appended later). A size below
+/// `v1_size` is `PRFL_ERR_VERSION`.
+///
+/// # Safety
+/// A non-null `ptr` must point to at least `struct_size` readable bytes, and every field of `T`
+/// must accept any bit pattern (integers and floats).
+pub unsafe fn read_sized<T: Copy + Default>(
+    ptr: *const T,
+    what: &str,
+    v1_size: usize,
+) -> Result<T, FfiError> {
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    check_aligned(ptr, what)?;
+    // SAFETY: non-null, aligned, and the first field is a u32 the caller set.
+    let size = unsafe { ptr.cast::<u32>().read() } as usize;
+    if size < v1_size {
+        return Err(FfiError::new(
+            PRFL_ERR_VERSION,
+            format!(
+                "`{what}->struct_size` is {size}; set it to sizeof the struct (at least \
+                 {v1_size} bytes in ABI version 1)"
+            ),
+        ));
+    }
+    let mut out = T::default();
+    let n = size.min(size_of::<T>());
+    // SAFETY: the caller's struct has at least `size >= n` readable bytes; `out` has
+    // size_of::<T>() >= n; distinct memory; any bit pattern is a valid field (the contract).
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), (&mut out as *mut T).cast::<u8>(), n)
+    };
+    Ok(out)
+}
+
+/// A writable array of `count` `u32` (indices).
+///
+/// # Safety
+/// A non-null `ptr` must point to `count` writable `u32` not aliased by any other argument.
+pub unsafe fn u32s_mut<'a>(
+    ptr: *mut u32,
+    count: usize,
+    what: &str,
+) -> Result<&'a mut [u32], FfiError> {
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    check_aligned(ptr.cast_const(), what)?;
+    let fits = count
+        .checked_mul(size_of::<u32>())
+        .is_some_and(|b| b <= isize::MAX as usize);
+    if !fits {
+        return Err(FfiError::invalid(format!(
+            "`{what}`: {count} indices overflow"
+        )));
+    }
+    // SAFETY: non-null, aligned, size bounded, and the caller guarantees `count` writable values
+    // that nothing else references during the call.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, count) })
+}

@@ -8,7 +8,8 @@
 //! - [`status`]: status codes, the thread-local last-error message, the mapping from
 //!   [`crate::Error`], and the panic barrier.
 //! - [`config`]: the `#[repr(C)]` configuration, read struct-size aware, and its validation.
-//! - [`types`]: the other `#[repr(C)]` types (step and queue statistics, step mode).
+//! - [`types`]: the other `#[repr(C)]` types (step and queue statistics, step mode, sampling
+//!   configuration and statistics, solver).
 //! - [`args`]: turning C arguments (pointers, lengths, strings, sized output structs) into Rust
 //!   values; most of the layer's `unsafe` is here.
 //! - [`queue`]: the bounded lock-free sample queue with preallocated slots.
@@ -42,4 +43,6 @@ pub use config::{PrflBackpressure, PrflConfig, PrflDevice, PrflRewardLoss, PRFL_
 pub use log::PrflLogCallback;
 pub use runtime::PrflRuntime;
 pub use status::PrflStatus;
-pub use types::{PrflQueueStats, PrflStepMode, PrflStepStats};
+pub use types::{
+    PrflQueueStats, PrflSampleConfig, PrflSampleStats, PrflSolver, PrflStepMode, PrflStepStats,
+};

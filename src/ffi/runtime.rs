@@ -28,12 +28,17 @@ use super::status::{
     FfiError, PRFL_ERR_BUSY, PRFL_ERR_CORRUPT_FILE, PRFL_ERR_DEVICE, PRFL_ERR_DEVICE_LOST,
     PRFL_ERR_NON_FINITE, PRFL_ERR_NOT_ENOUGH_SAMPLES,
 };
-use super::types::{PrflQueueStats, PrflStepMode, PrflStepStats};
+use super::types::{
+    PrflQueueStats, PrflSampleConfig, PrflSampleStats, PrflSolver, PrflStepMode, PrflStepStats,
+};
 use super::worker::Control;
 use crate::backend::device::Device;
 use crate::backend::Backend;
+use crate::finetune::early_reject::{
+    best_first, sample_candidates, sample_with_early_rejection, Candidates, RejectStage,
+};
 use crate::finetune::prfl::{PrflConfig as FinetuneConfig, PrflTrainer};
-use crate::finetune::sample::Cond;
+use crate::finetune::sample::{Cond, SamplingPlan};
 use crate::model::lora::init_lora;
 use crate::model::wan::{Inputs, VideoShape, WanModel};
 use crate::optim::checkpoint::{TrainingKind, TrainingMeta};
@@ -42,6 +47,7 @@ use crate::reward::dataset::SampleKind;
 use crate::reward::head::init_head_params;
 use crate::reward::model::{backbone_filter, RewardModel, RewardModelConfig};
 use crate::reward::train::{RewardLoss, RewardTrainConfig, RewardTrainer};
+use crate::schedule::SolverKind;
 
 /// The opaque handle C holds. Dropping it (`prfl_destroy`) stops the background trainer first.
 pub struct PrflRuntime {
@@ -79,6 +85,11 @@ pub struct Models {
     /// Bumped whenever the reward model's weights change (an update, a load), so that the PRFL
     /// trainer's frozen copy is refreshed before its next step.
     pub revision: u64,
+    /// The whole generator for inference, built from `generator` by the first
+    /// `prfl_sample_early_reject` while no PRFL trainer exists (which then samples with its own,
+    /// fine-tuned generator instead). Behind a mutex so that sampling builds it under the models'
+    /// read lock; cleared when another generator is loaded or the PRFL trainer takes over.
+    pub sampling_generator: Mutex<Option<Arc<WanModel<Device>>>>,
 }
 
 impl Models {
@@ -101,6 +112,20 @@ pub struct Runtime {
     /// Test hook: panic inside the next training step, models write-locked.
     pub(crate) inject_step_panic: AtomicBool,
 }
+
+/// A `PrflSampleConfig` resolved for a number of candidates: defaults filled in, ranges checked.
+#[derive(Clone, Debug)]
+pub struct SampleSetup {
+    pub plan: SamplingPlan,
+    pub steps: usize,
+    /// `None` when every candidate is kept (plain sampling).
+    pub stage: Option<RejectStage>,
+    pub keep: usize,
+}
+
+/// The most sampling steps `prfl_sample_early_reject` takes (the grid's timesteps are whole
+/// numbers in [0, 1000), so more steps would only repeat them).
+pub const PRFL_MAX_SAMPLE_STEPS: usize = 1000;
 
 /// Write access to the models that marks the runtime lost if a panic unwinds while it is held.
 pub struct ModelsGuard<'a> {
@@ -309,6 +334,8 @@ impl Runtime {
                 c.num_layers
             );
             m.generator = Some(source);
+            // The cached inference generator was built from the previous one.
+            *m.sampling_generator.get_mut() = None;
             Ok(())
         })
     }
@@ -733,6 +760,208 @@ impl Runtime {
             out[first..first + n].copy_from_slice(&scores);
         }
         Ok(())
+    }
+
+    /// Scores `count` candidates at one `timestep` into `scores` and writes the indices of the
+    /// `out_kept.len()` best, best first (ties: the lower index first).
+    pub fn select(
+        &self,
+        latents: &[f32],
+        timestep: f32,
+        text: &[f32],
+        out_kept: &mut [u32],
+        scores: &mut [f32],
+    ) -> Result<(), FfiError> {
+        if !timestep.is_finite() {
+            return Err(FfiError::new(
+                PRFL_ERR_NON_FINITE,
+                format!("timestep is {timestep}"),
+            ));
+        }
+        if !(0.0..=1000.0).contains(&timestep) {
+            return Err(FfiError::invalid(format!(
+                "timestep is {timestep}, outside [0, 1000]"
+            )));
+        }
+        let timesteps = vec![timestep; scores.len()];
+        self.score(latents, &timesteps, text, scores)?;
+        let best = best_first(scores, out_kept.len());
+        for (o, i) in out_kept.iter_mut().zip(best) {
+            *o = i as u32;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ sampling
+
+    /// Resolves a `PrflSampleConfig` for `count` (at least 1) candidates.
+    pub fn sample_setup(
+        &self,
+        c: &PrflSampleConfig,
+        count: usize,
+    ) -> Result<SampleSetup, FfiError> {
+        let solver = match PrflSolver::from_i32(c.solver) {
+            Some(PrflSolver::PRFL_SOLVER_UNIPC) => SolverKind::UniPc,
+            Some(PrflSolver::PRFL_SOLVER_EULER) => SolverKind::Euler,
+            None => {
+                return Err(FfiError::unknown_enum(
+                    "config->solver",
+                    c.solver,
+                    "PRFL_SOLVER_UNIPC (0), PRFL_SOLVER_EULER (1)",
+                ))
+            }
+        };
+        let steps = match c.steps {
+            0 => self.cfg.prfl_steps,
+            n => n as usize,
+        };
+        if !(2..=PRFL_MAX_SAMPLE_STEPS).contains(&steps) {
+            return Err(FfiError::invalid(format!(
+                "config->steps is {steps}: sampling takes 2 to {PRFL_MAX_SAMPLE_STEPS} steps"
+            )));
+        }
+        let shift = if c.shift == 0.0 {
+            self.cfg.shift
+        } else {
+            c.shift
+        };
+        if !(shift.is_finite() && shift > 0.0) {
+            return Err(FfiError::invalid(format!(
+                "config->shift is {shift}: it must be finite and positive (0 = the runtime's)"
+            )));
+        }
+        let keep = match c.keep {
+            0 => (count / 4).max(1),
+            n => n as usize,
+        };
+        if keep > count {
+            return Err(FfiError::invalid(format!(
+                "config->keep is {keep}: between 1 and count ({count})"
+            )));
+        }
+        let at_step = match c.reject_at_step {
+            0 => (2 * steps / 5).max(1),
+            n => n as usize,
+        };
+        if at_step >= steps {
+            return Err(FfiError::invalid(format!(
+                "config->reject_at_step is {at_step}: between 1 and steps - 1 ({})",
+                steps - 1
+            )));
+        }
+        Ok(SampleSetup {
+            plan: SamplingPlan::wan(steps, shift as f64, solver)?,
+            steps,
+            stage: (keep < count).then_some(RejectStage { at_step, keep }),
+            keep,
+        })
+    }
+
+    /// The generator sampling runs: the PRFL trainer's when it exists, else the cached inference
+    /// generator (built now on first use).
+    fn sampling_generator(
+        &self,
+        m: &Models,
+        source: &GeneratorSource,
+    ) -> Result<Arc<WanModel<Device>>, FfiError> {
+        let mut cache = m.sampling_generator.lock();
+        if let Some(g) = cache.as_ref() {
+            return Ok(Arc::clone(g));
+        }
+        let tensors = source.load(|_| true)?;
+        let g = Arc::new(WanModel::new(
+            &self.be,
+            source.config().clone(),
+            &tensors,
+            None,
+        )?);
+        ::log::info!("inference generator built for sampling");
+        *cache = Some(Arc::clone(&g));
+        Ok(g)
+    }
+
+    /// Samples `count` candidates from `noise` (`count x latent`) under `text` (`count x text`),
+    /// rejecting all but `setup.keep` at `setup.stage` under the reward model; writes the
+    /// survivors' clean latents and indices (in candidate order). Takes the models' read lock
+    /// for the whole rollout, like scoring.
+    pub fn sample(
+        &self,
+        noise: &[f32],
+        text: &[f32],
+        setup: &SampleSetup,
+        out_latents: &mut [f32],
+        out_kept: &mut [u32],
+    ) -> Result<PrflSampleStats, FfiError> {
+        let start = Instant::now();
+        self.check_alive()?;
+        check_finite(noise, "noise")?;
+        check_finite(text, "text")?;
+        let s = &self.cfg.sizes;
+        let models = self.models.read();
+        let source = models.generator.as_ref().ok_or_else(no_generator)?;
+        let reward = match setup.stage {
+            Some(_) => Some(&models.reward.as_ref().ok_or_else(no_reward)?.trainer.model),
+            None => None,
+        };
+        let cand = Candidates {
+            shape: VideoShape {
+                batch: 1,
+                frames: s.latent_shape[1],
+                height: s.latent_shape[2],
+                width: s.latent_shape[3],
+            },
+            noise,
+            text,
+            text_len: s.text_len,
+            max_batch: self.cfg.batch_size,
+        };
+        let (outcome, reward_cost) = self.on_device("sampling", || {
+            let cached;
+            let generator = match &models.prfl {
+                Some(p) => {
+                    // The fine-tuned generator supersedes the cached base one: free it.
+                    *models.sampling_generator.lock() = None;
+                    &p.trainer.generator
+                }
+                None => {
+                    cached = self.sampling_generator(&models, source)?;
+                    &*cached
+                }
+            };
+            Ok(match (setup.stage, reward) {
+                (Some(stage), Some(r)) => (
+                    sample_with_early_rejection(
+                        &self.be,
+                        generator,
+                        r,
+                        &setup.plan,
+                        &cand,
+                        &[stage],
+                    )?,
+                    r.cfg.blocks as f64 / generator.cfg.num_layers as f64,
+                ),
+                _ => (
+                    sample_candidates(&self.be, generator, &setup.plan, &cand)?,
+                    0.0,
+                ),
+            })
+        })?;
+        drop(models);
+        debug_assert_eq!(outcome.kept.len(), out_kept.len());
+        out_latents.copy_from_slice(&outcome.latents);
+        for (o, &k) in out_kept.iter_mut().zip(&outcome.kept) {
+            *o = k as u32;
+        }
+        Ok(PrflSampleStats {
+            struct_size: 0,
+            reject_timestep: outcome.stages.first().map_or(f32::NAN, |st| st.timestep),
+            generator_evals: outcome.generator_evals as u64,
+            reward_evals: outcome.reward_evals as u64,
+            full_generator_evals: outcome.full_generator_evals as u64,
+            reward_cost,
+            saved_fraction: outcome.saved_fraction(reward_cost),
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 }
 

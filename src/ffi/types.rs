@@ -112,3 +112,80 @@ pub struct PrflQueueStats {
 
 /// Size of ABI version 1's `PrflQueueStats`.
 pub const QUEUE_STATS_V1_SIZE: usize = size_of::<PrflQueueStats>();
+
+/// The solver `prfl_sample_early_reject` integrates with.
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrflSolver {
+    /// UniPC, order 2 (bh2, predict-x0, UniC corrector): Wan2.1's sampler. The default.
+    PRFL_SOLVER_UNIPC = 0,
+    /// First-order Euler on the flow-matching ODE.
+    PRFL_SOLVER_EULER = 1,
+}
+
+impl PrflSolver {
+    pub fn from_i32(v: i32) -> Option<Self> {
+        match v {
+            0 => Some(PrflSolver::PRFL_SOLVER_UNIPC),
+            1 => Some(PrflSolver::PRFL_SOLVER_EULER),
+            _ => None,
+        }
+    }
+}
+
+/// How `prfl_sample_early_reject` samples. Fill it with `prfl_sample_config_default` (every
+/// field 0 = its default), then change fields. Read up to `struct_size` bytes: fields appended
+/// in later versions get their defaults for an older caller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PrflSampleConfig {
+    /// Set by the caller to `sizeof(PrflSampleConfig)` (`prfl_sample_config_default` does).
+    pub struct_size: u32,
+    /// Sampling steps N (at least 2) on the Wan2.1 reference grid; 0 = the runtime's
+    /// `prfl_steps`.
+    pub steps: u32,
+    /// Flow-matching shift of the grid (finite, positive); 0 = the runtime's `shift`.
+    pub shift: f32,
+    /// A `PrflSolver`; 0 = `PRFL_SOLVER_UNIPC`.
+    pub solver: i32,
+    /// Solver steps taken before the candidates are scored, in `1 ..= steps - 1`: the reward model
+    /// reads the latents `x_s` at the grid's timestep `t_s`. 0 = `2 * steps / 5` (at least 1),
+    /// e.g. 4 of 10 steps.
+    pub reject_at_step: u32,
+    /// Candidates finished, in `1 ..= count`; `count` samples every candidate with no rejection
+    /// (and needs no reward model). 0 = `count / 4` (at least 1).
+    pub keep: u32,
+}
+
+/// Size of ABI version 1's `PrflSampleConfig`.
+pub const SAMPLE_CONFIG_V1_SIZE: usize = size_of::<PrflSampleConfig>();
+
+/// What one `prfl_sample_early_reject` call cost. Costs count per-sample model evaluations (one
+/// latent through the model at one step).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PrflSampleStats {
+    /// Set by the caller to `sizeof(PrflSampleStats)` before the call.
+    pub struct_size: u32,
+    /// The timestep (in [0, 1000]) the reward model scored the candidates at; NaN when
+    /// `keep == count` (no rejection).
+    pub reject_timestep: f32,
+    /// Generator evaluations spent.
+    pub generator_evals: u64,
+    /// Reward-model evaluations spent (`count` when rejecting, else 0).
+    pub reward_evals: u64,
+    /// Generator evaluations of sampling every candidate to the end (`count * steps`).
+    pub full_generator_evals: u64,
+    /// The price of one reward evaluation in generator evaluations: the reward model's blocks
+    /// over the generator's (it runs the generator's first blocks); 0 when `keep == count`.
+    pub reward_cost: f64,
+    /// `1 - (generator_evals + reward_cost * reward_evals) / full_generator_evals`: the fraction
+    /// of full sampling's compute saved (0 when `keep == count`).
+    pub saved_fraction: f64,
+    /// Wall time of the call (building the sampling generator on first use included).
+    pub seconds: f64,
+}
+
+/// Size of ABI version 1's `PrflSampleStats`.
+pub const SAMPLE_STATS_V1_SIZE: usize = size_of::<PrflSampleStats>();

@@ -65,5 +65,23 @@ int main(void) {
     FIELD(PrflQueueStats, rejected_invalid);
     FIELD(PrflQueueStats, dropped_oldest);
     FIELD(PrflQueueStats, consumed);
+
+    SIZE(PrflSampleConfig);
+    FIELD(PrflSampleConfig, struct_size);
+    FIELD(PrflSampleConfig, steps);
+    FIELD(PrflSampleConfig, shift);
+    FIELD(PrflSampleConfig, solver);
+    FIELD(PrflSampleConfig, reject_at_step);
+    FIELD(PrflSampleConfig, keep);
+
+    SIZE(PrflSampleStats);
+    FIELD(PrflSampleStats, struct_size);
+    FIELD(PrflSampleStats, reject_timestep);
+    FIELD(PrflSampleStats, generator_evals);
+    FIELD(PrflSampleStats, reward_evals);
+    FIELD(PrflSampleStats, full_generator_evals);
+    FIELD(PrflSampleStats, reward_cost);
+    FIELD(PrflSampleStats, saved_fraction);
+    FIELD(PrflSampleStats, seconds);
     return 0;
 }

@@ -194,6 +194,7 @@ fn forward(
 }
 
 fn main() -> ExitCode {
+    alloc::tune_malloc();
     env_logger_init();
     let cli = Cli::parse();
     let result = match &cli.cmd {

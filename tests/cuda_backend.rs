@@ -194,6 +194,33 @@ impl Report {
         self.record(what, rel_l2(gpu, cpu), tol, &note);
     }
 
+    /// Relative L2 error against `max(‖cpu‖, floor)`: for outputs that can vanish exactly (the
+    /// attention gradients dq, dk with a single key; a log-sum-exp near 0), where a relative
+    /// measure would compare bf16 rounding with the CPU's f32 rounding of zero. `floor` is the
+    /// norm of a comparable quantity that does not vanish.
+    fn check_floor(&mut self, what: &str, gpu: &[f32], cpu: &[f32], floor: f64, tol: f64) {
+        let norm = cpu
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt();
+        if norm >= floor || gpu.len() != cpu.len() || gpu.iter().any(|v| !v.is_finite()) {
+            return self.check(what, gpu, cpu, tol);
+        }
+        let diff = gpu
+            .iter()
+            .zip(cpu)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        self.record(
+            what,
+            diff / floor,
+            tol,
+            &format!(" (against a floor of {floor:.2e})"),
+        );
+    }
+
     /// Increments of an accumulated output: `after − before` on each side.
     fn check_delta(&mut self, what: &str, gpu: &[f32], cpu: &[f32], before: &[f32], tol: f64) {
         let d = |v: &[f32]| -> Vec<f32> {
@@ -956,8 +983,30 @@ fn ops_attention<G: Backend>(g: &G, r: &mut Report) {
             ]
         });
         let s = format!("batch={batch} lq={lq} lk={lk} heads={heads} head_dim={head_dim}");
+        // dq and dk vanish with a single key (the softmax is constant), and an lse entry is one
+        // score then: both are measured against a floor (dv's norm, which has the same units as
+        // them; one unit per lse entry) instead of their own, possibly zero, norm.
+        let norm = |v: &[f32]| {
+            v.iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let grad_floor = norm(&co[4]);
+        let lse_floor = (co[1].len() as f64).sqrt();
         for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
-            r.check(&format!("attention {what} {s}"), &go[i], &co[i], TOL_BF16);
+            let floor = match i {
+                1 => lse_floor,
+                2 | 3 => grad_floor,
+                _ => 0.0,
+            };
+            r.check_floor(
+                &format!("attention {what} {s}"),
+                &go[i],
+                &co[i],
+                floor,
+                TOL_BF16,
+            );
         }
     }
 }

@@ -159,6 +159,36 @@ pub enum DeviceBuf {
     Cuda(CudaBuf),
 }
 
+/// cudarc frees device memory on drop without making the buffer's context current first. A
+/// buffer or weight may be dropped on a thread that never ran an op (a host destroying the
+/// runtime from another thread): bind the context before the inner drop runs, so that the free
+/// is not issued against a thread with no (or another) current context.
+fn bind_for_drop(ctx: &std::sync::Arc<cudarc::driver::CudaContext>) {
+    if let Err(e) = ctx.bind_to_thread() {
+        ::log::warn!("CUDA: could not bind the context to free a buffer: {e}");
+    }
+}
+
+impl Drop for DeviceBuf {
+    fn drop(&mut self) {
+        if let DeviceBuf::Cuda(b) = self {
+            bind_for_drop(b.context());
+        }
+    }
+}
+
+impl Drop for DeviceWeight {
+    fn drop(&mut self) {
+        if let DeviceWeight::Cuda(w) = self {
+            use super::cuda::types::WeightData;
+            match &w.data {
+                WeightData::F32(d) => bind_for_drop(d.context()),
+                WeightData::Bf16(d) | WeightData::F16(d) => bind_for_drop(d.context()),
+            }
+        }
+    }
+}
+
 /// A matrix weight of a [`Device`].
 pub enum DeviceWeight {
     Cpu(CpuWeight),

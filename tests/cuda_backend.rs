@@ -327,6 +327,20 @@ fn ops_memory<G: Backend>(g: &G, r: &mut Report) {
         r.check(&format!("fill_zero n={n}"), &go.2, &co.2, EXACT);
         r.truth(&format!("len and buf_bytes n={n}"), go.3);
     }
+    // Large uploads go through two 8 MiB page-locked staging buffers in turn: 5 chunks (the
+    // last one partial), several uploads back to back so that each buffer is reused while the
+    // device may still be draining it, and every upload checked after all were queued.
+    let big = 10_000_003;
+    let xs: Vec<Vec<f32>> = (0..3).map(|_| rand(&mut rng, big, 1.0)).collect();
+    let bufs: Vec<_> = xs.iter().map(|x| g.upload(x)).collect();
+    for (i, (x, b)) in xs.iter().zip(&bufs).enumerate() {
+        r.check(
+            &format!("staged upload {i} n={big}"),
+            &g.download(b),
+            x,
+            EXACT,
+        );
+    }
     // copy_range: an interior range to an interior offset; the rest of `dst` is kept.
     let src = rand(&mut rng, 1000, 1.0);
     let dst = rand(&mut rng, 777, 1.0);

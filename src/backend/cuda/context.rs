@@ -12,13 +12,23 @@
 //! the device's, so two backends on one device in one process see each other's allocations.
 //! Without memory pools (rare: some Windows display drivers) the driver's used-memory figure is
 //! sampled instead.
+//!
+//! Uploads of 256 KiB or more (latents and text from the submission queue, weights) go through
+//! two page-locked, write-combined staging buffers of 8 MiB, used in turn: the host copies a
+//! chunk into one while the device copies the previous chunk out of the other, and the upload
+//! returns once the last chunk is queued, without waiting for the device. A copy from pageable
+//! memory would instead be staged by the driver and block the calling thread. If page-locked
+//! memory cannot be allocated, or `PRFL_CUDA_PINNED=0`, uploads stay pageable.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::result as dr;
 use cudarc::driver::sys as ds;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, PinnedHostSlice,
+};
+use parking_lot::Mutex;
 
 use super::{CudaError, MemoryStats};
 
@@ -41,6 +51,28 @@ impl Pool {
     }
 }
 
+/// Uploads of at least this many bytes go through the page-locked staging buffers.
+const PINNED_MIN_BYTES: usize = 256 << 10;
+/// Size of each staging buffer.
+const STAGE_BYTES: usize = 8 << 20;
+/// Number of staging buffers (filled in turn, so the host fills one while the device drains
+/// another).
+const STAGES: usize = 2;
+
+/// One page-locked staging buffer and the event that marks the end of the last device copy out
+/// of it.
+struct Stage {
+    host: PinnedHostSlice<u8>,
+    drained: CudaEvent,
+}
+
+/// The staging buffers: not yet allocated, allocated, or unavailable (pageable uploads).
+enum Staging {
+    Unallocated,
+    Ready(Vec<Stage>),
+    Disabled,
+}
+
 /// A device context with its stream.
 pub struct DeviceContext {
     pub ctx: Arc<CudaContext>,
@@ -49,6 +81,7 @@ pub struct DeviceContext {
     /// Without a pool: device memory in use when the backend opened, and the peak seen since.
     baseline: usize,
     peak: AtomicUsize,
+    staging: Mutex<Staging>,
 }
 
 impl DeviceContext {
@@ -89,6 +122,13 @@ impl DeviceContext {
             pool,
             baseline,
             peak: AtomicUsize::new(0),
+            staging: Mutex::new(
+                if std::env::var("PRFL_CUDA_PINNED").is_ok_and(|v| v.trim() == "0") {
+                    Staging::Disabled
+                } else {
+                    Staging::Unallocated
+                },
+            ),
         })
     }
 
@@ -168,14 +208,78 @@ impl DeviceContext {
         Ok(s)
     }
 
-    /// A buffer holding `data`.
+    /// A buffer holding `data` (large uploads through the staging buffers; see the module doc).
     pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, CudaError> {
         // SAFETY: fully written right below.
         let mut s = unsafe { self.alloc::<T>(data.len()) }?;
-        if !data.is_empty() {
-            self.stream.memcpy_htod(data, &mut s)?;
+        if data.is_empty() {
+            return Ok(s);
         }
+        let bytes = std::mem::size_of_val(data);
+        if bytes >= PINNED_MIN_BYTES {
+            // SAFETY: device-representable types are plain data, so their memory is initialised
+            // bytes; the view lives no longer than `data`.
+            let raw = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), bytes) };
+            if self.upload_staged(raw, &mut s)? {
+                return Ok(s);
+            }
+        }
+        self.stream.memcpy_htod(data, &mut s)?;
         Ok(s)
+    }
+
+    /// Copies `raw` into `dst` chunk by chunk through the staging buffers; `false` when they
+    /// are unavailable (the caller copies from pageable memory instead).
+    fn upload_staged<T: DeviceRepr>(
+        &self,
+        raw: &[u8],
+        dst: &mut CudaSlice<T>,
+    ) -> Result<bool, CudaError> {
+        let mut staging = self.staging.lock();
+        if let Staging::Unallocated = *staging {
+            *staging = self.allocate_staging();
+        }
+        let Staging::Ready(stages) = &mut *staging else {
+            return Ok(false);
+        };
+        self.ctx.bind_to_thread()?;
+        let (base, _record) = dst.device_ptr_mut(&self.stream);
+        for (i, chunk) in raw.chunks(STAGE_BYTES).enumerate() {
+            let stage = &mut stages[i % STAGES];
+            // The device copy that last read this buffer must finish before it is overwritten
+            // (an event never recorded counts as finished).
+            stage.drained.synchronize()?;
+            let host = stage.host.as_mut_slice()?;
+            host[..chunk.len()].copy_from_slice(chunk);
+            // SAFETY: `dst` holds `raw.len()` bytes from `base`, so this chunk's range is inside
+            // it; the staging memory stays untouched until `drained` says the copy is done.
+            unsafe {
+                dr::memcpy_htod_async(
+                    base + (i * STAGE_BYTES) as u64,
+                    &host[..chunk.len()],
+                    self.stream.cu_stream(),
+                )
+            }?;
+            stage.drained.record(&self.stream)?;
+        }
+        Ok(true)
+    }
+
+    fn allocate_staging(&self) -> Staging {
+        let stage = || -> Result<Stage, CudaError> {
+            Ok(Stage {
+                // SAFETY: page-locked host memory, written before every device read.
+                host: unsafe { self.ctx.alloc_pinned::<u8>(STAGE_BYTES) }?,
+                drained: self.ctx.new_event(None)?,
+            })
+        };
+        match (0..STAGES).map(|_| stage()).collect::<Result<Vec<_>, _>>() {
+            Ok(stages) => Staging::Ready(stages),
+            Err(e) => {
+                ::log::warn!("CUDA: no page-locked staging memory ({e}); uploads stay pageable");
+                Staging::Disabled
+            }
+        }
     }
 
     /// The contents of `src` (waits for the stream).

@@ -382,3 +382,43 @@ fn ptxas_report_parser_reads_every_field() {
     assert_eq!(vector_accesses(ptx_body(ptx, "a").unwrap()), (1, 0));
     assert_eq!(vector_accesses(ptx_body(ptx, "b").unwrap()), (0, 1));
 }
+
+/// The disk cache of compiled kernels: the first compile writes an entry, the second is served
+/// from it byte for byte, and a corrupted entry is recompiled and repaired, never loaded.
+#[test]
+fn the_kernel_cache_serves_repeats_and_repairs_corruption() {
+    use prfl::backend::cuda::kernel_cache::{compile_cached, Origin};
+    if tools().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("prfl-kernel-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = kernels::LAYOUT;
+    let (first, o1) = compile_cached(&src, (9, 0), Target::Cubin, Some(&dir)).unwrap();
+    assert_eq!(o1, Origin::Compiled);
+    let (second, o2) = compile_cached(&src, (9, 0), Target::Cubin, Some(&dir)).unwrap();
+    assert_eq!(o2, Origin::Cache);
+    assert_eq!(first, second, "the cached image is the compiled one");
+    assert_eq!(first, compile::compile(&src, (9, 0)).unwrap());
+    // Another architecture is another entry.
+    let (_, o3) = compile_cached(&src, (8, 0), Target::Cubin, Some(&dir)).unwrap();
+    assert_eq!(o3, Origin::Compiled);
+
+    let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for path in &entries {
+        let mut bytes = std::fs::read(path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(path, &bytes).unwrap();
+    }
+    let (again, o4) = compile_cached(&src, (9, 0), Target::Cubin, Some(&dir)).unwrap();
+    assert_eq!(o4, Origin::Compiled, "a corrupt entry is recompiled");
+    assert_eq!(again, first);
+    let (_, o5) = compile_cached(&src, (9, 0), Target::Cubin, Some(&dir)).unwrap();
+    assert_eq!(o5, Origin::Cache, "and the entry is repaired");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -232,13 +232,18 @@ impl Kernels {
             }
         };
         let srcs = sources();
+        let cache = super::kernel_cache::cache_dir();
         let images: Vec<Result<Vec<u8>, String>> = std::thread::scope(|s| {
             let handles: Vec<_> = srcs
                 .iter()
                 .map(|src| {
+                    let cache = cache.as_deref();
                     s.spawn(move || {
-                        compile::compile_with_log(src, build_arch, target)
-                            .map(|(image, _log)| image)
+                        super::kernel_cache::compile_cached(src, build_arch, target, cache)
+                            .map(|(image, origin)| {
+                                ::log::debug!("kernels {}: {origin:?}", src.name);
+                                image
+                            })
                             .map_err(|e| e.to_string())
                     })
                 })

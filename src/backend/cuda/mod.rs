@@ -1,4 +1,4 @@
-//! The CUDA backend (work in progress; see issue 7). Built on every machine through cudarc's
+//! The CUDA backend (compile-checked; not yet run on a GPU, see issue 7). Built on every machine through cudarc's
 //! dynamic loading: nothing here links CUDA, and [`probe`] checks for the driver and libraries
 //! before cudarc is touched (cudarc panics when one is missing).
 //!
@@ -7,8 +7,10 @@
 //! - [`kernels`]: the CUDA C sources of the element-wise, norm, modulation, RoPE, patch, cast and
 //!   optimiser kernels, and typed launchers.
 //! - [`attention`]: flash-attention forward and backward (tensor cores, online softmax).
+//! - [`compile`]: NVRTC compilation of a source for an architecture; [`kernel_cache`]: the disk
+//!   cache of compiled images, so only the first start on a machine runs NVRTC.
 //!
-//! The device side (helper "cuda-core"):
+//! The device side:
 //! - [`probe`]: finds the driver and libraries (optionally preloading them from a folder) and
 //!   lists the devices, without ever panicking.
 //! - [`context`]: one device's context, its single stream and the memory-pool statistics.
@@ -24,6 +26,7 @@
 
 pub mod attention;
 pub mod compile;
+pub mod kernel_cache;
 pub mod kernels;
 pub mod types;
 

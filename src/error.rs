@@ -47,3 +47,15 @@ impl Error {
         }
     }
 }
+
+/// The text of a caught panic's payload (`panic!` with a literal gives `&str`, with arguments
+/// `String`). Shared by every place that catches panics: the C ABI, the CUDA probe and NVRTC.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic payload that is not a string)".to_string()
+    }
+}

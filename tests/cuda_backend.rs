@@ -126,22 +126,31 @@ fn with_gpu(test: &str, f: impl FnOnce(&Cuda)) {
 
 // ------------------------------------------------------------------------------------ reporting
 
-/// `‖a − b‖ / ‖b‖` in f64 (`‖a − b‖` when `b` is all zeros); NaN when `a` holds a non-finite
-/// value or the lengths differ.
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+/// `‖v‖` in f64.
+fn l2(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// `‖a − b‖ / max(‖b‖, floor)` in f64 (`‖a − b‖` when that is 0); NaN when `a` holds a
+/// non-finite value or the lengths differ.
+fn rel_l2(a: &[f32], b: &[f32], floor: f64) -> f64 {
     if a.len() != b.len() || a.iter().any(|v| !v.is_finite()) {
         return f64::NAN;
     }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (x as f64, y as f64);
-        num += (x - y) * (x - y);
-        den += y * y;
-    }
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den = l2(b).max(floor);
     if den == 0.0 {
-        num.sqrt()
+        diff
     } else {
-        (num / den).sqrt()
+        diff / den
     }
 }
 
@@ -183,15 +192,7 @@ impl Report {
 
     /// Relative L2 error of one output.
     fn check(&mut self, what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
-        let note = if gpu.len() != cpu.len() {
-            format!(" (length {} vs {})", gpu.len(), cpu.len())
-        } else if let Some(i) = gpu.iter().position(|v| !v.is_finite()) {
-            let bad = gpu.iter().filter(|v| !v.is_finite()).count();
-            format!(" ({bad} non-finite, first at {i}: unwritten or NaN)")
-        } else {
-            String::new()
-        };
-        self.record(what, rel_l2(gpu, cpu), tol, &note);
+        self.check_floor(what, gpu, cpu, 0.0, tol)
     }
 
     /// Relative L2 error against `max(‖cpu‖, floor)`: for outputs that can vanish exactly (the
@@ -199,26 +200,17 @@ impl Report {
     /// measure would compare bf16 rounding with the CPU's f32 rounding of zero. `floor` is the
     /// norm of a comparable quantity that does not vanish.
     fn check_floor(&mut self, what: &str, gpu: &[f32], cpu: &[f32], floor: f64, tol: f64) {
-        let norm = cpu
-            .iter()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>()
-            .sqrt();
-        if norm >= floor || gpu.len() != cpu.len() || gpu.iter().any(|v| !v.is_finite()) {
-            return self.check(what, gpu, cpu, tol);
-        }
-        let diff = gpu
-            .iter()
-            .zip(cpu)
-            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        self.record(
-            what,
-            diff / floor,
-            tol,
-            &format!(" (against a floor of {floor:.2e})"),
-        );
+        let note = if gpu.len() != cpu.len() {
+            format!(" (length {} vs {})", gpu.len(), cpu.len())
+        } else if let Some(i) = gpu.iter().position(|v| !v.is_finite()) {
+            let bad = gpu.iter().filter(|v| !v.is_finite()).count();
+            format!(" ({bad} non-finite, first at {i}: unwritten or NaN)")
+        } else if floor > l2(cpu) {
+            format!(" (against a floor of {floor:.2e})")
+        } else {
+            String::new()
+        };
+        self.record(what, rel_l2(gpu, cpu, floor), tol, &note);
     }
 
     /// Increments of an accumulated output: `after − before` on each side.
@@ -1000,13 +992,7 @@ fn ops_attention<G: Backend>(g: &G, r: &mut Report) {
         // dq and dk vanish with a single key (the softmax is constant), and an lse entry is one
         // score then: both are measured against a floor (dv's norm, which has the same units as
         // them; one unit per lse entry) instead of their own, possibly zero, norm.
-        let norm = |v: &[f32]| {
-            v.iter()
-                .map(|&x| (x as f64) * (x as f64))
-                .sum::<f64>()
-                .sqrt()
-        };
-        let grad_floor = norm(&co[4]);
+        let grad_floor = l2(&co[4]);
         let lse_floor = (co[1].len() as f64).sqrt();
         for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
             let floor = match i {

@@ -39,6 +39,37 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+impl AttnShape {
+    /// Panics, naming `backend`, when `q`, `k` or `v` (lengths in floats) are too short for this
+    /// shape, or when there are queries but no keys (the softmax would be empty). Every backend's
+    /// attention checks its arguments here, so they refuse exactly the same calls.
+    pub fn check_buffers(&self, backend: &str, q: usize, k: usize, v: usize) {
+        let AttnShape {
+            batch,
+            lq,
+            lk,
+            heads,
+            head_dim: d,
+        } = *self;
+        assert!(
+            q >= batch * lq * heads * d,
+            "attention ({backend}): q too short for {self:?}"
+        );
+        assert!(
+            k >= batch * lk * heads * d,
+            "attention ({backend}): k too short for {self:?}"
+        );
+        assert!(
+            v >= batch * lk * heads * d,
+            "attention ({backend}): v too short for {self:?}"
+        );
+        assert!(
+            lk > 0 || batch * lq * heads * d == 0,
+            "attention ({backend}): no keys to attend to"
+        );
+    }
+}
+
 /// Shape of a latent video batch `[batch, channels, frames, height, width]` cut into (1, 2, 2)
 /// patches; tokens are ordered (f, h, w).
 #[derive(Clone, Copy, Debug)]

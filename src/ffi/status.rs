@@ -137,17 +137,6 @@ pub fn last_error() -> String {
     LAST_ERROR.with(|e| e.borrow().to_string_lossy().into_owned())
 }
 
-/// The text of a panic payload (`panic!` with a literal gives `&str`, with arguments `String`).
-fn panic_text(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a panic payload that is not a string)".to_string()
-    }
-}
-
 /// Drops a panic payload without letting a panicking destructor escape.
 fn drop_payload(payload: Box<dyn Any + Send>) {
     let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
@@ -155,7 +144,7 @@ fn drop_payload(payload: Box<dyn Any + Send>) {
 
 /// Turns a caught panic into `PRFL_ERR_PANIC` with the panic's message.
 pub fn panic_error(payload: Box<dyn Any + Send>) -> FfiError {
-    let text = panic_text(&*payload);
+    let text = crate::error::panic_message(&*payload);
     drop_payload(payload);
     FfiError::new(PRFL_ERR_PANIC, format!("panic (a bug in prfl): {text}"))
 }

@@ -214,32 +214,6 @@ impl<'a> Scatter<'a> {
     }
 }
 
-fn check_shape(shape: &AttnShape, q: usize, k: usize, v: usize) {
-    let AttnShape {
-        batch,
-        lq,
-        lk,
-        heads,
-        head_dim: d,
-    } = *shape;
-    assert!(
-        q >= batch * lq * heads * d,
-        "attention: q too short for {shape:?}"
-    );
-    assert!(
-        k >= batch * lk * heads * d,
-        "attention: k too short for {shape:?}"
-    );
-    assert!(
-        v >= batch * lk * heads * d,
-        "attention: v too short for {shape:?}"
-    );
-    assert!(
-        lk > 0 || batch * lq * heads * d == 0,
-        "attention: no keys to attend to"
-    );
-}
-
 /// `exp(x)` for `x <= 88`, branch-free so that loops over it vectorise (libm's `expf` is a call
 /// per element and was a sizeable share of the forward time). Cephes' single-precision scheme:
 /// `x = n ln2 + r` with `|r| <= ln2 / 2`, a degree-7 polynomial for `exp(r)`, and `2^n` built in
@@ -380,7 +354,7 @@ pub fn attention_forward(
         heads,
         head_dim: d,
     } = shape;
-    check_shape(&shape, q.len(), k.len(), v.len());
+    shape.check_buffers("CPU", q.len(), k.len(), v.len());
     assert!(
         out.len() >= batch * lq * heads * d,
         "attention: out too short for {shape:?}"
@@ -509,7 +483,7 @@ pub fn attention_backward(
         heads,
         head_dim: d,
     } = shape;
-    check_shape(&shape, q.len(), k.len(), v.len());
+    shape.check_buffers("CPU", q.len(), k.len(), v.len());
     let nq_all = batch * lq * heads * d;
     let nk_all = batch * lk * heads * d;
     assert!(

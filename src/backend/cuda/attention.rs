@@ -192,22 +192,7 @@ impl Dims {
             heads,
             head_dim: d,
         } = *shape;
-        assert!(
-            q >= batch * lq * heads * d,
-            "attention (CUDA): q too short for {shape:?}"
-        );
-        assert!(
-            k >= batch * lk * heads * d,
-            "attention (CUDA): k too short for {shape:?}"
-        );
-        assert!(
-            v >= batch * lk * heads * d,
-            "attention (CUDA): v too short for {shape:?}"
-        );
-        assert!(
-            lk > 0 || batch * lq * heads * d == 0,
-            "attention (CUDA): no keys to attend to"
-        );
+        shape.check_buffers("CUDA", q, k, v);
         let scale = 1.0 / (d as f32).sqrt();
         Dims {
             batch: to_i32(batch, "batch"),

@@ -109,18 +109,8 @@ fn guarded<T>(
         Err(payload) => Err(CompileError::Nvrtc {
             source: source.to_string(),
             call,
-            reason: format!("panicked: {}", panic_text(&*payload)),
+            reason: format!("panicked: {}", crate::error::panic_message(&*payload)),
         }),
-    }
-}
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a non-string panic payload)".to_string()
     }
 }
 

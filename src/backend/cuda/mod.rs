@@ -157,16 +157,7 @@ pub fn driver_error_text(e: &cudarc::driver::DriverError) -> String {
     }
 }
 
-/// The text of a caught panic's payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a panic payload that is not a string)".to_string()
-    }
-}
+pub use crate::error::panic_message;
 
 /// Runs `f`, turning a panic (cudarc panics when a library or symbol is missing) into
 /// [`CudaError::Panic`]. A second line of defence: [`probe`] checks the libraries first.

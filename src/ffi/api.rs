@@ -141,13 +141,7 @@ pub unsafe extern "C" fn prfl_create(
     guard("prfl_create", || {
         // SAFETY: non-null `out` is writable per the contract.
         unsafe { args::write(out, std::ptr::null_mut(), "out") }?;
-        if config.is_null() {
-            return Err(FfiError::null("config"));
-        }
-        if (config as usize) % std::mem::align_of::<PrflConfig>() != 0 {
-            return Err(FfiError::invalid("`config` is not aligned"));
-        }
-        // SAFETY: non-null, aligned, and sized `struct_size` per the contract.
+        // SAFETY: sized `struct_size` per the contract (null and misalignment are refused).
         let c = unsafe { read_config(config) }?;
         // SAFETY: `cuda_library_dir` is NULL or a NUL-terminated string per the contract.
         let rt = Runtime::new(unsafe { RuntimeConfig::validate(&c) }?)?;

@@ -173,35 +173,16 @@ impl Default for PrflConfig {
     }
 }
 
-/// Reads a caller's `PrflConfig` of any `struct_size` at least version 1's.
+/// Reads a caller's `PrflConfig` of any `struct_size` at least version 1's (refusing a null or
+/// misaligned pointer), then checks its `abi_version`.
 ///
 /// # Safety
-/// `ptr` must be non-null, aligned, and point to at least `struct_size` readable bytes (the
-/// header's contract for `prfl_create`).
+/// A non-null `ptr` must point to at least `struct_size` readable bytes (the header's contract
+/// for `prfl_create`).
 pub unsafe fn read_config(ptr: *const PrflConfig) -> Result<PrflConfig, FfiError> {
-    // SAFETY: the first field is a u32 and the caller guarantees at least that much.
-    let size = unsafe { ptr.cast::<u32>().read() } as usize;
-    if size < CONFIG_V1_SIZE {
-        return Err(FfiError::new(
-            PRFL_ERR_VERSION,
-            format!(
-                "config struct_size is {size} bytes, smaller than ABI version 1's PrflConfig \
-                 ({CONFIG_V1_SIZE} bytes): fill it with prfl_config_default"
-            ),
-        ));
-    }
-    let mut out = PrflConfig::default();
-    let n = size.min(size_of::<PrflConfig>());
-    // SAFETY: the caller's struct has at least `size >= n` bytes; `out` has exactly
-    // size_of::<PrflConfig>() >= n; the regions are distinct. Every field is an integer, float or
-    // raw pointer, for which any bit pattern is valid, so a byte copy yields a valid value.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            ptr.cast::<u8>(),
-            (&mut out as *mut PrflConfig).cast::<u8>(),
-            n,
-        )
-    };
+    // SAFETY: forwarded contract; every field is an integer, float or raw pointer, for which any
+    // bit pattern is valid.
+    let out = unsafe { super::args::read_sized(ptr, "config", CONFIG_V1_SIZE) }?;
     if out.abi_version != PRFL_ABI_VERSION {
         return Err(FfiError::new(
             PRFL_ERR_VERSION,

@@ -13,7 +13,9 @@ use super::results::RejectionResults;
 use super::stats::Proportion;
 use super::world::{prompt_text, SampleSet};
 use crate::backend::Backend;
-use crate::finetune::early_reject::{sample_with_early_rejection, Candidates, RejectStage};
+use crate::finetune::early_reject::{
+    best_first, sample_with_early_rejection, Candidates, RejectStage,
+};
 use crate::finetune::sample::SamplingPlan;
 use crate::model::wan::WanModel;
 use crate::reward::model::RewardModel;
@@ -87,9 +89,7 @@ pub fn compare<B: Backend>(
             be,
             &cond.inputs(video_shape(&world, e.candidates), &xb, &zeros),
         )?;
-        let mut order: Vec<usize> = (0..e.candidates).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        best_good += order[..e.keep]
+        best_good += best_first(&scores, e.keep)
             .iter()
             .filter(|&&c| is_good(&group[c * per..(c + 1) * per], shape))
             .count();

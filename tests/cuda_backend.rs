@@ -461,6 +461,27 @@ fn ops_reduce_optim<G: Backend>(g: &G, r: &mut Report) {
         let (go, co) = both!(g, |be| { be.sum_squares(&be.upload(&x)) });
         r.scalar(&format!("sum_squares n={n}"), go, co, TOL_SUMSQ);
     }
+    // Many buffers at once (the optimiser's gradient norm), an empty one among them.
+    let xs: Vec<Vec<f32>> = [0, 1, 4099, 70_001]
+        .iter()
+        .map(|&n| rand(&mut rng, n, 2.0))
+        .collect();
+    let (go, co) = both!(g, |be| {
+        let bufs: Vec<_> = xs.iter().map(|x| be.upload(x)).collect();
+        be.sum_squares_each(&bufs.iter().collect::<Vec<_>>())
+    });
+    r.truth(
+        &format!("sum_squares_each gives one sum per buffer ({})", go.len()),
+        go.len() == xs.len(),
+    );
+    for (i, (a, b)) in go.iter().zip(&co).enumerate() {
+        r.scalar(
+            &format!("sum_squares_each [{i}] n={}", xs[i].len()),
+            *a,
+            *b,
+            TOL_SUMSQ,
+        );
+    }
     // A single non-finite entry anywhere makes the sum non-finite (the optimiser's skip test).
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         for at in [0, 4098, 70_000] {

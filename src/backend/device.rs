@@ -437,6 +437,12 @@ impl Backend for Device {
             Device::Cuda(b) => b.sum_squares(g(x)),
         }
     }
+    fn sum_squares_each(&self, xs: &[&DeviceBuf]) -> Vec<f64> {
+        match self {
+            Device::Cpu(b) => b.sum_squares_each(&xs.iter().map(|x| c(x)).collect::<Vec<_>>()),
+            Device::Cuda(b) => b.sum_squares_each(&xs.iter().map(|x| g(x)).collect::<Vec<_>>()),
+        }
+    }
 
     fn adamw_update(
         &self,

@@ -191,6 +191,12 @@ pub trait Backend: Send + Sync + 'static {
     /// `sum x^2` accumulated in f64 (gradient norms; a non-finite result flags a non-finite
     /// entry).
     fn sum_squares(&self, x: &Self::Buf) -> f64;
+    /// [`Backend::sum_squares`] of each buffer, in order. A device backend enqueues them all and
+    /// reads the results back once, so a global gradient norm costs one host synchronisation per
+    /// step rather than one per tensor.
+    fn sum_squares_each(&self, xs: &[&Self::Buf]) -> Vec<f64> {
+        xs.iter().map(|x| self.sum_squares(x)).collect()
+    }
 
     // ---------------------------------------------------------------- optimiser
     /// One AdamW update of an f32 master parameter (decoupled weight decay, bias-corrected).

@@ -256,11 +256,8 @@ impl<B: Backend> AdamW<B> {
         let base_lr = (self.cfg.lr as f64 * lr_factor) as f32;
         // The norm of the mean gradient; sums of squares in f64 in a fixed order (store order),
         // so the result, and hence clipping, is reproducible bit for bit on resume.
-        let sum_sq: f64 = self
-            .slots
-            .iter()
-            .map(|s| be.sum_squares(grad_of(grads, s.id)))
-            .sum();
+        let each: Vec<&B::Buf> = self.slots.iter().map(|s| grad_of(grads, s.id)).collect();
+        let sum_sq: f64 = be.sum_squares_each(&each).into_iter().sum();
         let grad_norm = sum_sq.sqrt() / micro_batches as f64;
         // torch computes the norm in f32; one that overflows f32 would zero every gradient there.
         let norm32 = grad_norm as f32;

@@ -326,6 +326,22 @@ impl Backend for Cuda {
     fn sum_squares(&self, x: &CudaBuf) -> f64 {
         ok("sum_squares", self.kernels.sum_squares(self.s(), x))
     }
+    fn sum_squares_each(&self, xs: &[&CudaBuf]) -> Vec<f64> {
+        let all = || -> Result<Vec<f64>, cudarc::driver::DriverError> {
+            if xs.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Zero-filled: an empty buffer's slot stays 0 (its sum is never enqueued).
+            let mut out = self.s().alloc_zeros::<f64>(xs.len())?;
+            for (slot, x) in xs.iter().enumerate() {
+                if !x.is_empty() {
+                    self.kernels.sum_squares_into(self.s(), x, &mut out, slot)?;
+                }
+            }
+            self.s().clone_dtoh(&out)
+        };
+        ok("sum_squares_each", all())
+    }
 
     // ---------------------------------------------------------------- optimiser
     fn adamw_update(

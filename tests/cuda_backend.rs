@@ -1,10 +1,17 @@
 //! The CUDA backend against the CPU backend (its executable specification): every `Backend` op,
 //! a whole tiny Wan model forward + backward, a PAVRM training step and a PRFL step.
 //!
-//! Without a usable CUDA device (no driver, no GPU, a missing library) every GPU test prints
-//! `skipping: <reason>` and passes, unless `PRFL_CUDA_REQUIRE=1`, which turns the skip into a
-//! failure (the GPU machine's script, `tools/gpu/run_all.sh`, sets it). `PRFL_CUDA_LIB_DIR` names
-//! a folder of CUDA libraries (`CudaOptions::lib_dir`), `PRFL_CUDA_DEVICE` the ordinal (default 0).
+//! The device:
+//! - `PRFL_CUDA_EMULATE=1` (or `plain`, `asan`, `tsan`) runs every test on the *emulated* CUDA
+//!   device of `tests/cuda_emu/`: the real kernel sources compiled for the CPU and stand-in
+//!   libcuda/libnvrtc/libcublas/libcublasLt loaded through the backend's normal library-folder
+//!   path (`CudaOptions::lib_dir`). The emulation is built first (`tests/common/cuda_emu.rs`);
+//!   a build failure or a device that does not open is a test failure, never a skip.
+//! - Otherwise, without a usable CUDA device (no driver, no GPU, a missing library) every GPU
+//!   test prints `skipping: <reason>` and passes, unless `PRFL_CUDA_REQUIRE=1`, which turns the
+//!   skip into a failure (the GPU machine's script, `tools/gpu/run_all.sh`, sets it).
+//!   `PRFL_CUDA_LIB_DIR` names a folder of CUDA libraries (`CudaOptions::lib_dir`),
+//!   `PRFL_CUDA_DEVICE` the ordinal (default 0).
 //!
 //! How each check works:
 //! - inputs are fresh random data (never zeros: zeros hide unwritten outputs and wrong indexing);
@@ -74,13 +81,39 @@ const TOL_MODEL_GRAD_ALL: f64 = 3e-2;
 
 // ------------------------------------------------------------------------------------ the device
 
+#[path = "common/cuda_emu.rs"]
+mod cuda_emu;
+
+/// Whether a missing device fails the test instead of skipping it: always on the emulated
+/// device.
 fn require() -> bool {
     std::env::var("PRFL_CUDA_REQUIRE").is_ok_and(|v| v == "1")
+        || cuda_emu::Variant::from_env().is_some()
 }
 
-fn options() -> CudaOptions {
-    CudaOptions {
-        lib_dir: std::env::var_os("PRFL_CUDA_LIB_DIR").map(PathBuf::from),
+/// The library folder: the emulation's (built here) with `PRFL_CUDA_EMULATE`, else
+/// `PRFL_CUDA_LIB_DIR`.
+fn options() -> Result<CudaOptions, String> {
+    match cuda_emu::Variant::from_env() {
+        Some(variant) => {
+            let emu = cuda_emu::build(variant?)?;
+            // Emulated kernel images must not land in (or come from) the real kernel cache;
+            // an explicit setting (`off` for mutation runs) is kept.
+            if std::env::var_os("PRFL_KERNEL_CACHE").is_none() {
+                std::env::set_var("PRFL_KERNEL_CACHE", &emu.kernel_cache);
+            }
+            println!(
+                "emulated CUDA device ({}): {}",
+                emu.variant.name(),
+                emu.lib_dir.display()
+            );
+            Ok(CudaOptions {
+                lib_dir: Some(emu.lib_dir),
+            })
+        }
+        None => Ok(CudaOptions {
+            lib_dir: std::env::var_os("PRFL_CUDA_LIB_DIR").map(PathBuf::from),
+        }),
     }
 }
 
@@ -89,7 +122,7 @@ fn options() -> CudaOptions {
 static GPU: OnceLock<Result<Mutex<Cuda>, String>> = OnceLock::new();
 
 fn open_gpu() -> Result<Mutex<Cuda>, String> {
-    let opts = options();
+    let opts = options()?;
     let devices = probe(&opts).map_err(|e| e.to_string())?;
     if devices.is_empty() {
         return Err("no CUDA device found".into());

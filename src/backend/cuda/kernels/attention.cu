@@ -83,19 +83,35 @@ typedef long long i64;
 #define ATTN_LOG2E 1.4426950408889634f
 #define ATTN_LN2 0.6931471805599453f
 
+// The block's dynamic shared memory (sized by the launch). The CPU emulation (tests/cuda_emu)
+// hands out a heap block of exactly that size instead.
+#ifdef PRFL_CUDA_CPU_EMU
+#define DYN_SMEM(name) unsigned char* const name = prfl_emu_dynamic_smem()
+#else
+#define DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 __device__ __forceinline__ float attn_inf() { return __int_as_float(0x7f800000); }
 
 // 2^x (MUFU.EX2; ex2(-inf) = +0, relative error ~2^-22).
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
+#ifdef PRFL_CUDA_CPU_EMU
+    y = prfl_emu_ex2_approx_ftz_f32(x);
+#else
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+#endif
     return y;
 }
 
 // Two f32 -> one register of two bf16 (round to nearest even): `lo` in bits 0..15.
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
     u32 r;
+#ifdef PRFL_CUDA_CPU_EMU
+    r = prfl_emu_cvt_rn_bf16x2_f32(hi, lo);
+#else
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
     return r;
 }
 
@@ -112,20 +128,28 @@ __device__ __forceinline__ u32 lds32(const u16* p) { return *reinterpret_cast<co
 //   c0, c1 = C[g][2t], C[g][2t+1]      c2, c3 = C[g+8][2t], C[g+8][2t+1]
 __device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
                                          u32 b1) {
+#ifdef PRFL_CUDA_CPU_EMU
+    prfl_emu_mma_m16n8k16_bf16(c, a0, a1, a2, a3, b0, b1);
+#else
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 // Four transposed 8x8 bf16 matrices; lane l gives the shared address of row l % 8 of matrix l / 8
 // and receives, of matrix i, the elements [2 (l % 4)][l / 4] and [2 (l % 4) + 1][l / 4] in r[i].
 // For a row-major [k][n] tile this is exactly the mma B fragment of B[k][n].
 __device__ __forceinline__ void ldsm_x4_trans(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+#ifdef PRFL_CUDA_CPU_EMU
+    prfl_emu_ldmatrix_x4_trans(addr, r0, r1, r2, r3);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr)
                  : "memory");
+#endif
 }
 
 // Rows r0 .. r0 + ROWS - 1 of one head of a [batch, len, heads, D] f32 tensor (row r at
@@ -205,7 +229,7 @@ __device__ __forceinline__ void flash_fwd(const float* __restrict__ q, const flo
                                           float* __restrict__ lse, int batch, int lq, int lk,
                                           int heads, float scale_log2) {
     constexpr int BM = 64, BN = 64, NT = 128, LDS = D + 8;
-    extern __shared__ __align__(16) unsigned char attn_smem[];
+    DYN_SMEM(attn_smem);
     u16* sK = reinterpret_cast<u16*>(attn_smem);
     u16* sV = sK + BN * LDS;
 
@@ -361,7 +385,7 @@ __device__ __forceinline__ void flash_bwd_dkdv(
     const float* __restrict__ delta, float* __restrict__ dk, float* __restrict__ dv, int batch,
     int lq, int lk, int heads, float scale, float scale_log2) {
     constexpr int BN = 64, NT = 128, LDS = D + 8;
-    extern __shared__ __align__(16) unsigned char attn_smem[];
+    DYN_SMEM(attn_smem);
     u16* sK = reinterpret_cast<u16*>(attn_smem);
     u16* sV = sK + BN * LDS;
     u16* sQ = sV + BN * LDS;
@@ -504,7 +528,7 @@ __device__ __forceinline__ void flash_bwd_dq(const float* __restrict__ q,
                                              float* __restrict__ dq, int batch, int lq, int lk,
                                              int heads, float scale, float scale_log2) {
     constexpr int BM = 64, BN = 64, NT = 128, LDS = D + 8;
-    extern __shared__ __align__(16) unsigned char attn_smem[];
+    DYN_SMEM(attn_smem);
     u16* sQ = reinterpret_cast<u16*>(attn_smem);
     u16* sdO = sQ + BM * LDS;
     u16* sK = sdO + BM * LDS;

@@ -10,8 +10,8 @@
 // (m x k), op(B) (k x n), C (m x n) and the bias (m) as plain arrays indexed (row, col), computes
 // alpha op(A) op(B) + beta C + bias by the textbook triple sum, and only then writes the stored
 // matrices (A = op(A) or its transpose) into column-major memory, element (r, c) at r + c ld.
-// Inputs are small multiples of 1/8, so every product and sum is exact in float and the f32
-// results must match exactly; 16-bit outputs must be within half a unit in the last place.
+// Inputs are small multiples of 1/8, so every product and sum is exact in float: f32 results
+// must match exactly, 16-bit results must be the exact value rounded to nearest even.
 // Padding rows of every output (between rows and ld) hold a sentinel that must survive.
 
 #include <dlfcn.h>
@@ -306,13 +306,22 @@ Mat reference(const Mat& opa, const Mat& opb, const Mat* c, const std::vector<do
     return d;
 }
 
-// Rounding to nearest moves a value by at most the unit roundoff 2^-p relative (p = 8 significant
-// bits for bf16, 11 for f16); f32 results of exact inputs are exact. `scale` bounds the terms
-// for inexact inputs.
+// `v` rounded to nearest-even with `p` significant bits, by scaling its leading bit to 2^(p-1)
+// and rounding to an integer (the default rounding mode is to nearest, ties to even). Valid for
+// the normal range, which the test's values never leave.
+double round_to_bits(double v, int p) {
+    if (v == 0 || !std::isfinite(v)) return v;
+    const int e = std::ilogb(v);
+    return std::ldexp(std::nearbyint(std::ldexp(v, p - 1 - e)), e - (p - 1));
+}
+
+// f32 results of exact inputs are exact; 16-bit results are the exact value rounded to nearest
+// even (8 significant bits for bf16, 11 for f16). `scale` bounds the terms for inexact inputs.
 bool close(int type, double got, double want, double scale) {
     if (std::isnan(got)) return false;
-    const double rel = type == R_32F ? 0 : type == R_16BF ? std::ldexp(1, -8) : std::ldexp(1, -11);
-    return std::fabs(got - want) <= rel * std::fabs(want) + scale * 1e-6;
+    if (type == R_16BF) return got == round_to_bits(want, 8);
+    if (type == R_16F) return got == round_to_bits(want, 11);
+    return std::fabs(got - want) <= scale * 1e-6;
 }
 
 bool compare(const char* what, const Stored& d, const Mat& want, double scale) {

@@ -155,6 +155,19 @@ std::atomic<uint64_t> g_gemm_failed{0};
 std::atomic<uint64_t> g_ger_ok{0};
 std::atomic<uint64_t> g_ger_failed{0};
 
+// PRFL_EMU_BLAS_STATS=1 prints the counters when the library is unloaded (at exit).
+__attribute__((destructor)) void print_stats_at_exit() {
+    const char* on = std::getenv("PRFL_EMU_BLAS_STATS");
+    if (on == nullptr || std::strcmp(on, "1") != 0) return;
+    std::fprintf(stderr,
+                 "[emulated cuBLAS] %llu cublasGemmEx done, %llu refused; %llu cublasSger_v2 "
+                 "done, %llu refused\n",
+                 static_cast<unsigned long long>(g_gemm_ok.load()),
+                 static_cast<unsigned long long>(g_gemm_failed.load()),
+                 static_cast<unsigned long long>(g_ger_ok.load()),
+                 static_cast<unsigned long long>(g_ger_failed.load()));
+}
+
 bool live(const cublasContext* h) { return h != nullptr && h->magic == kHandleMagic; }
 
 // --- Element types ----------------------------------------------------------------------------

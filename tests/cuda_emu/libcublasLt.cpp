@@ -30,6 +30,10 @@
 // because prfl falls back to cublasGemmEx when the heuristic refuses, which would otherwise hide a
 // refusal.
 //
+// Environment (all optional): PRFL_EMU_BLAS_QUIET=1 silences the explanations;
+// PRFL_EMU_BLAS_STATS=1 prints the call counters at exit; PRFL_EMU_CUBLASLT_NO_ALGO=1 makes the
+// heuristic find no algorithm for any problem, which sends prfl down its cublasGemmEx fallback.
+//
 // Self-contained on purpose (no project header): the harness compiles this file alone. The small
 // bf16/f16 conversions are repeated in libcublas.cpp for the same reason.
 
@@ -248,6 +252,20 @@ std::atomic<uint64_t> g_heuristic_ok{0};
 std::atomic<uint64_t> g_heuristic_refused{0};
 std::atomic<uint64_t> g_matmul_ok{0};
 std::atomic<uint64_t> g_matmul_failed{0};
+
+// PRFL_EMU_BLAS_STATS=1 prints the counters when the library is unloaded (at exit), to see by
+// hand which path a run took.
+__attribute__((destructor)) void print_stats_at_exit() {
+    const char* on = std::getenv("PRFL_EMU_BLAS_STATS");
+    if (on == nullptr || std::strcmp(on, "1") != 0) return;
+    std::fprintf(stderr,
+                 "[emulated cuBLASLt] %llu heuristic queries answered, %llu refused; %llu "
+                 "matmuls done, %llu refused\n",
+                 static_cast<unsigned long long>(g_heuristic_ok.load()),
+                 static_cast<unsigned long long>(g_heuristic_refused.load()),
+                 static_cast<unsigned long long>(g_matmul_ok.load()),
+                 static_cast<unsigned long long>(g_matmul_failed.load()));
+}
 
 // ---------------------------------------------------------------------------------------------
 // Element types.
@@ -1006,6 +1024,11 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
         s = fail(fn, CUBLAS_STATUS_INVALID_VALUE, "requestedAlgoCount %d", requested);
     else if (results == nullptr || returned == nullptr)
         s = fail(fn, CUBLAS_STATUS_INVALID_VALUE, "a result pointer is NULL");
+    // PRFL_EMU_CUBLASLT_NO_ALGO=1: no algorithm for any problem, as a real cuBLASLt may answer
+    // for shapes it has no kernel for, so that a test run takes the caller's fallback path.
+    const char* no_algo = std::getenv("PRFL_EMU_CUBLASLT_NO_ALGO");
+    if (s == CUBLAS_STATUS_SUCCESS && no_algo != nullptr && std::strcmp(no_algo, "1") == 0)
+        s = fail(fn, CUBLAS_STATUS_NOT_SUPPORTED, "no algorithm (PRFL_EMU_CUBLASLT_NO_ALGO=1)");
     Problem p{};
     if (s == CUBLAS_STATUS_SUCCESS) {
         const cublasLtMatrixLayoutOpaque_t& c = cdesc != nullptr ? *cdesc : *ddesc;

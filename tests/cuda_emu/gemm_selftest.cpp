@@ -758,6 +758,16 @@ void lt_errors(LtHandle h) {
         lt.LayoutDestroy(d);
     }
     {
+        // The test knob that sends callers down their fallback: no algorithm for anything.
+        Problem p;
+        make_problem(p);
+        setenv("PRFL_EMU_CUBLASLT_NO_ALGO", "1", 1);
+        expect(heuristic(h, p), NOT_SUPPORTED, "heuristic under PRFL_EMU_CUBLASLT_NO_ALGO=1");
+        check(p.count == 0, "no algorithm under PRFL_EMU_CUBLASLT_NO_ALGO=1");
+        unsetenv("PRFL_EMU_CUBLASLT_NO_ALGO");
+        expect(heuristic(h, p), SUCCESS, "heuristic once PRFL_EMU_CUBLASLT_NO_ALGO is unset");
+    }
+    {
         // Versions: cuBLAS's encoding, major * 10000 + minor * 100 + patch, for 13.x.
         const size_t v = lt.GetVersion();
         int major = -1, minor = -1, patch = -1;

@@ -14,11 +14,19 @@
 //!
 //! Without g++ the tests skip with a message; any other failure (a compile error, a warning, a
 //! failed check, a sanitizer report) fails them.
+//!
+//! A last test checks `tests/common/cuda_emu_blas_stats.rs`, the reader of the stand-ins' call
+//! counters that tests on the emulated device use to see which GEMM path prfl took.
 
 use std::collections::hash_map::DefaultHasher;
+use std::ffi::{c_int, c_void};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::ptr::null_mut;
+
+#[path = "common/cuda_emu_blas_stats.rs"]
+mod cuda_emu_blas_stats;
 
 /// The sources, relative to the crate root.
 const LT_SOURCE: &str = "tests/cuda_emu/libcublasLt.cpp";
@@ -225,4 +233,110 @@ fn stand_in_cublas_is_clean_under_address_and_ub_sanitizers() {
 #[test]
 fn stand_in_cublas_is_clean_under_thread_sanitizer() {
     selftest(Variant::Tsan);
+}
+
+/// `cublasLtMatmulAlgoGetHeuristic`'s C signature (the handle, descriptor and layouts as
+/// pointers; the result array untyped: this call never reaches it).
+type HeuristicFn = unsafe extern "C" fn(
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    c_int,
+    *mut c_void,
+    *mut c_int,
+) -> c_int;
+
+/// `cublasSger_v2`'s C signature.
+type SgerFn = unsafe extern "C" fn(
+    *mut c_void,
+    c_int,
+    c_int,
+    *const f32,
+    *const f32,
+    c_int,
+    *const f32,
+    c_int,
+    *mut f32,
+    c_int,
+) -> c_int;
+
+#[test]
+fn blas_stats_reader_counts_the_loaded_stand_ins_calls() {
+    if !have_gxx() {
+        eprintln!("skipping the counter reader check: g++ not found");
+        return;
+    }
+    let dir = build(Variant::Plain).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cuda_emu_blas_stats::read(&dir).is_err(),
+        "the reader must not load a fresh copy of a library this process has not loaded"
+    );
+    // SAFETY: the stand-ins run no code at load time but their static initialisers.
+    let (lt, blas) = unsafe {
+        (
+            libloading::Library::new(dir.join("libcublasLt.so")).expect("load libcublasLt.so"),
+            libloading::Library::new(dir.join("libcublas.so")).expect("load libcublas.so"),
+        )
+    };
+    let before = cuda_emu_blas_stats::read(&dir).expect("counters of the loaded stand-ins");
+    // SAFETY: the symbols have these signatures; a NULL handle is refused before any other
+    // argument is read (that refusal is what is counted). The Sger call is a complete, valid
+    // rank-1 update of a 2 x 2 matrix.
+    unsafe {
+        let heuristic: libloading::Symbol<HeuristicFn> =
+            lt.get(b"cublasLtMatmulAlgoGetHeuristic\0").unwrap();
+        let status = heuristic(
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            1,
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(status, 1, "a NULL handle is CUBLAS_STATUS_NOT_INITIALIZED");
+        let create: libloading::Symbol<unsafe extern "C" fn(*mut *mut c_void) -> c_int> =
+            blas.get(b"cublasCreate_v2\0").unwrap();
+        let destroy: libloading::Symbol<unsafe extern "C" fn(*mut c_void) -> c_int> =
+            blas.get(b"cublasDestroy_v2\0").unwrap();
+        let sger: libloading::Symbol<SgerFn> = blas.get(b"cublasSger_v2\0").unwrap();
+        let mut handle = null_mut();
+        assert_eq!(create(&mut handle), 0);
+        let (x, y, mut a) = ([1.0f32, 2.0], [3.0f32, 4.0], [0.0f32; 4]);
+        let status = sger(
+            handle,
+            2,
+            2,
+            &0.5,
+            x.as_ptr(),
+            1,
+            y.as_ptr(),
+            1,
+            a.as_mut_ptr(),
+            2,
+        );
+        assert_eq!(status, 0);
+        // Column-major A += 0.5 x y^T.
+        assert_eq!(a, [1.5, 3.0, 2.0, 4.0]);
+        assert_eq!(destroy(handle), 0);
+    }
+    let after = cuda_emu_blas_stats::read(&dir).expect("counters after the calls");
+    let d = after.since(&before);
+    assert_eq!(
+        d,
+        cuda_emu_blas_stats::BlasStats {
+            lt_heuristic_refused: 1,
+            sger_ok: 1,
+            ..Default::default()
+        },
+        "counted calls"
+    );
+    assert!(d.any_refused());
 }

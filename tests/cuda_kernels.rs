@@ -1,5 +1,5 @@
 //! Compile check of every CUDA kernel source, no GPU needed: each entry of
-//! `prfl::backend::cuda::kernels::sources()` is compiled by NVRTC to PTX for sm_80, sm_89 and
+//! `prfl::backend::cuda::sources()` is compiled by NVRTC to PTX for sm_80, sm_89 and
 //! sm_90, then assembled by `ptxas -v` for that architecture. The resource table (registers,
 //! shared memory, stack frame, spills, 16-byte global accesses) is printed and written to
 //! `<target dir>/cuda-kernel-report.txt`.
@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use prfl::backend::cuda;
 use prfl::backend::cuda::compile::{self, Target};
-use prfl::backend::cuda::kernels;
 use prfl::backend::cuda::types::KernelSource;
 
 /// The architectures every source must compile for: A100, L4/L40/RTX 40, H100/H200.
@@ -256,7 +256,7 @@ fn every_kernel_compiles_for_every_arch_without_spills() {
     let work = std::env::temp_dir().join(format!("prfl-cuda-kernels-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("work dir");
 
-    let sources = kernels::sources();
+    let sources = cuda::sources();
     let jobs: Vec<(KernelSource, (u32, u32))> = sources
         .iter()
         .flat_map(|s| ARCHS.iter().map(move |&a| (*s, a)))
@@ -393,7 +393,7 @@ fn the_kernel_cache_serves_repeats_and_repairs_corruption() {
     }
     let dir = std::env::temp_dir().join(format!("prfl-kernel-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let src = kernels::LAYOUT;
+    let src = cuda::layout::LAYOUT;
     let (first, o1) = compile_cached(&src, (9, 0), Target::Cubin, Some(&dir)).unwrap();
     assert_eq!(o1, Origin::Compiled);
     let (second, o2) = compile_cached(&src, (9, 0), Target::Cubin, Some(&dir)).unwrap();

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 
-use super::kernels::Kernels;
+use super::module::Kernels;
 use super::types::{CudaBuf, KernelSource};
 use crate::backend::AttnShape;
 

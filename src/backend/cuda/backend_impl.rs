@@ -3,7 +3,7 @@
 //! Every op is enqueued on the backend's single stream and returns without waiting; only
 //! `download`, `weight_to_host` and `sum_squares` (which return host values) wait. Element-wise,
 //! norm, modulation, RoPE, patch, cast and optimiser ops are the NVRTC-compiled kernels of
-//! [`super::kernels`], attention is [`super::attention`], and the dense products are
+//! the per-family launcher files ([`super::module`]), attention is [`super::attention`], and the dense products are
 //! [`super::gemm`] (cuBLASLt).
 //!
 //! Failures: the trait has no `Result`, so an error inside an op (a launch failure, running out
@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 
 use super::context::DeviceContext;
 use super::gemm::{Gemm, GemmKernels};
-use super::kernels::Kernels;
+use super::module::Kernels;
 use super::types::{CudaBuf, CudaWeight, WeightData};
 use super::{no_panic, CudaError, CudaOptions, DeviceInfo, MemoryStats};
 use crate::backend::{AdamWHyper, AttnShape, Backend, ModSlot, PatchOrder, PatchShape};

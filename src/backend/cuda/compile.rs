@@ -3,7 +3,7 @@
 //! [`compile`] turns a [`KernelSource`] into a CUBIN for one real architecture (`sm_XY`), so
 //! that the driver loads machine code and JIT-compiles nothing; [`compile_ptx`] produces PTX for
 //! the virtual architecture (`compute_XY`), which the CI check feeds to `ptxas -v` and which
-//! [`super::kernels::Kernels::load`] falls back to for a GPU newer than this NVRTC knows.
+//! [`super::module::Kernels::load`] falls back to for a GPU newer than this NVRTC knows.
 //!
 //! cudarc loads `libnvrtc` lazily and panics when it is missing: every entry point here checks
 //! for the library first ([`nvrtc_present`]) and runs the NVRTC calls under `catch_unwind`, so a

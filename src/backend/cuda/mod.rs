@@ -4,9 +4,12 @@
 //!
 //! Layout:
 //! - [`types`]: device buffers, weights, kernel sources.
-//! - [`kernels`]: the CUDA C sources of the element-wise, norm, modulation, RoPE, patch, cast and
-//!   optimiser kernels, and typed launchers.
-//! - [`attention`]: flash-attention forward and backward (tensor cores, online softmax).
+//! - [`module`]: the kernel registry ([`module::Kernels`]: compile, load, look up, launch
+//!   configurations) that every launcher file extends.
+//! - One launcher file per kernel family, each beside its `kernels/<family>.cu` and the CPU's
+//!   `cpu/<family>.rs`: [`elementwise`], [`reduce`], [`norm`], [`modulate`], [`layout`] (RoPE,
+//!   patches), [`optim`] (AdamW, casts) and [`attention`] (flash attention forward and backward,
+//!   tensor cores, online softmax). [`sources`] lists their CUDA C sources.
 //! - [`compile`]: NVRTC compilation of a source for an architecture; [`kernel_cache`]: the disk
 //!   cache of compiled images, so only the first start on a machine runs NVRTC.
 //!
@@ -24,11 +27,18 @@
 //! panics with a message starting `CUDA:`; the C ABI's panic barrier turns it into a status
 //! and marks the runtime lost.
 
-pub mod attention;
 pub mod compile;
 pub mod kernel_cache;
-pub mod kernels;
+pub mod module;
 pub mod types;
+
+pub mod attention;
+pub mod elementwise;
+pub mod layout;
+pub mod modulate;
+pub mod norm;
+pub mod optim;
+pub mod reduce;
 
 pub mod backend_impl;
 pub mod context;
@@ -39,6 +49,22 @@ use std::path::PathBuf;
 
 pub use backend_impl::Cuda;
 pub use probe::{library_report, probe, LibraryStatus};
+
+use types::KernelSource;
+
+/// Every kernel source of the backend, one per family: what [`module::Kernels::load`] compiles
+/// at run time and the CI compile check (`tests/cuda_kernels.rs`) compiles ahead of time.
+pub fn sources() -> Vec<KernelSource> {
+    vec![
+        elementwise::ELEMENTWISE,
+        norm::NORM,
+        reduce::REDUCE,
+        modulate::MODULATE,
+        layout::LAYOUT,
+        optim::OPTIM,
+        attention::SOURCE,
+    ]
+}
 
 /// How the CUDA backend finds its libraries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -171,5 +197,28 @@ pub(crate) fn no_panic<T>(
             "{what}: {}",
             panic_message(&*payload)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sources_list_unique_kernels() {
+        let mut seen = std::collections::HashSet::new();
+        for s in super::sources() {
+            if s.name == "attention" {
+                // Self-contained (no common.cuh prefix); tests/cuda_kernels.rs checks it.
+                continue;
+            }
+            assert!(!s.code.contains("#include"), "{} includes a header", s.name);
+            for f in s.functions {
+                assert!(seen.insert(*f), "kernel {f} listed twice");
+                assert!(
+                    s.code.contains(&format!("__global__ void {f}(")),
+                    "{} does not define {f}",
+                    s.name
+                );
+            }
+        }
     }
 }

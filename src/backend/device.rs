@@ -201,54 +201,153 @@ fn mismatch(expect: &str) -> ! {
     panic!("a buffer of the other device was passed to the {expect} backend (a bug in the caller)")
 }
 
-// Unwrapping helpers: the device's own variant, or a clear panic.
-fn c(b: &DeviceBuf) -> &Vec<f32> {
-    match b {
-        DeviceBuf::Cpu(v) => v,
-        DeviceBuf::Cuda(_) => mismatch("CPU"),
+/// An argument of a [`Device`] op as the CPU or the CUDA backend takes it: a buffer or weight is
+/// unwrapped to that device's own type (one of the other device panics, naming the bug), an
+/// argument group is unwrapped field by field, and everything else passes through unchanged.
+/// This is what lets [`dispatch!`] forward any op in one line.
+trait DeviceArg {
+    type Cpu;
+    type Cuda;
+    fn cpu(self) -> Self::Cpu;
+    fn cuda(self) -> Self::Cuda;
+}
+
+impl<'a> DeviceArg for &'a DeviceBuf {
+    type Cpu = &'a Vec<f32>;
+    type Cuda = &'a CudaBuf;
+    fn cpu(self) -> Self::Cpu {
+        match self {
+            DeviceBuf::Cpu(v) => v,
+            DeviceBuf::Cuda(_) => mismatch("CPU"),
+        }
+    }
+    fn cuda(self) -> Self::Cuda {
+        match self {
+            DeviceBuf::Cuda(v) => v,
+            DeviceBuf::Cpu(_) => mismatch("CUDA"),
+        }
     }
 }
-fn cm(b: &mut DeviceBuf) -> &mut Vec<f32> {
-    match b {
-        DeviceBuf::Cpu(v) => v,
-        DeviceBuf::Cuda(_) => mismatch("CPU"),
+
+impl<'a> DeviceArg for &'a mut DeviceBuf {
+    type Cpu = &'a mut Vec<f32>;
+    type Cuda = &'a mut CudaBuf;
+    fn cpu(self) -> Self::Cpu {
+        match self {
+            DeviceBuf::Cpu(v) => v,
+            DeviceBuf::Cuda(_) => mismatch("CPU"),
+        }
+    }
+    fn cuda(self) -> Self::Cuda {
+        match self {
+            DeviceBuf::Cuda(v) => v,
+            DeviceBuf::Cpu(_) => mismatch("CUDA"),
+        }
     }
 }
-fn g(b: &DeviceBuf) -> &CudaBuf {
-    match b {
-        DeviceBuf::Cuda(v) => v,
-        DeviceBuf::Cpu(_) => mismatch("CUDA"),
+
+impl<'a> DeviceArg for &'a DeviceWeight {
+    type Cpu = &'a CpuWeight;
+    type Cuda = &'a CudaWeight;
+    fn cpu(self) -> Self::Cpu {
+        match self {
+            DeviceWeight::Cpu(w) => w,
+            DeviceWeight::Cuda(_) => mismatch("CPU"),
+        }
+    }
+    fn cuda(self) -> Self::Cuda {
+        match self {
+            DeviceWeight::Cuda(w) => w,
+            DeviceWeight::Cpu(_) => mismatch("CUDA"),
+        }
     }
 }
-fn gm(b: &mut DeviceBuf) -> &mut CudaBuf {
-    match b {
-        DeviceBuf::Cuda(v) => v,
-        DeviceBuf::Cpu(_) => mismatch("CUDA"),
+
+impl<'a> DeviceArg for &'a mut DeviceWeight {
+    type Cpu = &'a mut CpuWeight;
+    type Cuda = &'a mut CudaWeight;
+    fn cpu(self) -> Self::Cpu {
+        match self {
+            DeviceWeight::Cpu(w) => w,
+            DeviceWeight::Cuda(_) => mismatch("CPU"),
+        }
+    }
+    fn cuda(self) -> Self::Cuda {
+        match self {
+            DeviceWeight::Cuda(w) => w,
+            DeviceWeight::Cpu(_) => mismatch("CUDA"),
+        }
     }
 }
-fn cw(w: &DeviceWeight) -> &CpuWeight {
-    match w {
-        DeviceWeight::Cpu(w) => w,
-        DeviceWeight::Cuda(_) => mismatch("CPU"),
+
+impl<T: DeviceArg> DeviceArg for Option<T> {
+    type Cpu = Option<T::Cpu>;
+    type Cuda = Option<T::Cuda>;
+    fn cpu(self) -> Self::Cpu {
+        self.map(T::cpu)
+    }
+    fn cuda(self) -> Self::Cuda {
+        self.map(T::cuda)
     }
 }
-fn cwm(w: &mut DeviceWeight) -> &mut CpuWeight {
-    match w {
-        DeviceWeight::Cpu(w) => w,
-        DeviceWeight::Cuda(_) => mismatch("CPU"),
+
+/// Arguments that hold no buffer: the same value for either backend.
+macro_rules! same_on_both {
+    ($($t:ty),* $(,)?) => {
+        $(impl DeviceArg for $t {
+            type Cpu = $t;
+            type Cuda = $t;
+            fn cpu(self) -> $t {
+                self
+            }
+            fn cuda(self) -> $t {
+                self
+            }
+        })*
+    };
+}
+same_on_both!(
+    usize,
+    f32,
+    bool,
+    ModSlot,
+    AttnShape,
+    PatchShape,
+    PatchOrder,
+);
+
+impl<'a> DeviceArg for &'a Storage {
+    type Cpu = &'a Storage;
+    type Cuda = &'a Storage;
+    fn cpu(self) -> Self::Cpu {
+        self
+    }
+    fn cuda(self) -> Self::Cuda {
+        self
     }
 }
-fn gw(w: &DeviceWeight) -> &CudaWeight {
-    match w {
-        DeviceWeight::Cuda(w) => w,
-        DeviceWeight::Cpu(_) => mismatch("CUDA"),
+
+impl<'a> DeviceArg for &'a AdamWHyper {
+    type Cpu = &'a AdamWHyper;
+    type Cuda = &'a AdamWHyper;
+    fn cpu(self) -> Self::Cpu {
+        self
+    }
+    fn cuda(self) -> Self::Cuda {
+        self
     }
 }
-fn gwm(w: &mut DeviceWeight) -> &mut CudaWeight {
-    match w {
-        DeviceWeight::Cuda(w) => w,
-        DeviceWeight::Cpu(_) => mismatch("CUDA"),
-    }
+
+/// `self.op(args…)` on whichever backend this device is, each argument unwrapped by
+/// [`DeviceArg`]. (Both arms name the same arguments; only one runs, so moving a `&mut` into
+/// each is fine.)
+macro_rules! dispatch {
+    ($self:ident . $op:ident ( $($arg:expr),* $(,)? )) => {
+        match $self {
+            Device::Cpu(b) => b.$op($(DeviceArg::cpu($arg)),*),
+            Device::Cuda(b) => b.$op($(DeviceArg::cuda($arg)),*),
+        }
+    };
 }
 
 impl Backend for Device {
@@ -256,12 +355,10 @@ impl Backend for Device {
     type Weight = DeviceWeight;
 
     fn name(&self) -> String {
-        match self {
-            Device::Cpu(b) => b.name(),
-            Device::Cuda(b) => b.name(),
-        }
+        dispatch!(self.name())
     }
 
+    // ---------------------------------------------------------------- memory
     fn zeros(&self, n: usize) -> DeviceBuf {
         match self {
             Device::Cpu(b) => DeviceBuf::Cpu(b.zeros(n)),
@@ -275,10 +372,7 @@ impl Backend for Device {
         }
     }
     fn download(&self, buf: &DeviceBuf) -> Vec<f32> {
-        match self {
-            Device::Cpu(b) => b.download(c(buf)),
-            Device::Cuda(b) => b.download(g(buf)),
-        }
+        dispatch!(self.download(buf))
     }
     fn len(&self, buf: &DeviceBuf) -> usize {
         match buf {
@@ -287,10 +381,7 @@ impl Backend for Device {
         }
     }
     fn fill_zero(&self, buf: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.fill_zero(cm(buf)),
-            Device::Cuda(b) => b.fill_zero(gm(buf)),
-        }
+        dispatch!(self.fill_zero(buf))
     }
     fn copy_range(
         &self,
@@ -300,10 +391,7 @@ impl Backend for Device {
         dst_off: usize,
         n: usize,
     ) {
-        match self {
-            Device::Cpu(b) => b.copy_range(c(src), src_off, cm(dst), dst_off, n),
-            Device::Cuda(b) => b.copy_range(g(src), src_off, gm(dst), dst_off, n),
-        }
+        dispatch!(self.copy_range(src, src_off, dst, dst_off, n))
     }
     fn weight_from_host(&self, data: &Storage, rows: usize, cols: usize) -> DeviceWeight {
         match self {
@@ -312,47 +400,27 @@ impl Backend for Device {
         }
     }
     fn weight_to_host(&self, w: &DeviceWeight) -> Storage {
-        match self {
-            Device::Cpu(b) => b.weight_to_host(cw(w)),
-            Device::Cuda(b) => b.weight_to_host(gw(w)),
-        }
+        dispatch!(self.weight_to_host(w))
     }
     fn weight_dtype(&self, w: &DeviceWeight) -> DType {
-        match self {
-            Device::Cpu(b) => b.weight_dtype(cw(w)),
-            Device::Cuda(b) => b.weight_dtype(gw(w)),
-        }
+        dispatch!(self.weight_dtype(w))
     }
     fn weight_dims(&self, w: &DeviceWeight) -> (usize, usize) {
-        match self {
-            Device::Cpu(b) => b.weight_dims(cw(w)),
-            Device::Cuda(b) => b.weight_dims(gw(w)),
-        }
+        dispatch!(self.weight_dims(w))
     }
     fn buf_bytes(&self, buf: &DeviceBuf) -> usize {
-        match self {
-            Device::Cpu(b) => b.buf_bytes(c(buf)),
-            Device::Cuda(b) => b.buf_bytes(g(buf)),
-        }
+        dispatch!(self.buf_bytes(buf))
     }
 
+    // ---------------------------------------------------------------- elementwise
     fn add_assign(&self, y: &mut DeviceBuf, x: &DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.add_assign(cm(y), c(x)),
-            Device::Cuda(b) => b.add_assign(gm(y), g(x)),
-        }
+        dispatch!(self.add_assign(y, x))
     }
     fn axpy(&self, alpha: f32, x: &DeviceBuf, y: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.axpy(alpha, c(x), cm(y)),
-            Device::Cuda(b) => b.axpy(alpha, g(x), gm(y)),
-        }
+        dispatch!(self.axpy(alpha, x, y))
     }
     fn scale(&self, alpha: f32, x: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.scale(alpha, cm(x)),
-            Device::Cuda(b) => b.scale(alpha, gm(x)),
-        }
+        dispatch!(self.scale(alpha, x))
     }
     fn broadcast_add(
         &self,
@@ -363,10 +431,7 @@ impl Backend for Device {
         k: usize,
         out: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.broadcast_add(c(x), c(table), batch, w, k, cm(out)),
-            Device::Cuda(b) => b.broadcast_add(g(x), g(table), batch, w, k, gm(out)),
-        }
+        dispatch!(self.broadcast_add(x, table, batch, w, k, out))
     }
     fn broadcast_add_backward(
         &self,
@@ -377,73 +442,45 @@ impl Backend for Device {
         dx: &mut DeviceBuf,
         dtable: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.broadcast_add_backward(c(dout), batch, w, k, cm(dx), cm(dtable)),
-            Device::Cuda(b) => b.broadcast_add_backward(g(dout), batch, w, k, gm(dx), gm(dtable)),
-        }
+        dispatch!(self.broadcast_add_backward(dout, batch, w, k, dx, dtable))
     }
     fn silu_forward(&self, x: &DeviceBuf, y: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.silu_forward(c(x), cm(y)),
-            Device::Cuda(b) => b.silu_forward(g(x), gm(y)),
-        }
+        dispatch!(self.silu_forward(x, y))
     }
     fn silu_backward(&self, x: &DeviceBuf, dy: &DeviceBuf, dx: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.silu_backward(c(x), c(dy), cm(dx)),
-            Device::Cuda(b) => b.silu_backward(g(x), g(dy), gm(dx)),
-        }
+        dispatch!(self.silu_backward(x, dy, dx))
     }
     fn gelu_tanh_forward(&self, x: &DeviceBuf, y: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.gelu_tanh_forward(c(x), cm(y)),
-            Device::Cuda(b) => b.gelu_tanh_forward(g(x), gm(y)),
-        }
+        dispatch!(self.gelu_tanh_forward(x, y))
     }
     fn gelu_tanh_backward(&self, x: &DeviceBuf, dy: &DeviceBuf, dx: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.gelu_tanh_backward(c(x), c(dy), cm(dx)),
-            Device::Cuda(b) => b.gelu_tanh_backward(g(x), g(dy), gm(dx)),
-        }
+        dispatch!(self.gelu_tanh_backward(x, dy, dx))
     }
     fn gelu_erf_forward(&self, x: &DeviceBuf, y: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.gelu_erf_forward(c(x), cm(y)),
-            Device::Cuda(b) => b.gelu_erf_forward(g(x), gm(y)),
-        }
+        dispatch!(self.gelu_erf_forward(x, y))
     }
     fn gelu_erf_backward(&self, x: &DeviceBuf, dy: &DeviceBuf, dx: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.gelu_erf_backward(c(x), c(dy), cm(dx)),
-            Device::Cuda(b) => b.gelu_erf_backward(g(x), g(dy), gm(dx)),
-        }
+        dispatch!(self.gelu_erf_backward(x, dy, dx))
     }
     fn relu_forward(&self, x: &DeviceBuf, y: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.relu_forward(c(x), cm(y)),
-            Device::Cuda(b) => b.relu_forward(g(x), gm(y)),
-        }
+        dispatch!(self.relu_forward(x, y))
     }
     fn relu_backward(&self, x: &DeviceBuf, dy: &DeviceBuf, dx: &mut DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.relu_backward(c(x), c(dy), cm(dx)),
-            Device::Cuda(b) => b.relu_backward(g(x), g(dy), gm(dx)),
-        }
+        dispatch!(self.relu_backward(x, dy, dx))
     }
 
+    // ---------------------------------------------------------------- reductions
     fn sum_squares(&self, x: &DeviceBuf) -> f64 {
-        match self {
-            Device::Cpu(b) => b.sum_squares(c(x)),
-            Device::Cuda(b) => b.sum_squares(g(x)),
-        }
+        dispatch!(self.sum_squares(x))
     }
     fn sum_squares_each(&self, xs: &[&DeviceBuf]) -> Vec<f64> {
         match self {
-            Device::Cpu(b) => b.sum_squares_each(&xs.iter().map(|x| c(x)).collect::<Vec<_>>()),
-            Device::Cuda(b) => b.sum_squares_each(&xs.iter().map(|x| g(x)).collect::<Vec<_>>()),
+            Device::Cpu(b) => b.sum_squares_each(&xs.iter().map(|x| x.cpu()).collect::<Vec<_>>()),
+            Device::Cuda(b) => b.sum_squares_each(&xs.iter().map(|x| x.cuda()).collect::<Vec<_>>()),
         }
     }
 
+    // ---------------------------------------------------------------- optimiser
     fn adamw_update(
         &self,
         param: &mut DeviceBuf,
@@ -452,21 +489,15 @@ impl Backend for Device {
         v: &mut DeviceBuf,
         h: &AdamWHyper,
     ) {
-        match self {
-            Device::Cpu(b) => b.adamw_update(cm(param), c(grad), cm(m), cm(v), h),
-            Device::Cuda(b) => b.adamw_update(gm(param), g(grad), gm(m), gm(v), h),
-        }
+        dispatch!(self.adamw_update(param, grad, m, v, h))
     }
     fn weight_assign(&self, w: &mut DeviceWeight, master: &DeviceBuf) {
-        match self {
-            Device::Cpu(b) => b.weight_assign(cwm(w), c(master)),
-            Device::Cuda(b) => b.weight_assign(gwm(w), g(master)),
-        }
+        dispatch!(self.weight_assign(w, master))
     }
     fn weight_to_buf(&self, w: &DeviceWeight) -> DeviceBuf {
         match self {
-            Device::Cpu(b) => DeviceBuf::Cpu(b.weight_to_buf(cw(w))),
-            Device::Cuda(b) => DeviceBuf::Cuda(b.weight_to_buf(gw(w))),
+            Device::Cpu(b) => DeviceBuf::Cpu(b.weight_to_buf(w.cpu())),
+            Device::Cuda(b) => DeviceBuf::Cuda(b.weight_to_buf(w.cuda())),
         }
     }
 
@@ -478,10 +509,7 @@ impl Backend for Device {
         bias: Option<&DeviceBuf>,
         y: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.linear_forward(c(x), n, cw(w), bias.map(c), cm(y)),
-            Device::Cuda(b) => b.linear_forward(g(x), n, gw(w), bias.map(g), gm(y)),
-        }
+        dispatch!(self.linear_forward(x, n, w, bias, y))
     }
     fn linear_backward_input(
         &self,
@@ -490,10 +518,7 @@ impl Backend for Device {
         w: &DeviceWeight,
         dx: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.linear_backward_input(c(dy), n, cw(w), cm(dx)),
-            Device::Cuda(b) => b.linear_backward_input(g(dy), n, gw(w), gm(dx)),
-        }
+        dispatch!(self.linear_backward_input(dy, n, w, dx))
     }
     fn linear_backward_weight(
         &self,
@@ -505,16 +530,8 @@ impl Backend for Device {
         dw: &mut DeviceBuf,
         db: Option<&mut DeviceBuf>,
     ) {
-        match self {
-            Device::Cpu(b) => {
-                b.linear_backward_weight(c(dy), c(x), n, n_in, n_out, cm(dw), db.map(cm))
-            }
-            Device::Cuda(b) => {
-                b.linear_backward_weight(g(dy), g(x), n, n_in, n_out, gm(dw), db.map(gm))
-            }
-        }
+        dispatch!(self.linear_backward_weight(dy, x, n, n_in, n_out, dw, db))
     }
-
     fn layernorm_forward(
         &self,
         x: &DeviceBuf,
@@ -527,30 +544,7 @@ impl Backend for Device {
         mean: &mut DeviceBuf,
         rstd: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.layernorm_forward(
-                c(x),
-                rows,
-                d,
-                weight.map(c),
-                bias.map(c),
-                eps,
-                cm(y),
-                cm(mean),
-                cm(rstd),
-            ),
-            Device::Cuda(b) => b.layernorm_forward(
-                g(x),
-                rows,
-                d,
-                weight.map(g),
-                bias.map(g),
-                eps,
-                gm(y),
-                gm(mean),
-                gm(rstd),
-            ),
-        }
+        dispatch!(self.layernorm_forward(x, rows, d, weight, bias, eps, y, mean, rstd))
     }
     fn layernorm_backward(
         &self,
@@ -565,32 +559,7 @@ impl Backend for Device {
         dweight: Option<&mut DeviceBuf>,
         dbias: Option<&mut DeviceBuf>,
     ) {
-        match self {
-            Device::Cpu(b) => b.layernorm_backward(
-                c(dy),
-                c(x),
-                rows,
-                d,
-                weight.map(c),
-                c(mean),
-                c(rstd),
-                cm(dx),
-                dweight.map(cm),
-                dbias.map(cm),
-            ),
-            Device::Cuda(b) => b.layernorm_backward(
-                g(dy),
-                g(x),
-                rows,
-                d,
-                weight.map(g),
-                g(mean),
-                g(rstd),
-                gm(dx),
-                dweight.map(gm),
-                dbias.map(gm),
-            ),
-        }
+        dispatch!(self.layernorm_backward(dy, x, rows, d, weight, mean, rstd, dx, dweight, dbias))
     }
     fn rmsnorm_forward(
         &self,
@@ -602,10 +571,7 @@ impl Backend for Device {
         y: &mut DeviceBuf,
         rstd: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.rmsnorm_forward(c(x), rows, d, c(weight), eps, cm(y), cm(rstd)),
-            Device::Cuda(b) => b.rmsnorm_forward(g(x), rows, d, g(weight), eps, gm(y), gm(rstd)),
-        }
+        dispatch!(self.rmsnorm_forward(x, rows, d, weight, eps, y, rstd))
     }
     fn rmsnorm_backward(
         &self,
@@ -618,30 +584,8 @@ impl Backend for Device {
         dx: &mut DeviceBuf,
         dweight: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.rmsnorm_backward(
-                c(dy),
-                c(x),
-                rows,
-                d,
-                c(weight),
-                c(rstd),
-                cm(dx),
-                cm(dweight),
-            ),
-            Device::Cuda(b) => b.rmsnorm_backward(
-                g(dy),
-                g(x),
-                rows,
-                d,
-                g(weight),
-                g(rstd),
-                gm(dx),
-                gm(dweight),
-            ),
-        }
+        dispatch!(self.rmsnorm_backward(dy, x, rows, d, weight, rstd, dx, dweight))
     }
-
     fn modulate_forward(
         &self,
         x: &DeviceBuf,
@@ -653,14 +597,7 @@ impl Backend for Device {
         scale: ModSlot,
         y: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => {
-                b.modulate_forward(c(x), batch, rows, d, c(mods), shift, scale, cm(y))
-            }
-            Device::Cuda(b) => {
-                b.modulate_forward(g(x), batch, rows, d, g(mods), shift, scale, gm(y))
-            }
-        }
+        dispatch!(self.modulate_forward(x, batch, rows, d, mods, shift, scale, y))
     }
     fn modulate_backward(
         &self,
@@ -675,32 +612,7 @@ impl Backend for Device {
         dx: &mut DeviceBuf,
         dmods: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.modulate_backward(
-                c(dy),
-                c(x),
-                batch,
-                rows,
-                d,
-                c(mods),
-                shift,
-                scale,
-                cm(dx),
-                cm(dmods),
-            ),
-            Device::Cuda(b) => b.modulate_backward(
-                g(dy),
-                g(x),
-                batch,
-                rows,
-                d,
-                g(mods),
-                shift,
-                scale,
-                gm(dx),
-                gm(dmods),
-            ),
-        }
+        dispatch!(self.modulate_backward(dy, x, batch, rows, d, mods, shift, scale, dx, dmods))
     }
     fn gated_add_forward(
         &self,
@@ -712,10 +624,7 @@ impl Backend for Device {
         mods: &DeviceBuf,
         gate: ModSlot,
     ) {
-        match self {
-            Device::Cpu(b) => b.gated_add_forward(cm(x), c(y), batch, rows, d, c(mods), gate),
-            Device::Cuda(b) => b.gated_add_forward(gm(x), g(y), batch, rows, d, g(mods), gate),
-        }
+        dispatch!(self.gated_add_forward(x, y, batch, rows, d, mods, gate))
     }
     fn gated_add_backward(
         &self,
@@ -729,32 +638,8 @@ impl Backend for Device {
         dy: &mut DeviceBuf,
         dmods: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.gated_add_backward(
-                c(dx),
-                c(y),
-                batch,
-                rows,
-                d,
-                c(mods),
-                gate,
-                cm(dy),
-                cm(dmods),
-            ),
-            Device::Cuda(b) => b.gated_add_backward(
-                g(dx),
-                g(y),
-                batch,
-                rows,
-                d,
-                g(mods),
-                gate,
-                gm(dy),
-                gm(dmods),
-            ),
-        }
+        dispatch!(self.gated_add_backward(dx, y, batch, rows, d, mods, gate, dy, dmods))
     }
-
     fn rope(
         &self,
         x: &mut DeviceBuf,
@@ -766,30 +651,8 @@ impl Backend for Device {
         sin: &DeviceBuf,
         inverse: bool,
     ) {
-        match self {
-            Device::Cpu(b) => b.rope(
-                cm(x),
-                batch,
-                tokens,
-                heads,
-                head_dim,
-                c(cos),
-                c(sin),
-                inverse,
-            ),
-            Device::Cuda(b) => b.rope(
-                gm(x),
-                batch,
-                tokens,
-                heads,
-                head_dim,
-                g(cos),
-                g(sin),
-                inverse,
-            ),
-        }
+        dispatch!(self.rope(x, batch, tokens, heads, head_dim, cos, sin, inverse))
     }
-
     fn attention_forward(
         &self,
         q: &DeviceBuf,
@@ -799,10 +662,7 @@ impl Backend for Device {
         out: &mut DeviceBuf,
         lse: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.attention_forward(c(q), c(k), c(v), shape, cm(out), cm(lse)),
-            Device::Cuda(b) => b.attention_forward(g(q), g(k), g(v), shape, gm(out), gm(lse)),
-        }
+        dispatch!(self.attention_forward(q, k, v, shape, out, lse))
     }
     fn attention_backward(
         &self,
@@ -817,34 +677,8 @@ impl Backend for Device {
         dk: &mut DeviceBuf,
         dv: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.attention_backward(
-                c(q),
-                c(k),
-                c(v),
-                c(out),
-                c(lse),
-                c(dout),
-                shape,
-                cm(dq),
-                cm(dk),
-                cm(dv),
-            ),
-            Device::Cuda(b) => b.attention_backward(
-                g(q),
-                g(k),
-                g(v),
-                g(out),
-                g(lse),
-                g(dout),
-                shape,
-                gm(dq),
-                gm(dk),
-                gm(dv),
-            ),
-        }
+        dispatch!(self.attention_backward(q, k, v, out, lse, dout, shape, dq, dk, dv))
     }
-
     fn patchify(
         &self,
         x: &DeviceBuf,
@@ -852,10 +686,7 @@ impl Backend for Device {
         order: PatchOrder,
         tokens: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.patchify(c(x), shape, order, cm(tokens)),
-            Device::Cuda(b) => b.patchify(g(x), shape, order, gm(tokens)),
-        }
+        dispatch!(self.patchify(x, shape, order, tokens))
     }
     fn unpatchify(
         &self,
@@ -864,10 +695,7 @@ impl Backend for Device {
         order: PatchOrder,
         x: &mut DeviceBuf,
     ) {
-        match self {
-            Device::Cpu(b) => b.unpatchify(c(tokens), shape, order, cm(x)),
-            Device::Cuda(b) => b.unpatchify(g(tokens), shape, order, gm(x)),
-        }
+        dispatch!(self.unpatchify(tokens, shape, order, x))
     }
 }
 

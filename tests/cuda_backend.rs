@@ -46,7 +46,11 @@ use std::sync::{Mutex, OnceLock};
 
 use prfl::backend::cpu::Cpu;
 use prfl::backend::cuda::{probe, Cuda, CudaOptions};
-use prfl::backend::{AdamWHyper, AttnShape, Backend, ModSlot, PatchOrder, PatchShape};
+use prfl::backend::{
+    AdamWHyper, AttnShape, Backend, BroadcastShape, GatedAddGrads, LayerNormGrads, LayerNormStats,
+    LinearShape, ModShape, ModSlot, ModulateGrads, NormAffine, PatchOrder, PatchShape, Qkv,
+    RmsNormGrads, RopeShape, RowShape, ShiftScale,
+};
 use prfl::finetune::prfl::{PrflConfig, PrflTrainer};
 use prfl::finetune::sample::Cond;
 use prfl::model::init::random_weights;
@@ -462,10 +466,11 @@ fn ops_elementwise<G: Backend>(g: &G, r: &mut Report) {
         let dt0 = rand(&mut rng, k * w, 1.0);
         let (go, co) = both!(g, |be| {
             let mut out = be.upload(&nan(batch * k * w));
-            be.broadcast_add(&be.upload(&x), &be.upload(&table), batch, w, k, &mut out);
+            let shape = BroadcastShape { batch, w, k };
+            be.broadcast_add(&be.upload(&x), &be.upload(&table), shape, &mut out);
             let mut dx = be.upload(&dx0);
             let mut dt = be.upload(&dt0);
-            be.broadcast_add_backward(&be.upload(&dout), batch, w, k, &mut dx, &mut dt);
+            be.broadcast_add_backward(&be.upload(&dout), shape, &mut dx, &mut dt);
             (be.download(&out), be.download(&dx), be.download(&dt))
         });
         let s = format!("batch={batch} w={w} k={k}");
@@ -606,15 +611,8 @@ fn ops_linear<G: Backend>(g: &G, r: &mut Report) {
                 be.linear_backward_input(&dyb, n, &w, &mut dx);
                 let mut dw = be.upload(&dw0);
                 let mut db = be.upload(&db0);
-                be.linear_backward_weight(
-                    &dyb,
-                    &xb,
-                    n,
-                    n_in,
-                    n_out,
-                    &mut dw,
-                    with_bias.then_some(&mut db),
-                );
+                let shape = LinearShape { n, n_in, n_out };
+                be.linear_backward_weight(&dyb, &xb, shape, &mut dw, with_bias.then_some(&mut db));
                 (
                     be.download(&y),
                     be.download(&dx),
@@ -691,7 +689,16 @@ fn ops_norm<G: Backend>(g: &G, r: &mut Report) {
                 let mut y = be.upload(&nan(rows * d));
                 let mut mean = be.upload(&nan(rows));
                 let mut rstd = be.upload(&nan(rows));
-                be.layernorm_forward(&xb, rows, d, wo, bo, eps, &mut y, &mut mean, &mut rstd);
+                let shape = RowShape { rows, d };
+                let params = NormAffine {
+                    weight: wo,
+                    bias: bo,
+                };
+                let stats = LayerNormStats {
+                    mean: &mut mean,
+                    rstd: &mut rstd,
+                };
+                be.layernorm_forward(&xb, shape, params, eps, &mut y, stats);
                 let mut dx = be.upload(&nan(rows * d));
                 let mut dw = be.upload(&dw0);
                 let mut db = be.upload(&db0);
@@ -700,18 +707,16 @@ fn ops_norm<G: Backend>(g: &G, r: &mut Report) {
                 } else {
                     (None, None)
                 };
-                be.layernorm_backward(
-                    &be.upload(&dy),
-                    &xb,
-                    rows,
-                    d,
-                    wo,
-                    &mean,
-                    &rstd,
-                    &mut dx,
-                    dwo,
-                    dbo,
-                );
+                let stats = LayerNormStats {
+                    mean: &mean,
+                    rstd: &rstd,
+                };
+                let grads = LayerNormGrads {
+                    dx: &mut dx,
+                    dweight: dwo,
+                    dbias: dbo,
+                };
+                be.layernorm_backward(&be.upload(&dy), &xb, shape, wo, stats, grads);
                 [
                     be.download(&y),
                     be.download(&mean),
@@ -763,10 +768,15 @@ fn ops_norm<G: Backend>(g: &G, r: &mut Report) {
             let wb = be.upload(&w);
             let mut y = be.upload(&nan(rows * d));
             let mut rstd = be.upload(&nan(rows));
-            be.rmsnorm_forward(&xb, rows, d, &wb, eps, &mut y, &mut rstd);
+            let shape = RowShape { rows, d };
+            be.rmsnorm_forward(&xb, shape, &wb, eps, &mut y, &mut rstd);
             let mut dx = be.upload(&nan(rows * d));
             let mut dw = be.upload(&dw0);
-            be.rmsnorm_backward(&be.upload(&dy), &xb, rows, d, &wb, &rstd, &mut dx, &mut dw);
+            let grads = RmsNormGrads {
+                dx: &mut dx,
+                dweight: &mut dw,
+            };
+            be.rmsnorm_backward(&be.upload(&dy), &xb, shape, &wb, &rstd, grads);
             [
                 be.download(&y),
                 be.download(&rstd),
@@ -820,37 +830,26 @@ fn ops_modulate<G: Backend>(g: &G, r: &mut Report) {
             let xb = be.upload(&x);
             let mb = be.upload(&mods);
             let mut y = be.upload(&nan(n));
-            be.modulate_forward(&xb, batch, rows, d, &mb, shift, scale, &mut y);
+            let shape = ModShape { batch, rows, d };
+            let slots = ShiftScale { shift, scale };
+            be.modulate_forward(&xb, shape, &mb, slots, &mut y);
             let mut dx = be.upload(&nan(n));
             let mut dm = be.upload(&dmods0);
-            be.modulate_backward(
-                &be.upload(&dy),
-                &xb,
-                batch,
-                rows,
-                d,
-                &mb,
-                shift,
-                scale,
-                &mut dx,
-                &mut dm,
-            );
+            let grads = ModulateGrads {
+                dx: &mut dx,
+                dmods: &mut dm,
+            };
+            be.modulate_backward(&be.upload(&dy), &xb, shape, &mb, slots, grads);
             let mut res = be.upload(&x);
             let yb = be.upload(&yv);
-            be.gated_add_forward(&mut res, &yb, batch, rows, d, &mb, gate);
+            be.gated_add_forward(&mut res, &yb, shape, &mb, gate);
             let mut dyg = be.upload(&nan(n));
             let mut dm2 = be.upload(&dmods0);
-            be.gated_add_backward(
-                &be.upload(&dy),
-                &yb,
-                batch,
-                rows,
-                d,
-                &mb,
-                gate,
-                &mut dyg,
-                &mut dm2,
-            );
+            let grads = GatedAddGrads {
+                dy: &mut dyg,
+                dmods: &mut dm2,
+            };
+            be.gated_add_backward(&be.upload(&dy), &yb, shape, &mb, gate, grads);
             [
                 be.download(&y),
                 be.download(&dx),
@@ -914,16 +913,13 @@ fn ops_rope_patch<G: Backend>(g: &G, r: &mut Report) {
         for inverse in [false, true] {
             let (go, co) = both!(g, |be| {
                 let mut xb = be.upload(&x);
-                be.rope(
-                    &mut xb,
+                let shape = RopeShape {
                     batch,
                     tokens,
                     heads,
-                    hd,
-                    &be.upload(&cos),
-                    &be.upload(&sin),
-                    inverse,
-                );
+                    head_dim: hd,
+                };
+                be.rope(&mut xb, shape, &be.upload(&cos), &be.upload(&sin), inverse);
                 be.download(&xb)
             });
             r.check(
@@ -1013,26 +1009,42 @@ fn ops_attention<G: Backend>(g: &G, r: &mut Report) {
         // The backward of both sides reads the CPU's forward results, so each is tested alone.
         let mut out_ref = vec![0.0; nq];
         let mut lse_ref = vec![0.0; batch * heads * lq];
-        Cpu.attention_forward(&q, &k, &v, shape, &mut out_ref, &mut lse_ref);
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        Cpu.attention_forward(qkv, shape, &mut out_ref, &mut lse_ref);
         let (go, co) = both!(g, |be| {
             let (qb, kb, vb) = (be.upload(&q), be.upload(&k), be.upload(&v));
             let mut out = be.upload(&nan(nq));
             let mut lse = be.upload(&nan(batch * heads * lq));
-            be.attention_forward(&qb, &kb, &vb, shape, &mut out, &mut lse);
+            let qkv = Qkv {
+                q: &qb,
+                k: &kb,
+                v: &vb,
+            };
+            be.attention_forward(qkv, shape, &mut out, &mut lse);
             let mut dq = be.upload(&nan(nq));
             let mut dk = be.upload(&nan(nk));
             let mut dv = be.upload(&nan(nk));
+            let qkv = Qkv {
+                q: &qb,
+                k: &kb,
+                v: &vb,
+            };
+            let dqkv = Qkv {
+                q: &mut dq,
+                k: &mut dk,
+                v: &mut dv,
+            };
             be.attention_backward(
-                &qb,
-                &kb,
-                &vb,
+                qkv,
                 &be.upload(&out_ref),
                 &be.upload(&lse_ref),
                 &be.upload(&dout),
                 shape,
-                &mut dq,
-                &mut dk,
-                &mut dv,
+                dqkv,
             );
             [
                 be.download(&out),

@@ -10,7 +10,11 @@ use std::str::FromStr;
 use super::cpu::{Cpu, CpuWeight};
 use super::cuda::types::{CudaBuf, CudaWeight};
 use super::cuda::{Cuda, CudaError, CudaOptions};
-use super::{AdamWHyper, AttnShape, Backend, ModSlot, PatchOrder, PatchShape};
+use super::{
+    AdamWHyper, AttnShape, Backend, BroadcastShape, GatedAddGrads, LayerNormGrads, LayerNormStats,
+    LinearShape, ModShape, ModSlot, ModulateGrads, NormAffine, PatchOrder, PatchShape, Qkv,
+    RmsNormGrads, RopeShape, RowShape, ShiftScale,
+};
 use crate::tensor::{DType, Storage};
 
 /// Which device to compute on.
@@ -311,9 +315,40 @@ same_on_both!(
     f32,
     bool,
     ModSlot,
-    AttnShape,
-    PatchShape,
+    ShiftScale,
     PatchOrder,
+    AttnShape,
+    BroadcastShape,
+    LinearShape,
+    ModShape,
+    PatchShape,
+    RopeShape,
+    RowShape,
+);
+
+/// Buffer groups: each field unwrapped (their `map`).
+macro_rules! field_by_field {
+    ($($group:ident),* $(,)?) => {
+        $(impl<T: DeviceArg> DeviceArg for $group<T> {
+            type Cpu = $group<T::Cpu>;
+            type Cuda = $group<T::Cuda>;
+            fn cpu(self) -> Self::Cpu {
+                self.map(T::cpu)
+            }
+            fn cuda(self) -> Self::Cuda {
+                self.map(T::cuda)
+            }
+        })*
+    };
+}
+field_by_field!(
+    Qkv,
+    NormAffine,
+    LayerNormStats,
+    LayerNormGrads,
+    RmsNormGrads,
+    ModulateGrads,
+    GatedAddGrads,
 );
 
 impl<'a> DeviceArg for &'a Storage {
@@ -426,23 +461,19 @@ impl Backend for Device {
         &self,
         x: &DeviceBuf,
         table: &DeviceBuf,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         out: &mut DeviceBuf,
     ) {
-        dispatch!(self.broadcast_add(x, table, batch, w, k, out))
+        dispatch!(self.broadcast_add(x, table, shape, out))
     }
     fn broadcast_add_backward(
         &self,
         dout: &DeviceBuf,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         dx: &mut DeviceBuf,
         dtable: &mut DeviceBuf,
     ) {
-        dispatch!(self.broadcast_add_backward(dout, batch, w, k, dx, dtable))
+        dispatch!(self.broadcast_add_backward(dout, shape, dx, dtable))
     }
     fn silu_forward(&self, x: &DeviceBuf, y: &mut DeviceBuf) {
         dispatch!(self.silu_forward(x, y))
@@ -501,6 +532,7 @@ impl Backend for Device {
         }
     }
 
+    // ---------------------------------------------------------------- linear algebra
     fn linear_forward(
         &self,
         x: &DeviceBuf,
@@ -524,161 +556,138 @@ impl Backend for Device {
         &self,
         dy: &DeviceBuf,
         x: &DeviceBuf,
-        n: usize,
-        n_in: usize,
-        n_out: usize,
+        shape: LinearShape,
         dw: &mut DeviceBuf,
         db: Option<&mut DeviceBuf>,
     ) {
-        dispatch!(self.linear_backward_weight(dy, x, n, n_in, n_out, dw, db))
+        dispatch!(self.linear_backward_weight(dy, x, shape, dw, db))
     }
+
+    // ---------------------------------------------------------------- normalisation
     fn layernorm_forward(
         &self,
         x: &DeviceBuf,
-        rows: usize,
-        d: usize,
-        weight: Option<&DeviceBuf>,
-        bias: Option<&DeviceBuf>,
+        shape: RowShape,
+        affine: NormAffine<&DeviceBuf>,
         eps: f32,
         y: &mut DeviceBuf,
-        mean: &mut DeviceBuf,
-        rstd: &mut DeviceBuf,
+        stats: LayerNormStats<&mut DeviceBuf>,
     ) {
-        dispatch!(self.layernorm_forward(x, rows, d, weight, bias, eps, y, mean, rstd))
+        dispatch!(self.layernorm_forward(x, shape, affine, eps, y, stats))
     }
     fn layernorm_backward(
         &self,
         dy: &DeviceBuf,
         x: &DeviceBuf,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: Option<&DeviceBuf>,
-        mean: &DeviceBuf,
-        rstd: &DeviceBuf,
-        dx: &mut DeviceBuf,
-        dweight: Option<&mut DeviceBuf>,
-        dbias: Option<&mut DeviceBuf>,
+        stats: LayerNormStats<&DeviceBuf>,
+        grads: LayerNormGrads<&mut DeviceBuf>,
     ) {
-        dispatch!(self.layernorm_backward(dy, x, rows, d, weight, mean, rstd, dx, dweight, dbias))
+        dispatch!(self.layernorm_backward(dy, x, shape, weight, stats, grads))
     }
     fn rmsnorm_forward(
         &self,
         x: &DeviceBuf,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: &DeviceBuf,
         eps: f32,
         y: &mut DeviceBuf,
         rstd: &mut DeviceBuf,
     ) {
-        dispatch!(self.rmsnorm_forward(x, rows, d, weight, eps, y, rstd))
+        dispatch!(self.rmsnorm_forward(x, shape, weight, eps, y, rstd))
     }
     fn rmsnorm_backward(
         &self,
         dy: &DeviceBuf,
         x: &DeviceBuf,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: &DeviceBuf,
         rstd: &DeviceBuf,
-        dx: &mut DeviceBuf,
-        dweight: &mut DeviceBuf,
+        grads: RmsNormGrads<&mut DeviceBuf>,
     ) {
-        dispatch!(self.rmsnorm_backward(dy, x, rows, d, weight, rstd, dx, dweight))
+        dispatch!(self.rmsnorm_backward(dy, x, shape, weight, rstd, grads))
     }
+
+    // ---------------------------------------------------------------- adaptive modulation
     fn modulate_forward(
         &self,
         x: &DeviceBuf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &DeviceBuf,
-        shift: ModSlot,
-        scale: ModSlot,
+        slots: ShiftScale,
         y: &mut DeviceBuf,
     ) {
-        dispatch!(self.modulate_forward(x, batch, rows, d, mods, shift, scale, y))
+        dispatch!(self.modulate_forward(x, shape, mods, slots, y))
     }
     fn modulate_backward(
         &self,
         dy: &DeviceBuf,
         x: &DeviceBuf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &DeviceBuf,
-        shift: ModSlot,
-        scale: ModSlot,
-        dx: &mut DeviceBuf,
-        dmods: &mut DeviceBuf,
+        slots: ShiftScale,
+        grads: ModulateGrads<&mut DeviceBuf>,
     ) {
-        dispatch!(self.modulate_backward(dy, x, batch, rows, d, mods, shift, scale, dx, dmods))
+        dispatch!(self.modulate_backward(dy, x, shape, mods, slots, grads))
     }
     fn gated_add_forward(
         &self,
         x: &mut DeviceBuf,
         y: &DeviceBuf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &DeviceBuf,
         gate: ModSlot,
     ) {
-        dispatch!(self.gated_add_forward(x, y, batch, rows, d, mods, gate))
+        dispatch!(self.gated_add_forward(x, y, shape, mods, gate))
     }
     fn gated_add_backward(
         &self,
         dx: &DeviceBuf,
         y: &DeviceBuf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &DeviceBuf,
         gate: ModSlot,
-        dy: &mut DeviceBuf,
-        dmods: &mut DeviceBuf,
+        grads: GatedAddGrads<&mut DeviceBuf>,
     ) {
-        dispatch!(self.gated_add_backward(dx, y, batch, rows, d, mods, gate, dy, dmods))
+        dispatch!(self.gated_add_backward(dx, y, shape, mods, gate, grads))
     }
+
+    // ---------------------------------------------------------------- rotary embedding
     fn rope(
         &self,
         x: &mut DeviceBuf,
-        batch: usize,
-        tokens: usize,
-        heads: usize,
-        head_dim: usize,
+        shape: RopeShape,
         cos: &DeviceBuf,
         sin: &DeviceBuf,
         inverse: bool,
     ) {
-        dispatch!(self.rope(x, batch, tokens, heads, head_dim, cos, sin, inverse))
+        dispatch!(self.rope(x, shape, cos, sin, inverse))
     }
+
+    // ---------------------------------------------------------------- attention
     fn attention_forward(
         &self,
-        q: &DeviceBuf,
-        k: &DeviceBuf,
-        v: &DeviceBuf,
+        qkv: Qkv<&DeviceBuf>,
         shape: AttnShape,
         out: &mut DeviceBuf,
         lse: &mut DeviceBuf,
     ) {
-        dispatch!(self.attention_forward(q, k, v, shape, out, lse))
+        dispatch!(self.attention_forward(qkv, shape, out, lse))
     }
     fn attention_backward(
         &self,
-        q: &DeviceBuf,
-        k: &DeviceBuf,
-        v: &DeviceBuf,
+        qkv: Qkv<&DeviceBuf>,
         out: &DeviceBuf,
         lse: &DeviceBuf,
         dout: &DeviceBuf,
         shape: AttnShape,
-        dq: &mut DeviceBuf,
-        dk: &mut DeviceBuf,
-        dv: &mut DeviceBuf,
+        dqkv: Qkv<&mut DeviceBuf>,
     ) {
-        dispatch!(self.attention_backward(q, k, v, out, lse, dout, shape, dq, dk, dv))
+        dispatch!(self.attention_backward(qkv, out, lse, dout, shape, dqkv))
     }
+
+    // ---------------------------------------------------------------- (un)patchify
     fn patchify(
         &self,
         x: &DeviceBuf,

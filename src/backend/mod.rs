@@ -11,84 +11,26 @@
 //!   to f32 inside the GEMM; their gradients are f32 buffers.
 //! - Backward ops *overwrite* the input gradient (`dx`) and *accumulate* (`+=`) parameter
 //!   gradients, so that gradient accumulation over micro-batches needs no extra pass.
-//! - "Modulation" vectors are read from a `[batch, stride]` buffer at a column offset (`Mod`), which
-//!   is how Wan's `[B, 6, D]` shift/scale/gate table is consumed without copies.
+//! - "Modulation" vectors are read from a `[batch, stride]` buffer at a column offset
+//!   ([`ModSlot`]), which is how Wan's `[B, 6, D]` shift/scale/gate table is consumed without
+//!   copies.
+//! - Each op family takes one shape struct ([`shape`]: [`RowShape`], [`ModShape`],
+//!   [`RopeShape`], [`LinearShape`], [`BroadcastShape`], [`AttnShape`], [`PatchShape`]) whose
+//!   `check_buffers` every backend calls, so that they refuse the same calls; ops with many
+//!   buffers group them ([`Qkv`], [`LayerNormStats`], the `*Grads` structs).
 
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod shape;
+
+pub use shape::{
+    AttnShape, BroadcastShape, GatedAddGrads, LayerNormGrads, LayerNormStats, LinearShape,
+    ModShape, ModSlot, ModulateGrads, NormAffine, PatchShape, Qkv, RmsNormGrads, RopeShape,
+    RowShape, ShapeError, ShiftScale,
+};
 
 use crate::tensor::{DType, Storage};
-
-/// Where a per-sample modulation vector of width `d` lives: element `j` of sample `b` is
-/// `buf[b * stride + offset + j]`.
-#[derive(Clone, Copy, Debug)]
-pub struct ModSlot {
-    pub stride: usize,
-    pub offset: usize,
-}
-
-/// Shape of a multi-head attention call for a batch: queries `[batch, lq, heads, head_dim]`,
-/// keys and values `[batch, lk, heads, head_dim]`, scale `1/sqrt(head_dim)`.
-#[derive(Clone, Copy, Debug)]
-pub struct AttnShape {
-    pub batch: usize,
-    pub lq: usize,
-    pub lk: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-}
-
-impl AttnShape {
-    /// Panics, naming `backend`, when `q`, `k` or `v` (lengths in floats) are too short for this
-    /// shape, or when there are queries but no keys (the softmax would be empty). Every backend's
-    /// attention checks its arguments here, so they refuse exactly the same calls.
-    pub fn check_buffers(&self, backend: &str, q: usize, k: usize, v: usize) {
-        let AttnShape {
-            batch,
-            lq,
-            lk,
-            heads,
-            head_dim: d,
-        } = *self;
-        assert!(
-            q >= batch * lq * heads * d,
-            "attention ({backend}): q too short for {self:?}"
-        );
-        assert!(
-            k >= batch * lk * heads * d,
-            "attention ({backend}): k too short for {self:?}"
-        );
-        assert!(
-            v >= batch * lk * heads * d,
-            "attention ({backend}): v too short for {self:?}"
-        );
-        assert!(
-            lk > 0 || batch * lq * heads * d == 0,
-            "attention ({backend}): no keys to attend to"
-        );
-    }
-}
-
-/// Shape of a latent video batch `[batch, channels, frames, height, width]` cut into (1, 2, 2)
-/// patches; tokens are ordered (f, h, w).
-#[derive(Clone, Copy, Debug)]
-pub struct PatchShape {
-    pub batch: usize,
-    pub channels: usize,
-    pub frames: usize,
-    pub height: usize,
-    pub width: usize,
-}
-
-impl PatchShape {
-    pub fn tokens(&self) -> usize {
-        self.frames * (self.height / 2) * (self.width / 2)
-    }
-    pub fn patch_len(&self) -> usize {
-        self.channels * 4
-    }
-}
 
 /// Order of the values inside one patch vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,9 +101,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         x: &Self::Buf,
         table: &Self::Buf,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         out: &mut Self::Buf,
     );
     /// Backward of [`Backend::broadcast_add`]: `dx[b, j] += sum_k dout[b, k*w + j]`,
@@ -169,9 +109,7 @@ pub trait Backend: Send + Sync + 'static {
     fn broadcast_add_backward(
         &self,
         dout: &Self::Buf,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         dx: &mut Self::Buf,
         dtable: &mut Self::Buf,
     );
@@ -226,141 +164,106 @@ pub trait Backend: Send + Sync + 'static {
     /// `dx[n, in] = dy[n, out] W` (overwrites `dx`).
     fn linear_backward_input(&self, dy: &Self::Buf, n: usize, w: &Self::Weight, dx: &mut Self::Buf);
     /// `dw[out, in] += dy^T x`, `db[out] += sum_rows dy`.
-    #[allow(clippy::too_many_arguments)]
     fn linear_backward_weight(
         &self,
         dy: &Self::Buf,
         x: &Self::Buf,
-        n: usize,
-        n_in: usize,
-        n_out: usize,
+        shape: LinearShape,
         dw: &mut Self::Buf,
         db: Option<&mut Self::Buf>,
     );
 
     // ---------------------------------------------------------------- normalisation
     /// LayerNorm over rows of width `d` with optional affine; saves per-row mean and 1/std.
-    #[allow(clippy::too_many_arguments)]
     fn layernorm_forward(
         &self,
         x: &Self::Buf,
-        rows: usize,
-        d: usize,
-        weight: Option<&Self::Buf>,
-        bias: Option<&Self::Buf>,
+        shape: RowShape,
+        affine: NormAffine<&Self::Buf>,
         eps: f32,
         y: &mut Self::Buf,
-        mean: &mut Self::Buf,
-        rstd: &mut Self::Buf,
+        stats: LayerNormStats<&mut Self::Buf>,
     );
-    #[allow(clippy::too_many_arguments)]
+    /// Overwrites `dx`; accumulates the affine gradients that are given.
     fn layernorm_backward(
         &self,
         dy: &Self::Buf,
         x: &Self::Buf,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: Option<&Self::Buf>,
-        mean: &Self::Buf,
-        rstd: &Self::Buf,
-        dx: &mut Self::Buf,
-        dweight: Option<&mut Self::Buf>,
-        dbias: Option<&mut Self::Buf>,
+        stats: LayerNormStats<&Self::Buf>,
+        grads: LayerNormGrads<&mut Self::Buf>,
     );
     /// RMSNorm over rows of width `d` with a learned weight; saves per-row 1/rms.
-    #[allow(clippy::too_many_arguments)]
     fn rmsnorm_forward(
         &self,
         x: &Self::Buf,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: &Self::Buf,
         eps: f32,
         y: &mut Self::Buf,
         rstd: &mut Self::Buf,
     );
-    #[allow(clippy::too_many_arguments)]
+    /// Overwrites `dx`; accumulates `dweight`.
     fn rmsnorm_backward(
         &self,
         dy: &Self::Buf,
         x: &Self::Buf,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: &Self::Buf,
         rstd: &Self::Buf,
-        dx: &mut Self::Buf,
-        dweight: &mut Self::Buf,
+        grads: RmsNormGrads<&mut Self::Buf>,
     );
 
     // ---------------------------------------------------------------- adaptive modulation
     /// `y[b, l, :] = x[b, l, :] * (1 + scale_b) + shift_b` for `x: [batch, rows, d]`.
-    #[allow(clippy::too_many_arguments)]
     fn modulate_forward(
         &self,
         x: &Self::Buf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &Self::Buf,
-        shift: ModSlot,
-        scale: ModSlot,
+        slots: ShiftScale,
         y: &mut Self::Buf,
     );
     /// Overwrites `dx`; accumulates the shift and scale gradients into `dmods` at their slots.
-    #[allow(clippy::too_many_arguments)]
     fn modulate_backward(
         &self,
         dy: &Self::Buf,
         x: &Self::Buf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &Self::Buf,
-        shift: ModSlot,
-        scale: ModSlot,
-        dx: &mut Self::Buf,
-        dmods: &mut Self::Buf,
+        slots: ShiftScale,
+        grads: ModulateGrads<&mut Self::Buf>,
     );
     /// `x[b, l, :] += y[b, l, :] * gate_b` (the gated residual).
-    #[allow(clippy::too_many_arguments)]
     fn gated_add_forward(
         &self,
         x: &mut Self::Buf,
         y: &Self::Buf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &Self::Buf,
         gate: ModSlot,
     );
     /// Given `dx` (gradient of the residual stream), overwrites `dy = dx * gate` and accumulates
     /// `dgate += sum_l dx * y` into `dmods`.
-    #[allow(clippy::too_many_arguments)]
     fn gated_add_backward(
         &self,
         dx: &Self::Buf,
         y: &Self::Buf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &Self::Buf,
         gate: ModSlot,
-        dy: &mut Self::Buf,
-        dmods: &mut Self::Buf,
+        grads: GatedAddGrads<&mut Self::Buf>,
     );
 
     // ---------------------------------------------------------------- rotary embedding
     /// Rotates interleaved pairs of `x: [batch, tokens, heads, head_dim]` in place with the
     /// per-token angle table `cos, sin: [tokens, head_dim / 2]`; `inverse` rotates by the negative
     /// angle, which is the backward of the forward rotation.
-    #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
         x: &mut Self::Buf,
-        batch: usize,
-        tokens: usize,
-        heads: usize,
-        head_dim: usize,
+        shape: RopeShape,
         cos: &Self::Buf,
         sin: &Self::Buf,
         inverse: bool,
@@ -369,30 +272,23 @@ pub trait Backend: Send + Sync + 'static {
     // ---------------------------------------------------------------- attention
     /// Softmax attention, tile by tile with an online softmax (never an `lq x lk` matrix).
     /// Writes `out: [batch, lq, heads, head_dim]` and the log-sum-exp `lse: [batch, heads, lq]`.
-    #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
+        qkv: Qkv<&Self::Buf>,
         shape: AttnShape,
         out: &mut Self::Buf,
         lse: &mut Self::Buf,
     );
-    /// Overwrites `dq, dk, dv`.
-    #[allow(clippy::too_many_arguments)]
+    /// Overwrites the gradients `dqkv` of `qkv`, given the forward's `out` and `lse` and the
+    /// output gradient `dout`.
     fn attention_backward(
         &self,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
+        qkv: Qkv<&Self::Buf>,
         out: &Self::Buf,
         lse: &Self::Buf,
         dout: &Self::Buf,
         shape: AttnShape,
-        dq: &mut Self::Buf,
-        dk: &mut Self::Buf,
-        dv: &mut Self::Buf,
+        dqkv: Qkv<&mut Self::Buf>,
     );
 
     // ---------------------------------------------------------------- (un)patchify

@@ -11,7 +11,10 @@
 
 use super::layers::{activate, activate_backward, LayerNorm, Linear, NormStats, RmsNorm};
 use super::params::{Grads, ParamStore};
-use crate::backend::{AttnShape, Backend, ModSlot};
+use crate::backend::{
+    AttnShape, Backend, BroadcastShape, GatedAddGrads, ModShape, ModSlot, ModulateGrads, Qkv,
+    RopeShape, ShiftScale,
+};
 use crate::Result;
 
 /// Sizes of one forward call.
@@ -40,6 +43,31 @@ impl BlockDims {
             lk,
             heads: self.heads,
             head_dim: self.dim / self.heads,
+        }
+    }
+    /// The stream `[batch, tokens, dim]` as modulation sees it.
+    fn modulated(&self) -> ModShape {
+        ModShape {
+            batch: self.batch,
+            rows: self.tokens,
+            d: self.dim,
+        }
+    }
+    /// The self-attention queries and keys as the rotary embedding sees them.
+    fn rope(&self) -> RopeShape {
+        RopeShape {
+            batch: self.batch,
+            tokens: self.tokens,
+            heads: self.heads,
+            head_dim: self.dim / self.heads,
+        }
+    }
+    /// Each sample's `e0: [6 * dim]` added to the block's one-row modulation table.
+    fn mod_table(&self) -> BroadcastShape {
+        BroadcastShape {
+            batch: self.batch,
+            w: 6 * self.dim,
+            k: 1,
         }
     }
 }
@@ -106,6 +134,14 @@ fn slot(d: usize, k: usize) -> ModSlot {
     ModSlot {
         stride: 6 * d,
         offset: k * d,
+    }
+}
+
+/// Shift `k` and scale `k + 1` of the `[B, 6, D]` table.
+fn shift_scale(d: usize, k: usize) -> ShiftScale {
+    ShiftScale {
+        shift: slot(d, k),
+        scale: slot(d, k + 1),
     }
 }
 
@@ -289,30 +325,34 @@ impl Block {
     ) -> (B::Buf, BlockActs<B>) {
         let (bsz, l, d) = (dims.batch, dims.tokens, dims.dim);
         let n = dims.rows();
-        let hd = d / dims.heads;
 
         let mut mods = be.zeros(bsz * 6 * d);
-        be.broadcast_add(e0, ps.vector(self.modulation), bsz, 6 * d, 1, &mut mods);
+        be.broadcast_add(e0, ps.vector(self.modulation), dims.mod_table(), &mut mods);
 
         // Self-attention on the modulated, normalised stream.
         let (ln1, ln1_stats) = self.norm1.forward(be, ps, &x, n);
         let mut m1 = be.zeros(n * d);
-        be.modulate_forward(&ln1, bsz, l, d, &mods, slot(d, 0), slot(d, 1), &mut m1);
+        be.modulate_forward(&ln1, dims.modulated(), &mods, shift_scale(d, 0), &mut m1);
         let sa = &self.self_attn;
         let q_pre = sa.q.forward(be, ps, &m1, n);
         let k_pre = sa.k.forward(be, ps, &m1, n);
         let v = sa.v.forward(be, ps, &m1, n);
         let (mut q, q_rstd) = sa.norm_q.forward(be, ps, &q_pre, n);
         let (mut k, k_rstd) = sa.norm_k.forward(be, ps, &k_pre, n);
-        be.rope(&mut q, bsz, l, dims.heads, hd, &rope.cos, &rope.sin, false);
-        be.rope(&mut k, bsz, l, dims.heads, hd, &rope.cos, &rope.sin, false);
+        be.rope(&mut q, dims.rope(), &rope.cos, &rope.sin, false);
+        be.rope(&mut k, dims.rope(), &rope.cos, &rope.sin, false);
         let mut sa_out = be.zeros(n * d);
         let mut sa_lse = be.zeros(bsz * dims.heads * l);
-        be.attention_forward(&q, &k, &v, dims.attn(l), &mut sa_out, &mut sa_lse);
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        be.attention_forward(qkv, dims.attn(l), &mut sa_out, &mut sa_lse);
         let y1 = sa.o.forward(be, ps, &sa_out, n);
         let mut x1 = be.zeros(n * d);
         be.copy_range(&x, 0, &mut x1, 0, n * d);
-        be.gated_add_forward(&mut x1, &y1, bsz, l, d, &mods, slot(d, 2));
+        be.gated_add_forward(&mut x1, &y1, dims.modulated(), &mods, slot(d, 2));
 
         // Cross-attention: queries from the stream, keys/values from the text (and image).
         let (ln3, ln3_stats) = self.norm3.forward(be, ps, &x1, n);
@@ -325,14 +365,12 @@ impl Block {
         let cv = ca.v.forward(be, ps, ctx.text, nt);
         let mut ca_out = be.zeros(n * d);
         let mut ca_lse = be.zeros(bsz * dims.heads * l);
-        be.attention_forward(
-            &cq,
-            &ck,
-            &cv,
-            dims.attn(dims.text_len),
-            &mut ca_out,
-            &mut ca_lse,
-        );
+        let text_qkv = Qkv {
+            q: &cq,
+            k: &ck,
+            v: &cv,
+        };
+        be.attention_forward(text_qkv, dims.attn(dims.text_len), &mut ca_out, &mut ca_lse);
         let mut attn_sum = be.zeros(n * d);
         be.copy_range(&ca_out, 0, &mut attn_sum, 0, n * d);
         let image = match (self.image_attn, ctx.image) {
@@ -343,7 +381,12 @@ impl Block {
                 let v = ia.v.forward(be, ps, img, ni);
                 let mut out = be.zeros(n * d);
                 let mut lse = be.zeros(bsz * dims.heads * l);
-                be.attention_forward(&cq, &k, &v, dims.attn(dims.image_len), &mut out, &mut lse);
+                let image_qkv = Qkv {
+                    q: &cq,
+                    k: &k,
+                    v: &v,
+                };
+                be.attention_forward(image_qkv, dims.attn(dims.image_len), &mut out, &mut lse);
                 be.add_assign(&mut attn_sum, &out);
                 Some(ImageActs {
                     k_pre,
@@ -364,13 +407,13 @@ impl Block {
         // Feed-forward on the modulated stream, gated.
         let (ln2, ln2_stats) = self.norm2.forward(be, ps, &x2, n);
         let mut m2 = be.zeros(n * d);
-        be.modulate_forward(&ln2, bsz, l, d, &mods, slot(d, 3), slot(d, 4), &mut m2);
+        be.modulate_forward(&ln2, dims.modulated(), &mods, shift_scale(d, 3), &mut m2);
         let f1 = self.ffn0.forward(be, ps, &m2, n);
         let f1g = activate(be, &f1, B::gelu_tanh_forward);
         let y3 = self.ffn2.forward(be, ps, &f1g, n);
         let mut x3 = be.zeros(n * d);
         be.copy_range(&x2, 0, &mut x3, 0, n * d);
-        be.gated_add_forward(&mut x3, &y3, bsz, l, d, &mods, slot(d, 5));
+        be.gated_add_forward(&mut x3, &y3, dims.modulated(), &mods, slot(d, 5));
 
         let acts = BlockActs {
             mods,
@@ -429,22 +472,15 @@ impl Block {
     ) -> (B::Buf, BlockContextGrads<B>) {
         let (bsz, l, d) = (dims.batch, dims.tokens, dims.dim);
         let n = dims.rows();
-        let hd = d / dims.heads;
         let mut dmods = be.zeros(bsz * 6 * d);
 
         // FFN branch: x3 = x2 + y3 * s5.
         let mut dy3 = be.zeros(n * d);
-        be.gated_add_backward(
-            &dx3,
-            &a.y3,
-            bsz,
-            l,
-            d,
-            &a.mods,
-            slot(d, 5),
-            &mut dy3,
-            &mut dmods,
-        );
+        let grads3 = GatedAddGrads {
+            dy: &mut dy3,
+            dmods: &mut dmods,
+        };
+        be.gated_add_backward(&dx3, &a.y3, dims.modulated(), &a.mods, slot(d, 5), grads3);
         let df1g = self
             .ffn2
             .backward(be, ps, grads, &a.f1g, &dy3, n, true)
@@ -458,18 +494,12 @@ impl Block {
             .unwrap();
         drop(df1);
         let mut dln2 = be.zeros(n * d);
-        be.modulate_backward(
-            &dm2,
-            &a.ln2,
-            bsz,
-            l,
-            d,
-            &a.mods,
-            slot(d, 3),
-            slot(d, 4),
-            &mut dln2,
-            &mut dmods,
-        );
+        let grads2 = ModulateGrads {
+            dx: &mut dln2,
+            dmods: &mut dmods,
+        };
+        let m2 = dims.modulated();
+        be.modulate_backward(&dm2, &a.ln2, m2, &a.mods, shift_scale(d, 3), grads2);
         let mut dx2 = self
             .norm2
             .backward(be, ps, grads, &a.x2, &a.ln2_stats, &dln2, n);
@@ -491,17 +521,23 @@ impl Block {
         let mut dcq = be.zeros(n * d);
         let mut dck = be.zeros(nt * d);
         let mut dcv = be.zeros(nt * d);
+        let text_qkv = Qkv {
+            q: &a.cq,
+            k: &a.ck,
+            v: &a.cv,
+        };
+        let text_grads = Qkv {
+            q: &mut dcq,
+            k: &mut dck,
+            v: &mut dcv,
+        };
         be.attention_backward(
-            &a.cq,
-            &a.ck,
-            &a.cv,
+            text_qkv,
             &a.ca_out,
             &a.ca_lse,
             &dattn,
             dims.attn(dims.text_len),
-            &mut dcq,
-            &mut dck,
-            &mut dcv,
+            text_grads,
         );
         let dck_pre = ca
             .norm_k
@@ -519,17 +555,23 @@ impl Block {
                 let mut dq_img = be.zeros(n * d);
                 let mut dk = be.zeros(ni * d);
                 let mut dv = be.zeros(ni * d);
+                let image_qkv = Qkv {
+                    q: &a.cq,
+                    k: &img.k,
+                    v: &img.v,
+                };
+                let image_grads = Qkv {
+                    q: &mut dq_img,
+                    k: &mut dk,
+                    v: &mut dv,
+                };
                 be.attention_backward(
-                    &a.cq,
-                    &img.k,
-                    &img.v,
+                    image_qkv,
                     &img.out,
                     &img.lse,
                     &dattn,
                     dims.attn(dims.image_len),
-                    &mut dq_img,
-                    &mut dk,
-                    &mut dv,
+                    image_grads,
                 );
                 be.add_assign(&mut dcq, &dq_img);
                 let dk_pre = ia
@@ -560,17 +602,11 @@ impl Block {
         // Self-attention branch: x1 = x + o(attn(rope(norm(q)), rope(norm(k)), v)) * s2.
         let sa = &self.self_attn;
         let mut dy1 = be.zeros(n * d);
-        be.gated_add_backward(
-            &dx1,
-            &a.y1,
-            bsz,
-            l,
-            d,
-            &a.mods,
-            slot(d, 2),
-            &mut dy1,
-            &mut dmods,
-        );
+        let grads1 = GatedAddGrads {
+            dy: &mut dy1,
+            dmods: &mut dmods,
+        };
+        be.gated_add_backward(&dx1, &a.y1, dims.modulated(), &a.mods, slot(d, 2), grads1);
         let dsa =
             sa.o.backward(be, ps, grads, &a.sa_out, &dy1, n, true)
                 .unwrap();
@@ -578,22 +614,21 @@ impl Block {
         let mut dq = be.zeros(n * d);
         let mut dk = be.zeros(n * d);
         let mut dv = be.zeros(n * d);
-        be.attention_backward(
-            &a.q,
-            &a.k,
-            &a.v,
-            &a.sa_out,
-            &a.sa_lse,
-            &dsa,
-            dims.attn(l),
-            &mut dq,
-            &mut dk,
-            &mut dv,
-        );
+        let qkv = Qkv {
+            q: &a.q,
+            k: &a.k,
+            v: &a.v,
+        };
+        let dqkv = Qkv {
+            q: &mut dq,
+            k: &mut dk,
+            v: &mut dv,
+        };
+        be.attention_backward(qkv, &a.sa_out, &a.sa_lse, &dsa, dims.attn(l), dqkv);
         drop(dsa);
         // The rotation is orthogonal: its backward is the inverse rotation.
-        be.rope(&mut dq, bsz, l, dims.heads, hd, &rope.cos, &rope.sin, true);
-        be.rope(&mut dk, bsz, l, dims.heads, hd, &rope.cos, &rope.sin, true);
+        be.rope(&mut dq, dims.rope(), &rope.cos, &rope.sin, true);
+        be.rope(&mut dk, dims.rope(), &rope.cos, &rope.sin, true);
         let dq_pre = sa
             .norm_q
             .backward(be, ps, grads, &a.q_pre, &a.q_rstd, &dq, n);
@@ -610,18 +645,12 @@ impl Block {
         let dm1_v = sa.v.backward(be, ps, grads, &a.m1, &dv, n, true).unwrap();
         be.add_assign(&mut dm1, &dm1_v);
         let mut dln1 = be.zeros(n * d);
-        be.modulate_backward(
-            &dm1,
-            &a.ln1,
-            bsz,
-            l,
-            d,
-            &a.mods,
-            slot(d, 0),
-            slot(d, 1),
-            &mut dln1,
-            &mut dmods,
-        );
+        let grads1 = ModulateGrads {
+            dx: &mut dln1,
+            dmods: &mut dmods,
+        };
+        let m1 = dims.modulated();
+        be.modulate_backward(&dm1, &a.ln1, m1, &a.mods, shift_scale(d, 0), grads1);
         let mut dx = self
             .norm1
             .backward(be, ps, grads, &a.x, &a.ln1_stats, &dln1, n);
@@ -630,10 +659,10 @@ impl Block {
         // mods = modulation + e0: the table gets the batch sum, e0 the per-sample gradient.
         let mut de0 = be.zeros(bsz * 6 * d);
         match grads.get_mut(self.modulation) {
-            Some(dtable) => be.broadcast_add_backward(&dmods, bsz, 6 * d, 1, &mut de0, dtable),
+            Some(dtable) => be.broadcast_add_backward(&dmods, dims.mod_table(), &mut de0, dtable),
             None => {
                 let mut scratch = be.zeros(6 * d);
-                be.broadcast_add_backward(&dmods, bsz, 6 * d, 1, &mut de0, &mut scratch);
+                be.broadcast_add_backward(&dmods, dims.mod_table(), &mut de0, &mut scratch);
             }
         }
         (dx, BlockContextGrads { de0, dtext, dimage })

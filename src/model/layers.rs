@@ -3,7 +3,9 @@
 //! serves the f32 master weights, a bf16 copy and the gradient buffers.
 
 use super::params::{Grads, ParamStore};
-use crate::backend::Backend;
+use crate::backend::{
+    Backend, LayerNormGrads, LayerNormStats, LinearShape, NormAffine, RmsNormGrads, RowShape,
+};
 use crate::Result;
 
 /// `y = x W^T + b` with `W: [out, in]`, optionally plus a low-rank adapter
@@ -43,6 +45,15 @@ impl Linear {
         })
     }
 
+    /// The layer's product over `n` rows.
+    pub fn shape(&self, n: usize) -> LinearShape {
+        LinearShape {
+            n,
+            n_in: self.n_in,
+            n_out: self.n_out,
+        }
+    }
+
     /// `x: [n, in]` -> `[n, out]`.
     pub fn forward<B: Backend>(&self, be: &B, ps: &ParamStore<B>, x: &B::Buf, n: usize) -> B::Buf {
         let mut y = be.zeros(n * self.n_out);
@@ -71,11 +82,11 @@ impl Linear {
     ) -> Option<B::Buf> {
         let (dw, db) = grads.pair_mut(self.w, self.b);
         if let Some(dw) = dw {
-            be.linear_backward_weight(dy, x, n, self.n_in, self.n_out, dw, db);
+            be.linear_backward_weight(dy, x, self.shape(n), dw, db);
         } else if let Some(db) = db {
             // A frozen weight with a trainable bias is unusual but legal: only the bias moves.
             let mut scratch = be.zeros(self.n_out * self.n_in);
-            be.linear_backward_weight(dy, x, n, self.n_in, self.n_out, &mut scratch, Some(db));
+            be.linear_backward_weight(dy, x, self.shape(n), &mut scratch, Some(db));
         }
         let mut dx = need_dx.then(|| {
             let mut dx = be.zeros(n * self.n_in);
@@ -106,12 +117,22 @@ impl Linear {
         be.axpy(lo.scale, dy, &mut dys);
         if let Some(db) = grads.get_mut(lo.b) {
             let h = lora_hidden(be, ps, lo, x, n);
-            be.linear_backward_weight(&dys, &h, n, lo.rank, self.n_out, db, None);
+            let up = LinearShape {
+                n,
+                n_in: lo.rank,
+                n_out: self.n_out,
+            };
+            be.linear_backward_weight(&dys, &h, up, db, None);
         }
         let mut dh = be.zeros(n * lo.rank);
         be.linear_backward_input(&dys, n, ps.matrix(lo.b), &mut dh);
         if let Some(da) = grads.get_mut(lo.a) {
-            be.linear_backward_weight(&dh, x, n, self.n_in, lo.rank, da, None);
+            let down = LinearShape {
+                n,
+                n_in: self.n_in,
+                n_out: lo.rank,
+            };
+            be.linear_backward_weight(&dh, x, down, da, None);
         }
         if let Some(dx) = dx {
             let mut dxl = be.zeros(n * self.n_in);
@@ -135,10 +156,7 @@ fn lora_hidden<B: Backend>(
 }
 
 /// Saved statistics of a LayerNorm call.
-pub struct NormStats<B: Backend> {
-    pub mean: B::Buf,
-    pub rstd: B::Buf,
-}
+pub type NormStats<B> = LayerNormStats<<B as Backend>::Buf>;
 
 /// LayerNorm over the last dimension, optionally affine.
 #[derive(Clone, Copy, Debug)]
@@ -175,16 +193,20 @@ impl LayerNorm {
         rows: usize,
     ) -> (B::Buf, NormStats<B>) {
         let mut y = be.zeros(rows * self.d);
-        let mut mean = be.zeros(rows);
-        let mut rstd = be.zeros(rows);
-        let (w, b) = match self.affine {
-            Some((w, b)) => (Some(ps.vector(w)), Some(ps.vector(b))),
-            None => (None, None),
+        let mut stats = NormStats::<B> {
+            mean: be.zeros(rows),
+            rstd: be.zeros(rows),
         };
-        be.layernorm_forward(
-            x, rows, self.d, w, b, self.eps, &mut y, &mut mean, &mut rstd,
-        );
-        (y, NormStats { mean, rstd })
+        let affine = match self.affine {
+            Some((w, b)) => NormAffine {
+                weight: Some(ps.vector(w)),
+                bias: Some(ps.vector(b)),
+            },
+            None => NormAffine::none(),
+        };
+        let shape = RowShape { rows, d: self.d };
+        be.layernorm_forward(x, shape, affine, self.eps, &mut y, stats.as_mut());
+        (y, stats)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -199,34 +221,25 @@ impl LayerNorm {
         rows: usize,
     ) -> B::Buf {
         let mut dx = be.zeros(rows * self.d);
+        let shape = RowShape { rows, d: self.d };
         match self.affine {
             Some((w, b)) => {
-                let (dw, db) = grads.pair_mut(w, b);
-                be.layernorm_backward(
-                    dy,
-                    x,
-                    rows,
-                    self.d,
-                    Some(ps.vector(w)),
-                    &stats.mean,
-                    &stats.rstd,
-                    &mut dx,
-                    dw,
-                    db,
-                );
+                let (dweight, dbias) = grads.pair_mut(w, b);
+                let out = LayerNormGrads {
+                    dx: &mut dx,
+                    dweight,
+                    dbias,
+                };
+                be.layernorm_backward(dy, x, shape, Some(ps.vector(w)), stats.as_ref(), out);
             }
-            None => be.layernorm_backward(
-                dy,
-                x,
-                rows,
-                self.d,
-                None,
-                &stats.mean,
-                &stats.rstd,
-                &mut dx,
-                None,
-                None,
-            ),
+            None => {
+                let out = LayerNormGrads {
+                    dx: &mut dx,
+                    dweight: None,
+                    dbias: None,
+                };
+                be.layernorm_backward(dy, x, shape, None, stats.as_ref(), out);
+            }
         }
         dx
     }
@@ -260,15 +273,8 @@ impl RmsNorm {
     ) -> (B::Buf, B::Buf) {
         let mut y = be.zeros(rows * self.d);
         let mut rstd = be.zeros(rows);
-        be.rmsnorm_forward(
-            x,
-            rows,
-            self.d,
-            ps.vector(self.w),
-            self.eps,
-            &mut y,
-            &mut rstd,
-        );
+        let shape = RowShape { rows, d: self.d };
+        be.rmsnorm_forward(x, shape, ps.vector(self.w), self.eps, &mut y, &mut rstd);
         (y, rstd)
     }
 
@@ -285,13 +291,20 @@ impl RmsNorm {
     ) -> B::Buf {
         let mut dx = be.zeros(rows * self.d);
         let weight = ps.vector(self.w);
-        match grads.get_mut(self.w) {
-            Some(dw) => be.rmsnorm_backward(dy, x, rows, self.d, weight, rstd, &mut dx, dw),
+        let shape = RowShape { rows, d: self.d };
+        let mut scratch;
+        let dweight = match grads.get_mut(self.w) {
+            Some(dw) => dw,
             None => {
-                let mut scratch = be.zeros(self.d);
-                be.rmsnorm_backward(dy, x, rows, self.d, weight, rstd, &mut dx, &mut scratch);
+                scratch = be.zeros(self.d);
+                &mut scratch
             }
-        }
+        };
+        let out = RmsNormGrads {
+            dx: &mut dx,
+            dweight,
+        };
+        be.rmsnorm_backward(dy, x, shape, weight, rstd, out);
         dx
     }
 }

@@ -15,7 +15,7 @@ use super::config::WanConfig;
 use super::layers::LoraAdapter;
 use super::names::to_diffusers;
 use super::wan::WanModel;
-use crate::backend::cpu::matmul::gemm_strided;
+use crate::backend::cpu::matmul::{gemm_strided, Strided};
 use crate::backend::Backend;
 use crate::schedule::rng::Rng;
 use crate::tensor::{HostTensor, Storage};
@@ -217,12 +217,8 @@ pub fn merge_lora(
             n_out,
             n_in,
             r,
-            &bf,
-            r as isize,
-            1,
-            &af,
-            n_in as isize,
-            1,
+            Strided::rows(&bf, r),
+            Strided::rows(&af, n_in),
             &mut wf,
             true,
         );

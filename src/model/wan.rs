@@ -12,7 +12,9 @@ use super::embed::{ImageActs, ImageEmbedding, TextActs, TextEmbedding, TimeActs,
 use super::layers::{LayerNorm, Linear, NormStats};
 use super::params::{Grads, ParamStore};
 use super::rope::rope_table;
-use crate::backend::{Backend, ModSlot, PatchOrder, PatchShape};
+use crate::backend::{
+    Backend, BroadcastShape, ModShape, ModSlot, ModulateGrads, PatchOrder, PatchShape, ShiftScale,
+};
 use crate::tensor::{DType, HostTensor};
 use crate::{Error, Result};
 
@@ -401,23 +403,17 @@ impl<B: Backend> WanModel<B> {
             be.broadcast_add(
                 &time.e,
                 self.params.vector(head.modulation),
-                s.batch,
-                d,
-                2,
+                head_table(s.batch, d),
                 &mut mods,
             );
             let (ln, ln_stats) = head.norm.forward(be, &self.params, &h, n);
             let mut m = be.zeros(n * d);
-            be.modulate_forward(
-                &ln,
-                s.batch,
-                l,
+            let shape = ModShape {
+                batch: s.batch,
+                rows: l,
                 d,
-                &mods,
-                head_slot(d, 0),
-                head_slot(d, 1),
-                &mut m,
-            );
+            };
+            be.modulate_forward(&ln, shape, &mods, head_shift_scale(d), &mut m);
             let o = head.lin.forward(be, &self.params, &m, n);
             let oshape = PatchShape {
                 channels: c.out_dim,
@@ -526,27 +522,26 @@ impl<B: Backend> WanModel<B> {
             .unwrap();
         let mut dln = be.zeros(n * d);
         let mut dmods = be.zeros(s.batch * 2 * d);
-        be.modulate_backward(
-            &dm,
-            &ha.ln,
-            s.batch,
-            l,
+        let shape = ModShape {
+            batch: s.batch,
+            rows: l,
             d,
-            &ha.mods,
-            head_slot(d, 0),
-            head_slot(d, 1),
-            &mut dln,
-            &mut dmods,
-        );
+        };
+        let out = ModulateGrads {
+            dx: &mut dln,
+            dmods: &mut dmods,
+        };
+        be.modulate_backward(&dm, &ha.ln, shape, &ha.mods, head_shift_scale(d), out);
         let dh = head
             .norm
             .backward(be, &self.params, grads, &ha.x, &ha.ln_stats, &dln, n);
         let mut de = be.zeros(s.batch * d);
         match grads.get_mut(head.modulation) {
-            Some(dt) => be.broadcast_add_backward(&dmods, s.batch, d, 2, &mut de, dt),
+            Some(dt) => be.broadcast_add_backward(&dmods, head_table(s.batch, d), &mut de, dt),
             None => {
                 let mut scratch = be.zeros(2 * d);
-                be.broadcast_add_backward(&dmods, s.batch, d, 2, &mut de, &mut scratch);
+                let table = head_table(s.batch, d);
+                be.broadcast_add_backward(&dmods, table, &mut de, &mut scratch);
             }
         }
         self.backward_from(be, tape, dh, de, grads)
@@ -684,4 +679,17 @@ fn head_slot(d: usize, k: usize) -> ModSlot {
         stride: 2 * d,
         offset: k * d,
     }
+}
+
+/// The head's shift (row 0) and scale (row 1) of its `[B, 2, D]` table.
+fn head_shift_scale(d: usize) -> ShiftScale {
+    ShiftScale {
+        shift: head_slot(d, 0),
+        scale: head_slot(d, 1),
+    }
+}
+
+/// Each sample's `e: [D]` added to both rows of the head's `[2, D]` modulation table.
+fn head_table(batch: usize, d: usize) -> BroadcastShape {
+    BroadcastShape { batch, w: d, k: 2 }
 }

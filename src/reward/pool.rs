@@ -15,7 +15,7 @@
 //! Parameters (torch's packed `in_proj_weight [3D, D]` split into its q/k/v chunks):
 //! `{prefix}.query [Q, D]`, `{prefix}.{q,k,v,out}_proj.{weight [D, D], bias [D]}`.
 
-use crate::backend::{AttnShape, Backend};
+use crate::backend::{AttnShape, Backend, BroadcastShape, Qkv};
 use crate::model::layers::Linear;
 use crate::model::params::{Grads, ParamStore};
 use crate::{Error, Result};
@@ -159,19 +159,22 @@ impl AttnPool {
         let v = self.v_proj.forward(be, ps, &x, n);
         let mut attn = be.zeros(batch * nq * d);
         let mut lse = be.zeros(batch * self.heads * nq);
-        be.attention_forward(
-            &q,
-            &k,
-            &v,
-            self.attn_shape(batch, tokens),
-            &mut attn,
-            &mut lse,
-        );
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        be.attention_forward(qkv, self.attn_shape(batch, tokens), &mut attn, &mut lse);
         let o = self.out_proj.forward(be, ps, &attn, batch * nq);
 
         // Residual query add: per_query[b] = o[b] + query (the table broadcast over samples).
         let mut per_query = be.zeros(batch * nq * d);
-        be.broadcast_add(&o, ps.vector(self.query), batch, nq * d, 1, &mut per_query);
+        let per_sample = BroadcastShape {
+            batch,
+            w: nq * d,
+            k: 1,
+        };
+        be.broadcast_add(&o, ps.vector(self.query), per_sample, &mut per_query);
         let pooled = mean_over_queries(be, per_query, batch, nq, d);
 
         let acts = PoolActs {
@@ -216,18 +219,18 @@ impl AttnPool {
         let mut dq = be.zeros(batch * nq * d);
         let mut dk = be.zeros(n * d);
         let mut dv = be.zeros(n * d);
-        be.attention_backward(
-            &acts.q,
-            &acts.k,
-            &acts.v,
-            &acts.attn,
-            &acts.lse,
-            &dattn,
-            self.attn_shape(batch, tokens),
-            &mut dq,
-            &mut dk,
-            &mut dv,
-        );
+        let qkv = Qkv {
+            q: &acts.q,
+            k: &acts.k,
+            v: &acts.v,
+        };
+        let dqkv = Qkv {
+            q: &mut dq,
+            k: &mut dk,
+            v: &mut dv,
+        };
+        let shape = self.attn_shape(batch, tokens);
+        be.attention_backward(qkv, &acts.attn, &acts.lse, &dattn, shape, dqkv);
         drop(dattn);
 
         let mut dx = self
@@ -272,7 +275,8 @@ fn mean_over_queries<B: Backend>(
     // output (a sum over samples) is not wanted here and goes to a scratch buffer.
     let mut pooled = be.zeros(batch * d);
     let mut scratch = be.zeros(q * d);
-    be.broadcast_add_backward(&per_query, batch, d, q, &mut pooled, &mut scratch);
+    let queries = BroadcastShape { batch, w: d, k: q };
+    be.broadcast_add_backward(&per_query, queries, &mut pooled, &mut scratch);
     be.scale(1.0 / q as f32, &mut pooled);
     pooled
 }
@@ -292,7 +296,8 @@ fn spread_over_queries<B: Backend>(
     }
     // `broadcast_add` with `k = q` and a zero table repeats each sample's row `q` times.
     let zero_table = be.zeros(q * d);
-    be.broadcast_add(dpooled, &zero_table, batch, d, q, &mut out);
+    let queries = BroadcastShape { batch, w: d, k: q };
+    be.broadcast_add(dpooled, &zero_table, queries, &mut out);
     be.scale(1.0 / q as f32, &mut out);
     out
 }
@@ -302,5 +307,10 @@ fn sum_over_batch<B: Backend>(be: &B, src: &B::Buf, batch: usize, row: usize, ds
     // `broadcast_add_backward` with one sample of `batch` blocks: its `dx` is the sum over the
     // blocks; its `dtable` output is a copy of `src` and is discarded.
     let mut scratch = be.zeros(batch * row);
-    be.broadcast_add_backward(src, 1, row, batch, dst, &mut scratch);
+    let blocks = BroadcastShape {
+        batch: 1,
+        w: row,
+        k: batch,
+    };
+    be.broadcast_add_backward(src, blocks, dst, &mut scratch);
 }

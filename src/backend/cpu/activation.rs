@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use crate::backend::BroadcastShape;
+
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance a
 /// `32760 x 8960` FFN activation over many cores.
 const CHUNK: usize = 1 << 14;
@@ -81,7 +83,8 @@ pub fn scale(alpha: f32, x: &mut [f32]) {
 ///
 /// This is the modulation-table add (`head.modulation[2, D] + e`), a few thousand elements per
 /// sample, so it stays serial.
-pub fn broadcast_add(x: &[f32], table: &[f32], batch: usize, w: usize, k: usize, out: &mut [f32]) {
+pub fn broadcast_add(x: &[f32], table: &[f32], shape: BroadcastShape, out: &mut [f32]) {
+    let BroadcastShape { batch, w, k } = shape;
     let row = k * w;
     let table = &table[..row];
     for (o, xb) in out[..batch * row]
@@ -99,12 +102,11 @@ pub fn broadcast_add(x: &[f32], table: &[f32], batch: usize, w: usize, k: usize,
 /// `dx[b, j] += sum_k dout[b, k*w + j]`, `dtable += sum_b dout[b, :]` (both accumulate).
 pub fn broadcast_add_backward(
     dout: &[f32],
-    batch: usize,
-    w: usize,
-    k: usize,
+    shape: BroadcastShape,
     dx: &mut [f32],
     dtable: &mut [f32],
 ) {
+    let BroadcastShape { batch, w, k } = shape;
     let row = k * w;
     let dtable = &mut dtable[..row];
     for (db, dxb) in dout[..batch * row]
@@ -470,11 +472,12 @@ mod tests {
     #[test]
     fn broadcast_add_and_backward() {
         let (batch, w, k) = (2, 3, 4);
+        let shape = BroadcastShape { batch, w, k };
         let mut rng = TestRng::new(5);
         let x = rng.vec(batch * w);
         let table = rng.vec(k * w);
         let mut out = vec![0.0; batch * k * w];
-        broadcast_add(&x, &table, batch, w, k, &mut out);
+        broadcast_add(&x, &table, shape, &mut out);
         for b in 0..batch {
             for kk in 0..k {
                 for j in 0..w {
@@ -488,7 +491,7 @@ mod tests {
         let c = rng.vec(batch * k * w);
         let f = |x: &[f32], t: &[f32]| {
             let mut o = vec![0.0; batch * k * w];
-            broadcast_add(x, t, batch, w, k, &mut o);
+            broadcast_add(x, t, shape, &mut o);
             o.iter()
                 .zip(&c)
                 .map(|(&a, &b)| a as f64 * b as f64)
@@ -497,7 +500,7 @@ mod tests {
         // Start from non-zero gradients: both outputs accumulate.
         let mut dx = vec![1.0; batch * w];
         let mut dt = vec![1.0; k * w];
-        broadcast_add_backward(&c, batch, w, k, &mut dx, &mut dt);
+        broadcast_add_backward(&c, shape, &mut dx, &mut dt);
         let nx: Vec<f32> = numeric_grad(&x, 1e-2, |xp| f(xp, &table))
             .iter()
             .map(|g| g + 1.0)

@@ -30,7 +30,8 @@ use std::marker::PhantomData;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::backend::AttnShape;
+use super::matmul::Strided;
+use crate::backend::{AttnShape, Qkv};
 
 // Tile sizes, from measurements at heads 12, d 128 (gemm's AVX2 kernel, 2 cores). The tile a work
 // item owns is the larger one: the other operand is re-gathered from the strided input for every
@@ -52,23 +53,21 @@ const DQ_BK: usize = 64;
 ///
 /// `matmul::gemm_strided` would spread every small tile product over the rayon pool from inside
 /// an already-parallel work item; here the tiles themselves are the parallel units.
-#[allow(clippy::too_many_arguments)]
 fn gemm_serial(
     m: usize,
     n: usize,
     k: usize,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
     c: &mut [f32],
     accumulate: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    // The tile products below only ever pass non-negative strides.
+    let (a, a_rs, a_cs) = (a.data, a.row_stride as usize, a.col_stride as usize);
+    let (b, b_rs, b_cs) = (b.data, b.row_stride as usize, b.col_stride as usize);
     // The GEMM touches exactly the indices `i * rs + j * cs` for `i < rows`, `j < cols`.
     assert!(k > 0, "gemm_serial: empty inner dimension");
     assert!(
@@ -111,17 +110,42 @@ fn gemm_serial(
 
 /// `c[m, n] = a[m, k] b[n, k]^T` (scores `Q K^T`, `dO V^T`).
 fn mul_abt(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm_serial(m, n, k, a, k, 1, b, 1, k, c, false);
+    gemm_serial(
+        m,
+        n,
+        k,
+        Strided::rows(a, k),
+        Strided::transposed(b, k),
+        c,
+        false,
+    );
 }
 
 /// `c[m, n] += a[m, k] b[k, n]` (`P V`, `dS K`).
 fn mul_ab_acc(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm_serial(m, n, k, a, k, 1, b, n, 1, c, true);
+    gemm_serial(m, n, k, Strided::rows(a, k), Strided::rows(b, n), c, true);
 }
 
 /// `c[m, n] += a[k, m]^T b[k, n]` (`P^T dO`, `dS^T Q`).
 fn mul_atb_acc(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm_serial(m, n, k, a, 1, m, b, n, 1, c, true);
+    gemm_serial(
+        m,
+        n,
+        k,
+        Strided::transposed(a, m),
+        Strided::rows(b, n),
+        c,
+        true,
+    );
+}
+
+/// Rows `l0 .. l0 + n` of head `h` in sample `b`: the tile one work item reads or writes.
+#[derive(Clone, Copy)]
+struct HeadTile {
+    b: usize,
+    h: usize,
+    l0: usize,
+    n: usize,
 }
 
 /// Where the rows of one head live in a `[batch, len, heads, d]` buffer.
@@ -139,17 +163,8 @@ impl HeadRows {
     }
 
     /// `dst[r, :] = scale * src[b, l0 + r, h, :]` for `r < n` (a contiguous `[n, d]` tile).
-    #[allow(clippy::too_many_arguments)]
-    fn gather(
-        &self,
-        src: &[f32],
-        b: usize,
-        h: usize,
-        l0: usize,
-        n: usize,
-        scale: f32,
-        dst: &mut [f32],
-    ) {
+    fn gather(&self, src: &[f32], tile: HeadTile, scale: f32, dst: &mut [f32]) {
+        let HeadTile { b, h, l0, n } = tile;
         let d = self.d;
         for (r, row) in dst[..n * d].chunks_exact_mut(d).enumerate() {
             let o = self.offset(b, h, l0 + r);
@@ -193,17 +208,8 @@ impl<'a> Scatter<'a> {
     ///
     /// # Safety
     /// No other thread may access these rows of the buffer while this runs.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn write_rows(
-        &self,
-        rows: HeadRows,
-        b: usize,
-        h: usize,
-        l0: usize,
-        n: usize,
-        scale: f32,
-        tile: &[f32],
-    ) {
+    unsafe fn write_rows(&self, rows: HeadRows, at: HeadTile, scale: f32, tile: &[f32]) {
+        let HeadTile { b, h, l0, n } = at;
         let d = rows.d;
         for (r, src) in tile[..n * d].chunks_exact(d).enumerate() {
             let o = rows.offset(b, h, l0 + r);
@@ -354,7 +360,9 @@ pub fn attention_forward(
         heads,
         head_dim: d,
     } = shape;
-    shape.check_buffers("CPU", q.len(), k.len(), v.len());
+    if let Err(e) = shape.check_buffers(q.len(), k.len(), v.len()) {
+        panic!("attention (CPU): {e}");
+    }
     assert!(
         out.len() >= batch * lq * heads * d,
         "attention: out too short for {shape:?}"
@@ -390,14 +398,44 @@ pub fn attention_forward(
                 let nq = lse_t.len();
                 debug_assert!(t < n_qt && q0 + nq <= lq);
                 // Scaling q once here makes every score tile come out already scaled.
-                qrows.gather(q, b, h, q0, nq, scale, &mut ws.q);
+                qrows.gather(
+                    q,
+                    HeadTile {
+                        b,
+                        h,
+                        l0: q0,
+                        n: nq,
+                    },
+                    scale,
+                    &mut ws.q,
+                );
                 ws.m[..nq].fill(f32::NEG_INFINITY);
                 ws.l[..nq].fill(0.0);
                 ws.o[..nq * d].fill(0.0);
                 for k0 in (0..lk).step_by(FWD_BK) {
                     let nk = FWD_BK.min(lk - k0);
-                    krows.gather(k, b, h, k0, nk, 1.0, &mut ws.k);
-                    krows.gather(v, b, h, k0, nk, 1.0, &mut ws.v);
+                    krows.gather(
+                        k,
+                        HeadTile {
+                            b,
+                            h,
+                            l0: k0,
+                            n: nk,
+                        },
+                        1.0,
+                        &mut ws.k,
+                    );
+                    krows.gather(
+                        v,
+                        HeadTile {
+                            b,
+                            h,
+                            l0: k0,
+                            n: nk,
+                        },
+                        1.0,
+                        &mut ws.v,
+                    );
                     // S[nq, nk] = Qs K^T.
                     mul_abt(nq, nk, d, &ws.q, &ws.k, &mut ws.s);
                     ws.online_softmax(nq, nk, d);
@@ -406,7 +444,19 @@ pub fn attention_forward(
                 }
                 ws.finish(nq, d, lse_t);
                 // SAFETY: this item is the only one writing rows q0..q0+nq of head h in sample b.
-                unsafe { out_w.write_rows(qrows, b, h, q0, nq, 1.0, &ws.o) };
+                unsafe {
+                    out_w.write_rows(
+                        qrows,
+                        HeadTile {
+                            b,
+                            h,
+                            l0: q0,
+                            n: nq,
+                        },
+                        1.0,
+                        &ws.o,
+                    )
+                };
             },
         );
 }
@@ -463,19 +513,20 @@ impl BwdScratch {
 }
 
 /// Backward of [`attention_forward`]; overwrites `dq, dk, dv`.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: Qkv<&[f32]>,
     out: &[f32],
     lse: &[f32],
     dout: &[f32],
     shape: AttnShape,
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
+    dqkv: Qkv<&mut [f32]>,
 ) {
+    let Qkv { q, k, v } = qkv;
+    let Qkv {
+        q: dq,
+        k: dk,
+        v: dv,
+    } = dqkv;
     let AttnShape {
         batch,
         lq,
@@ -483,7 +534,9 @@ pub fn attention_backward(
         heads,
         head_dim: d,
     } = shape;
-    shape.check_buffers("CPU", q.len(), k.len(), v.len());
+    if let Err(e) = shape.check_buffers(q.len(), k.len(), v.len()) {
+        panic!("attention (CPU): {e}");
+    }
     let nq_all = batch * lq * heads * d;
     let nk_all = batch * lk * heads * d;
     assert!(
@@ -532,15 +585,55 @@ pub fn attention_backward(
             let (b, h) = (bh / heads, bh % heads);
             let k0 = t * DKV_BK;
             let nk = DKV_BK.min(lk - k0);
-            krows.gather(k, b, h, k0, nk, 1.0, &mut ws.k);
-            krows.gather(v, b, h, k0, nk, 1.0, &mut ws.v);
+            krows.gather(
+                k,
+                HeadTile {
+                    b,
+                    h,
+                    l0: k0,
+                    n: nk,
+                },
+                1.0,
+                &mut ws.k,
+            );
+            krows.gather(
+                v,
+                HeadTile {
+                    b,
+                    h,
+                    l0: k0,
+                    n: nk,
+                },
+                1.0,
+                &mut ws.v,
+            );
             ws.acc0[..nk * d].fill(0.0); // dK
             ws.acc1[..nk * d].fill(0.0); // dV
             for q0 in (0..lq).step_by(DKV_BQ) {
                 let nq = DKV_BQ.min(lq - q0);
                 let rows = bh * lq + q0..bh * lq + q0 + nq;
-                qrows.gather(q, b, h, q0, nq, scale, &mut ws.q);
-                qrows.gather(dout, b, h, q0, nq, 1.0, &mut ws.dout);
+                qrows.gather(
+                    q,
+                    HeadTile {
+                        b,
+                        h,
+                        l0: q0,
+                        n: nq,
+                    },
+                    scale,
+                    &mut ws.q,
+                );
+                qrows.gather(
+                    dout,
+                    HeadTile {
+                        b,
+                        h,
+                        l0: q0,
+                        n: nq,
+                    },
+                    1.0,
+                    &mut ws.dout,
+                );
                 ws.probs(nq, nk, d, &lse[rows.clone()]);
                 // dV[nk, d] += P^T dO.
                 mul_atb_acc(nk, d, nq, &ws.p, &ws.dout, &mut ws.acc1);
@@ -550,8 +643,28 @@ pub fn attention_backward(
             }
             // SAFETY: this item is the only writer of rows k0..k0+nk of head h in sample b.
             unsafe {
-                dk_w.write_rows(krows, b, h, k0, nk, 1.0, &ws.acc0);
-                dv_w.write_rows(krows, b, h, k0, nk, 1.0, &ws.acc1);
+                dk_w.write_rows(
+                    krows,
+                    HeadTile {
+                        b,
+                        h,
+                        l0: k0,
+                        n: nk,
+                    },
+                    1.0,
+                    &ws.acc0,
+                );
+                dv_w.write_rows(
+                    krows,
+                    HeadTile {
+                        b,
+                        h,
+                        l0: k0,
+                        n: nk,
+                    },
+                    1.0,
+                    &ws.acc1,
+                );
             }
         },
     );
@@ -567,20 +680,72 @@ pub fn attention_backward(
             let q0 = t * DQ_BQ;
             let nq = DQ_BQ.min(lq - q0);
             let rows = bh * lq + q0..bh * lq + q0 + nq;
-            qrows.gather(q, b, h, q0, nq, scale, &mut ws.q);
-            qrows.gather(dout, b, h, q0, nq, 1.0, &mut ws.dout);
+            qrows.gather(
+                q,
+                HeadTile {
+                    b,
+                    h,
+                    l0: q0,
+                    n: nq,
+                },
+                scale,
+                &mut ws.q,
+            );
+            qrows.gather(
+                dout,
+                HeadTile {
+                    b,
+                    h,
+                    l0: q0,
+                    n: nq,
+                },
+                1.0,
+                &mut ws.dout,
+            );
             ws.acc0[..nq * d].fill(0.0); // dQ / scale
             for k0 in (0..lk).step_by(DQ_BK) {
                 let nk = DQ_BK.min(lk - k0);
-                krows.gather(k, b, h, k0, nk, 1.0, &mut ws.k);
-                krows.gather(v, b, h, k0, nk, 1.0, &mut ws.v);
+                krows.gather(
+                    k,
+                    HeadTile {
+                        b,
+                        h,
+                        l0: k0,
+                        n: nk,
+                    },
+                    1.0,
+                    &mut ws.k,
+                );
+                krows.gather(
+                    v,
+                    HeadTile {
+                        b,
+                        h,
+                        l0: k0,
+                        n: nk,
+                    },
+                    1.0,
+                    &mut ws.v,
+                );
                 ws.probs(nq, nk, d, &lse[rows.clone()]);
                 ws.ds(nq, nk, d, &delta[rows.clone()]);
                 // dQ[nq, d] += dS K (scaled once at the end).
                 mul_ab_acc(nq, d, nk, &ws.p, &ws.k, &mut ws.acc0);
             }
             // SAFETY: this item is the only writer of rows q0..q0+nq of head h in sample b.
-            unsafe { dq_w.write_rows(qrows, b, h, q0, nq, scale, &ws.acc0) };
+            unsafe {
+                dq_w.write_rows(
+                    qrows,
+                    HeadTile {
+                        b,
+                        h,
+                        l0: q0,
+                        n: nq,
+                    },
+                    scale,
+                    &ws.acc0,
+                )
+            };
         },
     );
 }
@@ -735,9 +900,17 @@ mod tests {
         let mut dq = vec![f32::NAN; c.q.len()];
         let mut dk = vec![f32::NAN; c.k.len()];
         let mut dv = vec![f32::NAN; c.v.len()];
-        attention_backward(
-            &c.q, &c.k, &c.v, out, lse, &c.dout, c.s, &mut dq, &mut dk, &mut dv,
-        );
+        let qkv = Qkv {
+            q: c.q.as_slice(),
+            k: c.k.as_slice(),
+            v: c.v.as_slice(),
+        };
+        let dqkv = Qkv {
+            q: dq.as_mut_slice(),
+            k: dk.as_mut_slice(),
+            v: dv.as_mut_slice(),
+        };
+        attention_backward(qkv, out, lse, &c.dout, c.s, dqkv);
         (dq, dk, dv)
     }
 
@@ -914,9 +1087,17 @@ mod tests {
             attention_forward(&c.q, &c.k, &c.v, s, &mut out, &mut lse);
             tf = tf.min(t.elapsed().as_secs_f64());
             let t = std::time::Instant::now();
-            attention_backward(
-                &c.q, &c.k, &c.v, &out, &lse, &c.dout, s, &mut dq, &mut dk, &mut dv,
-            );
+            let qkv = Qkv {
+                q: c.q.as_slice(),
+                k: c.k.as_slice(),
+                v: c.v.as_slice(),
+            };
+            let dqkv = Qkv {
+                q: dq.as_mut_slice(),
+                k: dk.as_mut_slice(),
+                v: dv.as_mut_slice(),
+            };
+            attention_backward(qkv, &out, &lse, &c.dout, s, dqkv);
             tb = tb.min(t.elapsed().as_secs_f64());
         }
         let flops = 4.0 * (l * l * 128 * 12) as f64;

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use gemm::{gemm, Parallelism};
 
 use super::CpuWeight;
+use crate::backend::LinearShape;
 use crate::tensor::Storage;
 
 fn parallelism() -> Parallelism {
@@ -23,22 +24,55 @@ fn weight_f32(w: &CpuWeight) -> Cow<'_, [f32]> {
     }
 }
 
+/// A read-only matrix operand given by its strides: element `(i, j)` is
+/// `data[i * row_stride + j * col_stride]`, so that a transpose is a swap of the strides.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+impl<'a> Strided<'a> {
+    /// A dense row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Strided {
+            data,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+    /// The transpose of a dense row-major matrix with `cols` columns.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Strided {
+            data,
+            row_stride: 1,
+            col_stride: cols as isize,
+        }
+    }
+}
+
 /// Row-major `c[m, n] = beta_keep * c + a[m, k] b[k, n]`, with each operand given by its strides so
 /// that transposes cost nothing. `accumulate` keeps the old contents of `c`.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_strided(
     m: usize,
     n: usize,
     k: usize,
-    a: &[f32],
-    a_rs: isize,
-    a_cs: isize,
-    b: &[f32],
-    b_rs: isize,
-    b_cs: isize,
+    a: Strided<'_>,
+    b: Strided<'_>,
     c: &mut [f32],
     accumulate: bool,
 ) {
+    let Strided {
+        data: a,
+        row_stride: a_rs,
+        col_stride: a_cs,
+    } = a;
+    let Strided {
+        data: b,
+        row_stride: b_rs,
+        col_stride: b_cs,
+    } = b;
     if m == 0 || n == 0 {
         return;
     }
@@ -96,12 +130,8 @@ pub fn linear_forward(x: &[f32], n: usize, w: &CpuWeight, b: Option<&[f32]>, y: 
         n,
         out,
         inp,
-        x,
-        inp as isize,
-        1,
-        &wf,
-        1,
-        inp as isize,
+        Strided::rows(x, inp),
+        Strided::transposed(&wf, inp),
         y,
         false,
     );
@@ -121,39 +151,29 @@ pub fn linear_backward_input(dy: &[f32], n: usize, w: &CpuWeight, dx: &mut [f32]
         n,
         inp,
         out,
-        dy,
-        out as isize,
-        1,
-        &wf,
-        inp as isize,
-        1,
+        Strided::rows(dy, out),
+        Strided::rows(&wf, inp),
         dx,
         false,
     );
 }
 
 /// `dw[out, in] += dy^T x`, `db[out] += sum_rows dy`.
-#[allow(clippy::too_many_arguments)]
 pub fn linear_backward_weight(
     dy: &[f32],
     x: &[f32],
-    n: usize,
-    n_in: usize,
-    n_out: usize,
+    shape: LinearShape,
     dw: &mut [f32],
     db: Option<&mut [f32]>,
 ) {
+    let LinearShape { n, n_in, n_out } = shape;
     // a = dy^T [out, n]: element (o, r) at r * out + o.
     gemm_strided(
         n_out,
         n_in,
         n,
-        dy,
-        1,
-        n_out as isize,
-        x,
-        n_in as isize,
-        1,
+        Strided::transposed(dy, n_out),
+        Strided::rows(x, n_in),
         dw,
         true,
     );
@@ -223,7 +243,12 @@ mod tests {
         }
         let mut dw = vec![1.0; out * inp];
         let mut db = vec![1.0; out];
-        linear_backward_weight(&dy, &x, n, inp, out, &mut dw, Some(&mut db));
+        let shape = LinearShape {
+            n,
+            n_in: inp,
+            n_out: out,
+        };
+        linear_backward_weight(&dy, &x, shape, &mut dw, Some(&mut db));
         for o in 0..out {
             for i in 0..inp {
                 let e: f32 = 1.0

@@ -11,8 +11,21 @@ pub mod optim;
 pub mod patch;
 pub mod rope;
 
-use super::{AdamWHyper, AttnShape, Backend, ModSlot, PatchOrder, PatchShape};
+use super::{
+    AdamWHyper, AttnShape, Backend, BroadcastShape, GatedAddGrads, LayerNormGrads, LayerNormStats,
+    LinearShape, ModShape, ModSlot, ModulateGrads, NormAffine, PatchOrder, PatchShape, Qkv,
+    RmsNormGrads, RopeShape, RowShape, ShapeError, ShiftScale,
+};
 use crate::tensor::{DType, Storage};
+
+/// The CPU's answer to buffers that do not fit an op's shape: a panic naming the op (the trait
+/// has no `Result`; the CUDA backend refuses the same calls through the same checks).
+#[track_caller]
+fn fits(op: &str, check: Result<(), ShapeError>) {
+    if let Err(e) = check {
+        panic!("{op} (cpu): {e}");
+    }
+}
 
 /// The CPU backend. Stateless: the rayon global pool provides the threads.
 #[derive(Clone, Copy, Debug, Default)]
@@ -94,23 +107,27 @@ impl Backend for Cpu {
         &self,
         x: &Vec<f32>,
         table: &Vec<f32>,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         out: &mut Vec<f32>,
     ) {
-        activation::broadcast_add(x, table, batch, w, k, out);
+        fits(
+            "broadcast_add",
+            shape.check_buffers(x.len(), table.len(), out.len()),
+        );
+        activation::broadcast_add(x, table, shape, out);
     }
     fn broadcast_add_backward(
         &self,
         dout: &Vec<f32>,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         dx: &mut Vec<f32>,
         dtable: &mut Vec<f32>,
     ) {
-        activation::broadcast_add_backward(dout, batch, w, k, dx, dtable);
+        fits(
+            "broadcast_add_backward",
+            shape.check_buffers(dx.len(), dtable.len(), dout.len()),
+        );
+        activation::broadcast_add_backward(dout, shape, dx, dtable);
     }
     fn silu_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>) {
         activation::silu_forward(x, y);
@@ -179,73 +196,93 @@ impl Backend for Cpu {
         &self,
         dy: &Vec<f32>,
         x: &Vec<f32>,
-        n: usize,
-        n_in: usize,
-        n_out: usize,
+        shape: LinearShape,
         dw: &mut Vec<f32>,
         db: Option<&mut Vec<f32>>,
     ) {
-        matmul::linear_backward_weight(dy, x, n, n_in, n_out, dw, db.map(|b| b.as_mut_slice()));
+        fits(
+            "linear_backward_weight",
+            shape.check_buffers(dy.len(), x.len(), dw.len(), db.as_ref().map(|b| b.len())),
+        );
+        matmul::linear_backward_weight(dy, x, shape, dw, db.map(|b| b.as_mut_slice()));
     }
 
     fn layernorm_forward(
         &self,
         x: &Vec<f32>,
-        rows: usize,
-        d: usize,
-        weight: Option<&Vec<f32>>,
-        bias: Option<&Vec<f32>>,
+        shape: RowShape,
+        affine: NormAffine<&Vec<f32>>,
         eps: f32,
         y: &mut Vec<f32>,
-        mean: &mut Vec<f32>,
-        rstd: &mut Vec<f32>,
+        stats: LayerNormStats<&mut Vec<f32>>,
     ) {
+        fits(
+            "layernorm_forward",
+            shape.check_layernorm_forward(
+                x.len(),
+                affine.lens(|p| p.len()),
+                y.len(),
+                stats.lens(|s| s.len()),
+            ),
+        );
+        let RowShape { rows, d } = shape;
         norm::layernorm_forward(
             &x[..rows * d],
             d,
-            weight.map(|w| w.as_slice()),
-            bias.map(|b| b.as_slice()),
+            affine.map(|p| p.as_slice()),
             eps,
             &mut y[..rows * d],
-            &mut mean[..rows],
-            &mut rstd[..rows],
+            stats.map(|s| &mut s[..rows]),
         );
     }
     fn layernorm_backward(
         &self,
         dy: &Vec<f32>,
         x: &Vec<f32>,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: Option<&Vec<f32>>,
-        mean: &Vec<f32>,
-        rstd: &Vec<f32>,
-        dx: &mut Vec<f32>,
-        dweight: Option<&mut Vec<f32>>,
-        dbias: Option<&mut Vec<f32>>,
+        stats: LayerNormStats<&Vec<f32>>,
+        grads: LayerNormGrads<&mut Vec<f32>>,
     ) {
+        fits(
+            "layernorm_backward",
+            shape.check_layernorm_backward(
+                dy.len(),
+                x.len(),
+                weight.map(|w| w.len()),
+                stats.lens(|s| s.len()),
+                grads.lens(|g| g.len()),
+            ),
+        );
+        let RowShape { rows, d } = shape;
+        let LayerNormGrads { dx, dweight, dbias } = grads;
         norm::layernorm_backward(
             &dy[..rows * d],
             &x[..rows * d],
             d,
             weight.map(|w| w.as_slice()),
-            &mean[..rows],
-            &rstd[..rows],
-            &mut dx[..rows * d],
-            dweight.map(|w| w.as_mut_slice()),
-            dbias.map(|b| b.as_mut_slice()),
+            stats.map(|s| &s[..rows]),
+            LayerNormGrads {
+                dx: &mut dx[..rows * d],
+                dweight: dweight.map(|w| w.as_mut_slice()),
+                dbias: dbias.map(|b| b.as_mut_slice()),
+            },
         );
     }
     fn rmsnorm_forward(
         &self,
         x: &Vec<f32>,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: &Vec<f32>,
         eps: f32,
         y: &mut Vec<f32>,
         rstd: &mut Vec<f32>,
     ) {
+        fits(
+            "rmsnorm_forward",
+            shape.check_rmsnorm_forward(x.len(), weight.len(), y.len(), rstd.len()),
+        );
+        let RowShape { rows, d } = shape;
         norm::rmsnorm_forward(
             &x[..rows * d],
             d,
@@ -259,121 +296,146 @@ impl Backend for Cpu {
         &self,
         dy: &Vec<f32>,
         x: &Vec<f32>,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: &Vec<f32>,
         rstd: &Vec<f32>,
-        dx: &mut Vec<f32>,
-        dweight: &mut Vec<f32>,
+        grads: RmsNormGrads<&mut Vec<f32>>,
     ) {
+        fits(
+            "rmsnorm_backward",
+            shape.check_rmsnorm_backward(
+                dy.len(),
+                x.len(),
+                weight.len(),
+                rstd.len(),
+                grads.lens(|g| g.len()),
+            ),
+        );
+        let RowShape { rows, d } = shape;
         norm::rmsnorm_backward(
             &dy[..rows * d],
             &x[..rows * d],
             d,
             weight,
             &rstd[..rows],
-            &mut dx[..rows * d],
-            dweight,
+            &mut grads.dx[..rows * d],
+            grads.dweight,
         );
     }
 
     fn modulate_forward(
         &self,
         x: &Vec<f32>,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &Vec<f32>,
-        shift: ModSlot,
-        scale: ModSlot,
+        slots: ShiftScale,
         y: &mut Vec<f32>,
     ) {
-        modulate::modulate_forward(x, batch, rows, d, mods, shift, scale, y);
+        fits(
+            "modulate_forward",
+            shape.check_modulate_forward(x.len(), mods.len(), slots, y.len()),
+        );
+        modulate::modulate_forward(x, shape, mods, slots, y);
     }
     fn modulate_backward(
         &self,
         dy: &Vec<f32>,
         x: &Vec<f32>,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &Vec<f32>,
-        shift: ModSlot,
-        scale: ModSlot,
-        dx: &mut Vec<f32>,
-        dmods: &mut Vec<f32>,
+        slots: ShiftScale,
+        grads: ModulateGrads<&mut Vec<f32>>,
     ) {
-        modulate::modulate_backward(dy, x, batch, rows, d, mods, shift, scale, dx, dmods);
+        fits(
+            "modulate_backward",
+            shape.check_modulate_backward(
+                dy.len(),
+                x.len(),
+                mods.len(),
+                slots,
+                grads.lens(|g| g.len()),
+            ),
+        );
+        modulate::modulate_backward(dy, x, shape, mods, slots, grads.map(|g| g.as_mut_slice()));
     }
     fn gated_add_forward(
         &self,
         x: &mut Vec<f32>,
         y: &Vec<f32>,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &Vec<f32>,
         gate: ModSlot,
     ) {
-        modulate::gated_add_forward(x, y, batch, rows, d, mods, gate);
+        fits(
+            "gated_add_forward",
+            shape.check_gated_add_forward(x.len(), y.len(), mods.len(), gate),
+        );
+        modulate::gated_add_forward(x, y, shape, mods, gate);
     }
     fn gated_add_backward(
         &self,
         dx: &Vec<f32>,
         y: &Vec<f32>,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &Vec<f32>,
         gate: ModSlot,
-        dy: &mut Vec<f32>,
-        dmods: &mut Vec<f32>,
+        grads: GatedAddGrads<&mut Vec<f32>>,
     ) {
-        modulate::gated_add_backward(dx, y, batch, rows, d, mods, gate, dy, dmods);
+        fits(
+            "gated_add_backward",
+            shape.check_gated_add_backward(
+                dx.len(),
+                y.len(),
+                mods.len(),
+                gate,
+                grads.lens(|g| g.len()),
+            ),
+        );
+        modulate::gated_add_backward(dx, y, shape, mods, gate, grads.map(|g| g.as_mut_slice()));
     }
 
     fn rope(
         &self,
         x: &mut Vec<f32>,
-        batch: usize,
-        tokens: usize,
-        heads: usize,
-        head_dim: usize,
+        shape: RopeShape,
         cos: &Vec<f32>,
         sin: &Vec<f32>,
         inverse: bool,
     ) {
-        rope::rope_rotate(x, batch, tokens, heads, head_dim, cos, sin, inverse);
+        fits("rope", shape.check_buffers(x.len(), cos.len(), sin.len()));
+        rope::rope_rotate(x, shape, cos, sin, inverse);
     }
 
     fn attention_forward(
         &self,
-        q: &Vec<f32>,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
+        qkv: Qkv<&Vec<f32>>,
         shape: AttnShape,
         out: &mut Vec<f32>,
         lse: &mut Vec<f32>,
     ) {
-        attention::attention_forward(q, k, v, shape, out, lse);
+        attention::attention_forward(qkv.q, qkv.k, qkv.v, shape, out, lse);
     }
     fn attention_backward(
         &self,
-        q: &Vec<f32>,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
+        qkv: Qkv<&Vec<f32>>,
         out: &Vec<f32>,
         lse: &Vec<f32>,
         dout: &Vec<f32>,
         shape: AttnShape,
-        dq: &mut Vec<f32>,
-        dk: &mut Vec<f32>,
-        dv: &mut Vec<f32>,
+        dqkv: Qkv<&mut Vec<f32>>,
     ) {
-        attention::attention_backward(q, k, v, out, lse, dout, shape, dq, dk, dv);
+        attention::attention_backward(
+            qkv.map(|b| b.as_slice()),
+            out,
+            lse,
+            dout,
+            shape,
+            dqkv.map(|b| b.as_mut_slice()),
+        );
     }
 
     fn patchify(&self, x: &Vec<f32>, shape: PatchShape, order: PatchOrder, tokens: &mut Vec<f32>) {
+        fits("patchify", shape.check_buffers(x.len(), tokens.len()));
         patch::patchify(x, shape, order, tokens);
     }
     fn unpatchify(
@@ -383,6 +445,7 @@ impl Backend for Cpu {
         order: PatchOrder,
         x: &mut Vec<f32>,
     ) {
+        fits("unpatchify", shape.check_buffers(x.len(), tokens.len()));
         patch::unpatchify(tokens, shape, order, x);
     }
 }

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::ModSlot;
+use crate::backend::{GatedAddGrads, ModShape, ModSlot, ModulateGrads, ShiftScale};
 
 /// Elements per rayon task (rounded to whole rows).
 const BLOCK_ELEMS: usize = 1 << 16;
@@ -62,18 +62,16 @@ fn add_partials(partials: &[Vec<f32>], acc: &mut [f32]) {
 }
 
 /// `y[b, l, :] = x[b, l, :] * (1 + scale_b) + shift_b`.
-#[allow(clippy::too_many_arguments)]
 pub fn modulate_forward(
     x: &[f32],
-    batch: usize,
-    rows: usize,
-    d: usize,
+    shape: ModShape,
     mods: &[f32],
-    shift: ModSlot,
-    scale: ModSlot,
+    slots: ShiftScale,
     y: &mut [f32],
 ) {
-    let n = rows * d;
+    let ModShape { batch, d, .. } = shape;
+    let ShiftScale { shift, scale } = slots;
+    let n = shape.per_sample();
     for b in 0..batch {
         let (sh, sc) = (slot(mods, shift, b, d), slot(mods, scale, b, d));
         // `1 + scale` is rounded once, as torch forms it before the multiply.
@@ -91,20 +89,18 @@ pub fn modulate_forward(
 
 /// Overwrites `dx = dy * (1 + scale)`; accumulates `dshift += sum_l dy` and
 /// `dscale += sum_l dy * x` into `dmods` at the shift and scale slots.
-#[allow(clippy::too_many_arguments)]
 pub fn modulate_backward(
     dy: &[f32],
     x: &[f32],
-    batch: usize,
-    rows: usize,
-    d: usize,
+    shape: ModShape,
     mods: &[f32],
-    shift: ModSlot,
-    scale: ModSlot,
-    dx: &mut [f32],
-    dmods: &mut [f32],
+    slots: ShiftScale,
+    grads: ModulateGrads<&mut [f32]>,
 ) {
-    let n = rows * d;
+    let ModShape { batch, d, .. } = shape;
+    let ShiftScale { shift, scale } = slots;
+    let ModulateGrads { dx, dmods } = grads;
+    let n = shape.per_sample();
     for b in 0..batch {
         let one_sc: Vec<f32> = slot(mods, scale, b, d).iter().map(|&s| 1.0 + s).collect();
         let (dys, xs) = (&dy[b * n..(b + 1) * n], &x[b * n..(b + 1) * n]);
@@ -136,17 +132,9 @@ pub fn modulate_backward(
 }
 
 /// `x[b, l, :] += y[b, l, :] * gate_b` (the gated residual).
-#[allow(clippy::too_many_arguments)]
-pub fn gated_add_forward(
-    x: &mut [f32],
-    y: &[f32],
-    batch: usize,
-    rows: usize,
-    d: usize,
-    mods: &[f32],
-    gate: ModSlot,
-) {
-    let n = rows * d;
+pub fn gated_add_forward(x: &mut [f32], y: &[f32], shape: ModShape, mods: &[f32], gate: ModSlot) {
+    let ModShape { batch, d, .. } = shape;
+    let n = shape.per_sample();
     for b in 0..batch {
         let g = slot(mods, gate, b, d);
         let ys = &y[b * n..(b + 1) * n];
@@ -162,19 +150,17 @@ pub fn gated_add_forward(
 
 /// Given `dx` (gradient of the residual stream), overwrites `dy = dx * gate` and accumulates
 /// `dgate += sum_l dx * y` into `dmods` at the gate slot.
-#[allow(clippy::too_many_arguments)]
 pub fn gated_add_backward(
     dx: &[f32],
     y: &[f32],
-    batch: usize,
-    rows: usize,
-    d: usize,
+    shape: ModShape,
     mods: &[f32],
     gate: ModSlot,
-    dy: &mut [f32],
-    dmods: &mut [f32],
+    grads: GatedAddGrads<&mut [f32]>,
 ) {
-    let n = rows * d;
+    let ModShape { batch, d, .. } = shape;
+    let GatedAddGrads { dy, dmods } = grads;
+    let n = shape.per_sample();
     for b in 0..batch {
         let g = slot(mods, gate, b, d);
         let (dxs, ys) = (&dx[b * n..(b + 1) * n], &y[b * n..(b + 1) * n]);
@@ -224,6 +210,15 @@ mod tests {
         stride: STRIDE,
         offset: 2 * D,
     };
+    const SHAPE: ModShape = ModShape {
+        batch: B,
+        rows: ROWS,
+        d: D,
+    };
+    const SHIFT_SCALE: ShiftScale = ShiftScale {
+        shift: SHIFT,
+        scale: SCALE,
+    };
 
     #[test]
     fn modulate_forward_matches_formula() {
@@ -231,7 +226,7 @@ mod tests {
         let x = rng.vec(B * ROWS * D);
         let mods = rng.vec(B * STRIDE);
         let mut y = vec![0.0; B * ROWS * D];
-        modulate_forward(&x, B, ROWS, D, &mods, SHIFT, SCALE, &mut y);
+        modulate_forward(&x, SHAPE, &mods, SHIFT_SCALE, &mut y);
         for b in 0..B {
             for l in 0..ROWS {
                 for j in 0..D {
@@ -251,13 +246,17 @@ mod tests {
         let c = rng.vec(B * ROWS * D);
         let f = |x: &[f32], m: &[f32]| {
             let mut y = vec![0.0; B * ROWS * D];
-            modulate_forward(x, B, ROWS, D, m, SHIFT, SCALE, &mut y);
+            modulate_forward(x, SHAPE, m, SHIFT_SCALE, &mut y);
             dot(&y, &c)
         };
         let mut dx = vec![f32::NAN; x.len()];
         // dmods accumulates: start from ones, expect ones + gradient (and ones outside the slots).
         let mut dm = vec![1.0; mods.len()];
-        modulate_backward(&c, &x, B, ROWS, D, &mods, SHIFT, SCALE, &mut dx, &mut dm);
+        let grads = ModulateGrads {
+            dx: dx.as_mut_slice(),
+            dmods: dm.as_mut_slice(),
+        };
+        modulate_backward(&c, &x, SHAPE, &mods, SHIFT_SCALE, grads);
         let nx = numeric_grad(&x, 1e-2, |xp| f(xp, &mods));
         let nm: Vec<f32> = numeric_grad(&mods, 1e-2, |mp| f(&x, mp))
             .iter()
@@ -276,7 +275,7 @@ mod tests {
         let c = rng.vec(B * ROWS * D);
         let f = |y: &[f32], m: &[f32]| {
             let mut x = x0.clone();
-            gated_add_forward(&mut x, y, B, ROWS, D, m, GATE);
+            gated_add_forward(&mut x, y, SHAPE, m, GATE);
             x
         };
         let out = f(&y, &mods);
@@ -285,7 +284,11 @@ mod tests {
 
         let mut dy = vec![f32::NAN; y.len()];
         let mut dm = vec![1.0; mods.len()];
-        gated_add_backward(&c, &y, B, ROWS, D, &mods, GATE, &mut dy, &mut dm);
+        let grads = GatedAddGrads {
+            dy: dy.as_mut_slice(),
+            dmods: dm.as_mut_slice(),
+        };
+        gated_add_backward(&c, &y, SHAPE, &mods, GATE, grads);
         let ny = numeric_grad(&y, 1e-2, |yp| dot(&f(yp, &mods), &c));
         let nm: Vec<f32> = numeric_grad(&mods, 1e-2, |mp| dot(&f(&y, mp), &c))
             .iter()
@@ -316,11 +319,24 @@ mod tests {
         let ones = vec![1.0f32; rows * d];
         let mut dx = vec![0.0; rows * d];
         let mut dm = vec![0.0; 3 * d];
-        modulate_backward(&ones, &ones, 1, rows, d, &mods, s, sc, &mut dx, &mut dm);
+        let shape = ModShape { batch: 1, rows, d };
+        let slots = ShiftScale {
+            shift: s,
+            scale: sc,
+        };
+        let grads = ModulateGrads {
+            dx: dx.as_mut_slice(),
+            dmods: dm.as_mut_slice(),
+        };
+        modulate_backward(&ones, &ones, shape, &mods, slots, grads);
         assert!(dx.iter().all(|&v| v == 1.5));
         assert!(dm[..2 * d].iter().all(|&v| v == rows as f32));
         let mut dy = vec![0.0; rows * d];
-        gated_add_backward(&ones, &ones, 1, rows, d, &mods, g, &mut dy, &mut dm);
+        let grads = GatedAddGrads {
+            dy: dy.as_mut_slice(),
+            dmods: dm.as_mut_slice(),
+        };
+        gated_add_backward(&ones, &ones, shape, &mods, g, grads);
         assert!(dy.iter().all(|&v| v == 0.5));
         assert!(dm[2 * d..].iter().all(|&v| v == rows as f32));
     }

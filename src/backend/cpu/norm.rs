@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use crate::backend::{LayerNormGrads, LayerNormStats, NormAffine};
+
 /// Elements per rayon task (rounded to whole rows).
 const BLOCK_ELEMS: usize = 1 << 16;
 
@@ -98,17 +100,16 @@ fn sum_partials(partials: &[Vec<f32>], offset: usize, out: &mut [f32]) {
 ///
 /// `rstd = 1 / sqrt(var + eps)` with the biased variance, as torch. The number of rows is
 /// `x.len() / d`.
-#[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(
     x: &[f32],
     d: usize,
-    weight: Option<&[f32]>,
-    bias: Option<&[f32]>,
+    affine: NormAffine<&[f32]>,
     eps: f32,
     y: &mut [f32],
-    mean: &mut [f32],
-    rstd: &mut [f32],
+    stats: LayerNormStats<&mut [f32]>,
 ) {
+    let NormAffine { weight, bias } = affine;
+    let LayerNormStats { mean, rstd } = stats;
     assert!(
         d > 0 && x.len() % d == 0,
         "layernorm: length not a multiple of d"
@@ -155,18 +156,16 @@ pub fn layernorm_forward(
 /// With `xhat = (x - mean) rstd` and `g = dy * weight` (or `dy`):
 /// `dx = rstd (g - mean(g) - xhat mean(g xhat))`, `dweight += sum_rows dy xhat`,
 /// `dbias += sum_rows dy`.
-#[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dy: &[f32],
     x: &[f32],
     d: usize,
     weight: Option<&[f32]>,
-    mean: &[f32],
-    rstd: &[f32],
-    dx: &mut [f32],
-    dweight: Option<&mut [f32]>,
-    dbias: Option<&mut [f32]>,
+    stats: LayerNormStats<&[f32]>,
+    grads: LayerNormGrads<&mut [f32]>,
 ) {
+    let LayerNormStats { mean, rstd } = stats;
+    let LayerNormGrads { dx, dweight, dbias } = grads;
     assert!(
         d > 0 && x.len() % d == 0,
         "layernorm: length not a multiple of d"
@@ -354,19 +353,22 @@ mod tests {
         let w = rng.vec(d);
         let b = rng.vec(d);
         let (mut y, mut mean, mut rstd) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
-        layernorm_forward(
-            &x,
-            d,
-            Some(&w),
-            Some(&b),
-            1e-6,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-        );
+        let both = NormAffine {
+            weight: Some(w.as_slice()),
+            bias: Some(b.as_slice()),
+        };
+        let stats = LayerNormStats {
+            mean: mean.as_mut_slice(),
+            rstd: rstd.as_mut_slice(),
+        };
+        layernorm_forward(&x, d, both, 1e-6, &mut y, stats);
         let want = layernorm_ref(&x, d, Some(&w), Some(&b), 1e-6);
         assert!(max_rel_err(&y, &want) < 1e-4, "{}", max_rel_err(&y, &want));
-        layernorm_forward(&x, d, None, None, 1e-6, &mut y, &mut mean, &mut rstd);
+        let stats = LayerNormStats {
+            mean: mean.as_mut_slice(),
+            rstd: rstd.as_mut_slice(),
+        };
+        layernorm_forward(&x, d, NormAffine::none(), 1e-6, &mut y, stats);
         let want = layernorm_ref(&x, d, None, None, 1e-6);
         assert!(max_rel_err(&y, &want) < 1e-4, "{}", max_rel_err(&y, &want));
         let mu0 = x[..d].iter().map(|&v| v as f64).sum::<f64>() / d as f64;
@@ -389,24 +391,28 @@ mod tests {
             };
             let fwd = |x: &[f32], w: Option<&[f32]>, b: Option<&[f32]>| {
                 let (mut y, mut m, mut r) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
-                layernorm_forward(x, d, w, b, 1e-5, &mut y, &mut m, &mut r);
+                let stats = LayerNormStats {
+                    mean: m.as_mut_slice(),
+                    rstd: r.as_mut_slice(),
+                };
+                let affine = NormAffine { weight: w, bias: b };
+                layernorm_forward(x, d, affine, 1e-5, &mut y, stats);
                 (y, m, r)
             };
             let (_, m, r) = fwd(&x, wo, bo);
             let mut dx = vec![f32::NAN; rows * d];
             let mut dw = vec![0.5; d];
             let mut db = vec![0.5; d];
-            layernorm_backward(
-                &c,
-                &x,
-                d,
-                wo,
-                &m,
-                &r,
-                &mut dx,
-                affine.then_some(dw.as_mut_slice()),
-                affine.then_some(db.as_mut_slice()),
-            );
+            let stats = LayerNormStats {
+                mean: m.as_slice(),
+                rstd: r.as_slice(),
+            };
+            let grads = LayerNormGrads {
+                dx: dx.as_mut_slice(),
+                dweight: affine.then_some(dw.as_mut_slice()),
+                dbias: affine.then_some(db.as_mut_slice()),
+            };
+            layernorm_backward(&c, &x, d, wo, stats, grads);
             let nx = numeric_grad(&x, 1e-2, |xp| dot(&fwd(xp, wo, bo).0, &c));
             assert_grad_close("layernorm dx", &dx, &nx, 1e-2);
             if affine {
@@ -481,37 +487,48 @@ mod tests {
         let dy = rng.vec(rows * d);
         let w = rng.vec(d);
         let (mut y, mut m, mut r) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
-        layernorm_forward(&x, d, Some(&w), None, 1e-6, &mut y, &mut m, &mut r);
+        let weight_only = NormAffine {
+            weight: Some(w.as_slice()),
+            bias: None,
+        };
+        let stats = LayerNormStats {
+            mean: m.as_mut_slice(),
+            rstd: r.as_mut_slice(),
+        };
+        layernorm_forward(&x, d, weight_only, 1e-6, &mut y, stats);
         let mut dx = vec![0.0; rows * d];
         let mut dw = vec![0.0; d];
-        layernorm_backward(&dy, &x, d, Some(&w), &m, &r, &mut dx, Some(&mut dw), None);
+        let stats = LayerNormStats {
+            mean: m.as_slice(),
+            rstd: r.as_slice(),
+        };
+        let grads = LayerNormGrads {
+            dx: dx.as_mut_slice(),
+            dweight: Some(dw.as_mut_slice()),
+            dbias: None,
+        };
+        layernorm_backward(&dy, &x, d, Some(&w), stats, grads);
         let mut dw_serial = vec![0.0f64; d];
         for row in [0, rows_per_block(d), rows - 1] {
             let sl = row * d..(row + 1) * d;
             let (mut y1, mut m1, mut r1) = (vec![0.0; d], [0.0], [0.0]);
-            layernorm_forward(
-                &x[sl.clone()],
-                d,
-                Some(&w),
-                None,
-                1e-6,
-                &mut y1,
-                &mut m1,
-                &mut r1,
-            );
+            let stats = LayerNormStats {
+                mean: m1.as_mut_slice(),
+                rstd: r1.as_mut_slice(),
+            };
+            layernorm_forward(&x[sl.clone()], d, weight_only, 1e-6, &mut y1, stats);
             assert_eq!(&y[sl.clone()], y1.as_slice());
             let mut dx1 = vec![0.0; d];
-            layernorm_backward(
-                &dy[sl.clone()],
-                &x[sl.clone()],
-                d,
-                Some(&w),
-                &m1,
-                &r1,
-                &mut dx1,
-                None,
-                None,
-            );
+            let stats = LayerNormStats {
+                mean: m1.as_slice(),
+                rstd: r1.as_slice(),
+            };
+            let grads = LayerNormGrads {
+                dx: dx1.as_mut_slice(),
+                dweight: None,
+                dbias: None,
+            };
+            layernorm_backward(&dy[sl.clone()], &x[sl.clone()], d, Some(&w), stats, grads);
             assert_eq!(&dx[sl], dx1.as_slice());
         }
         for row in 0..rows {

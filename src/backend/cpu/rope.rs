@@ -6,6 +6,8 @@
 
 use rayon::prelude::*;
 
+use crate::backend::RopeShape;
+
 /// Token rows per rayon task (a row is `heads * head_dim` values, 1536 or 5120 for Wan).
 const TOKENS_PER_TASK: usize = 32;
 
@@ -24,17 +26,13 @@ fn rotate_row(row: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], sign: 
 
 /// `x: [batch, tokens, heads, head_dim]` rotated in place with `cos, sin: [tokens, head_dim/2]`:
 /// `out[2i] = a cos - b sin`, `out[2i+1] = a sin + b cos`; `inverse` negates the angle.
-#[allow(clippy::too_many_arguments)]
-pub fn rope_rotate(
-    x: &mut [f32],
-    batch: usize,
-    tokens: usize,
-    heads: usize,
-    head_dim: usize,
-    cos: &[f32],
-    sin: &[f32],
-    inverse: bool,
-) {
+pub fn rope_rotate(x: &mut [f32], shape: RopeShape, cos: &[f32], sin: &[f32], inverse: bool) {
+    let RopeShape {
+        batch,
+        tokens,
+        heads,
+        head_dim,
+    } = shape;
     assert!(head_dim % 2 == 0, "rope: head_dim must be even");
     let half = head_dim / 2;
     let row = heads * head_dim;
@@ -80,6 +78,15 @@ mod tests {
     const H: usize = 2;
     const HD: usize = 6;
 
+    fn shape(tokens: usize) -> RopeShape {
+        RopeShape {
+            batch: B,
+            tokens,
+            heads: H,
+            head_dim: HD,
+        }
+    }
+
     fn tables(rng: &mut TestRng) -> (Vec<f32>, Vec<f32>) {
         let ang: Vec<f32> = rng.vec(T * HD / 2).iter().map(|v| 3.0 * v).collect();
         (
@@ -94,7 +101,7 @@ mod tests {
         let (cos, sin) = tables(&mut rng);
         let x = rng.vec(B * T * H * HD);
         let mut y = x.clone();
-        rope_rotate(&mut y, B, T, H, HD, &cos, &sin, false);
+        rope_rotate(&mut y, shape(T), &cos, &sin, false);
         for b in 0..B {
             for t in 0..T {
                 for h in 0..H {
@@ -120,9 +127,9 @@ mod tests {
         let sin = sin.repeat(tokens);
         let x = rng.vec(B * tokens * H * HD);
         let mut y = x.clone();
-        rope_rotate(&mut y, B, tokens, H, HD, &cos, &sin, false);
+        rope_rotate(&mut y, shape(tokens), &cos, &sin, false);
         assert!(max_rel_err(&y, &x) > 0.1);
-        rope_rotate(&mut y, B, tokens, H, HD, &cos, &sin, true);
+        rope_rotate(&mut y, shape(tokens), &cos, &sin, true);
         assert!(max_rel_err(&y, &x) < 1e-6);
     }
 
@@ -133,10 +140,10 @@ mod tests {
         let x = rng.vec(B * T * H * HD);
         let c = rng.vec(x.len());
         let mut dx = c.clone();
-        rope_rotate(&mut dx, B, T, H, HD, &cos, &sin, true);
+        rope_rotate(&mut dx, shape(T), &cos, &sin, true);
         let num = numeric_grad(&x, 1e-2, |xp| {
             let mut y = xp.to_vec();
-            rope_rotate(&mut y, B, T, H, HD, &cos, &sin, false);
+            rope_rotate(&mut y, shape(T), &cos, &sin, false);
             y.iter().zip(&c).map(|(&a, &b)| a as f64 * b as f64).sum()
         });
         assert_grad_close("rope dx", &dx, &num, 1e-2);

@@ -12,21 +12,19 @@
 //! - a simple f32 path for any `d <= MAX_HEAD_DIM` (one warp per row), used for the other head
 //!   dims and as a second reference on the device.
 //!
-//! [`AttnPath::Auto`] (what [`attention_forward`] and [`attention_backward`] use) picks the
+//! [`AttnPath::Auto`] (what [`Kernels::attention_forward`] and [`Kernels::attention_backward`] use) picks the
 //! tensor cores whenever the head dim allows; the `_with` variants force one path.
 //!
 //! The backward runs three kernels: `delta = rowsum(dout * out)` into a scratch buffer, then a
 //! pass over key tiles that owns `dK, dV` and a pass over query tiles that owns `dQ` (no atomics,
 //! so the results are bitwise reproducible; see the `.cu` header for the cost).
 
-use std::sync::Arc;
-
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DriverError, LaunchConfig, PushKernelArg};
 
 use super::module::Kernels;
 use super::types::{CudaBuf, KernelSource};
-use crate::backend::AttnShape;
+use crate::backend::{AttnShape, Qkv};
 
 /// The attention kernels' CUDA C source.
 pub const SOURCE: KernelSource = KernelSource {
@@ -192,7 +190,9 @@ impl Dims {
             heads,
             head_dim: d,
         } = *shape;
-        shape.check_buffers("CUDA", q, k, v);
+        if let Err(e) = shape.check_buffers(q, k, v) {
+            panic!("attention (CUDA): {e}");
+        }
         let scale = 1.0 / (d as f32).sqrt();
         Dims {
             batch: to_i32(batch, "batch"),
@@ -207,293 +207,277 @@ impl Dims {
     }
 }
 
-/// Softmax attention; writes `out: [batch, lq, heads, head_dim]` and
-/// `lse: [batch, heads, lq]`. Enqueued on `s` (asynchronous).
-///
-/// # Panics
-/// On buffers too short for `shape`, `lk == 0` with queries present, or an unsupported head dim
-/// (like the CPU backend).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_forward(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    q: &CudaBuf,
-    kk: &CudaBuf,
-    v: &CudaBuf,
-    shape: AttnShape,
-    out: &mut CudaBuf,
-    lse: &mut CudaBuf,
-) -> Result<(), DriverError> {
-    attention_forward_with(AttnPath::Auto, k, s, q, kk, v, shape, out, lse)
+/// What the attention forward saved for the backward: its output and log-sum-exp.
+pub struct AttnSaved<'a> {
+    pub out: &'a CudaBuf,
+    pub lse: &'a CudaBuf,
 }
 
-/// [`attention_forward`] on the given path.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_forward_with(
-    path: AttnPath,
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    q: &CudaBuf,
-    kk: &CudaBuf,
-    v: &CudaBuf,
-    shape: AttnShape,
-    out: &mut CudaBuf,
-    lse: &mut CudaBuf,
-) -> Result<(), DriverError> {
-    let dims = Dims::new(&shape, q.len(), kk.len(), v.len());
-    let AttnShape {
-        batch,
-        lq,
-        heads,
-        head_dim: d,
-        ..
-    } = shape;
-    assert!(
-        out.len() >= batch * lq * heads * d,
-        "attention (CUDA): out too short for {shape:?}"
-    );
-    assert!(
-        lse.len() >= batch * heads * lq,
-        "attention (CUDA): lse too short for {shape:?}"
-    );
-    if batch * lq * heads * d == 0 {
-        return Ok(());
-    }
-    let Dims {
-        batch: b32,
-        lq: lq32,
-        lk: lk32,
-        heads: h32,
-        d: d32,
-        ..
-    } = dims;
-    match path.resolve(d) {
-        AttnPath::TensorCore => {
-            let f = k.function(&format!("flash_fwd_d{d}"));
-            let smem = fwd_smem(d);
-            opt_in_smem(f, smem)?;
-            let cfg = grid(lq.div_ceil(TC_BM) * dims.bh, THREADS, smem);
-            let mut b = s.launch_builder(f);
-            b.arg(q).arg(kk).arg(v).arg(out).arg(lse);
-            b.arg(&b32)
-                .arg(&lq32)
-                .arg(&lk32)
-                .arg(&h32)
-                .arg(&dims.scale_log2);
-            // SAFETY: the arguments match flash_fwd_d{d}'s signature; the buffers hold at least
-            // the elements the shape addresses (checked above), and the kernel bounds every
-            // access by lq / lk.
-            unsafe { b.launch(cfg) }?;
-        }
-        _ => {
-            let f = k.function("attn_fwd_simple");
-            let cfg = grid((batch * lq * heads).div_ceil(SIMPLE_ROWS), THREADS, 0);
-            let mut b = s.launch_builder(f);
-            b.arg(q).arg(kk).arg(v).arg(out).arg(lse);
-            b.arg(&b32)
-                .arg(&lq32)
-                .arg(&lk32)
-                .arg(&h32)
-                .arg(&d32)
-                .arg(&dims.scale);
-            // SAFETY: as above, for attn_fwd_simple (d <= MAX_HEAD_DIM checked by resolve).
-            unsafe { b.launch(cfg) }?;
-        }
-    }
-    Ok(())
-}
-
-/// Backward of [`attention_forward`]: overwrites `dq, dk, dv`. Allocates a
-/// `[batch, heads, lq]` scratch buffer on `s`. Enqueued on `s` (asynchronous).
-///
-/// # Panics
-/// As [`attention_forward`], and on `out, dout, lse, dq, dk, dv` too short.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    q: &CudaBuf,
-    kk: &CudaBuf,
-    v: &CudaBuf,
-    out: &CudaBuf,
-    lse: &CudaBuf,
-    dout: &CudaBuf,
-    shape: AttnShape,
-    dq: &mut CudaBuf,
-    dk: &mut CudaBuf,
-    dv: &mut CudaBuf,
-) -> Result<(), DriverError> {
-    attention_backward_with(
-        AttnPath::Auto,
-        k,
-        s,
-        q,
-        kk,
-        v,
-        out,
-        lse,
-        dout,
-        shape,
-        dq,
-        dk,
-        dv,
-    )
-}
-
-/// [`attention_backward`] on the given path.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward_with(
-    path: AttnPath,
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    q: &CudaBuf,
-    kk: &CudaBuf,
-    v: &CudaBuf,
-    out: &CudaBuf,
-    lse: &CudaBuf,
-    dout: &CudaBuf,
-    shape: AttnShape,
-    dq: &mut CudaBuf,
-    dk: &mut CudaBuf,
-    dv: &mut CudaBuf,
-) -> Result<(), DriverError> {
-    let dims = Dims::new(&shape, q.len(), kk.len(), v.len());
-    let AttnShape {
-        batch,
-        lq,
-        lk,
-        heads,
-        head_dim: d,
-    } = shape;
-    let nq_all = batch * lq * heads * d;
-    let nk_all = batch * lk * heads * d;
-    assert!(
-        out.len() >= nq_all && dout.len() >= nq_all,
-        "attention (CUDA): out/dout too short for {shape:?}"
-    );
-    assert!(
-        lse.len() >= batch * heads * lq,
-        "attention (CUDA): lse too short for {shape:?}"
-    );
-    assert!(
-        dq.len() >= nq_all,
-        "attention (CUDA): dq too short for {shape:?}"
-    );
-    assert!(
-        dk.len() >= nk_all && dv.len() >= nk_all,
-        "attention (CUDA): dk/dv too short for {shape:?}"
-    );
-    if nq_all == 0 {
-        // No queries: nothing flows back to the keys either.
-        if nk_all > 0 {
-            s.memset_zeros(&mut dk.slice_mut(..nk_all))?;
-            s.memset_zeros(&mut dv.slice_mut(..nk_all))?;
-        }
-        return Ok(());
-    }
-    let Dims {
-        batch: b32,
-        lq: lq32,
-        lk: lk32,
-        heads: h32,
-        d: d32,
-        ..
-    } = dims;
-
-    // delta[b, h, i] = dout_i . out_i.
-    let mut delta = s.alloc_zeros::<f32>(batch * heads * lq)?;
-    {
-        let f = k.function("flash_bwd_delta");
-        let cfg = grid((batch * lq * heads).div_ceil(DELTA_ROWS), 256, 0);
-        let mut b = s.launch_builder(f);
-        b.arg(out).arg(dout).arg(&mut delta);
-        b.arg(&b32).arg(&lq32).arg(&h32).arg(&d32);
-        // SAFETY: matches flash_bwd_delta's signature; out/dout hold batch*lq*heads rows of d
-        // and delta batch*heads*lq elements.
-        unsafe { b.launch(cfg) }?;
+impl Kernels {
+    /// Softmax attention; writes `out: [batch, lq, heads, head_dim]` and
+    /// `lse: [batch, heads, lq]`. Enqueued on the kernels' stream (asynchronous).
+    ///
+    /// # Panics
+    /// On buffers too short for `shape`, `lk == 0` with queries present, or an unsupported head dim
+    /// (like the CPU backend).
+    pub fn attention_forward(
+        &self,
+        qkv: Qkv<&CudaBuf>,
+        shape: AttnShape,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+    ) -> Result<(), DriverError> {
+        self.attention_forward_with(AttnPath::Auto, qkv, shape, out, lse)
     }
 
-    match path.resolve(d) {
-        AttnPath::TensorCore => {
-            let f = k.function(&format!("flash_bwd_dkdv_d{d}"));
-            let smem = dkdv_smem(d);
-            opt_in_smem(f, smem)?;
-            let cfg = grid(lk.div_ceil(TC_BN) * dims.bh, THREADS, smem);
-            let mut b = s.launch_builder(f);
-            b.arg(q)
-                .arg(kk)
-                .arg(v)
-                .arg(dout)
-                .arg(lse)
-                .arg(&delta)
-                .arg(dk)
-                .arg(dv);
-            b.arg(&b32).arg(&lq32).arg(&lk32).arg(&h32);
-            b.arg(&dims.scale).arg(&dims.scale_log2);
-            // SAFETY: matches flash_bwd_dkdv_d{d}'s signature; sizes checked above.
-            unsafe { b.launch(cfg) }?;
-
-            let f = k.function(&format!("flash_bwd_dq_d{d}"));
-            let smem = dq_smem(d);
-            opt_in_smem(f, smem)?;
-            let cfg = grid(lq.div_ceil(TC_BM) * dims.bh, THREADS, smem);
-            let mut b = s.launch_builder(f);
-            b.arg(q)
-                .arg(kk)
-                .arg(v)
-                .arg(dout)
-                .arg(lse)
-                .arg(&delta)
-                .arg(dq);
-            b.arg(&b32).arg(&lq32).arg(&lk32).arg(&h32);
-            b.arg(&dims.scale).arg(&dims.scale_log2);
-            // SAFETY: matches flash_bwd_dq_d{d}'s signature; sizes checked above.
-            unsafe { b.launch(cfg) }?;
+    /// [`Kernels::attention_forward`] on the given path.
+    pub fn attention_forward_with(
+        &self,
+        path: AttnPath,
+        qkv: Qkv<&CudaBuf>,
+        shape: AttnShape,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+    ) -> Result<(), DriverError> {
+        let Qkv { q, k, v } = qkv;
+        let s = self.stream();
+        let dims = Dims::new(&shape, q.len(), k.len(), v.len());
+        let AttnShape {
+            batch,
+            lq,
+            heads,
+            head_dim: d,
+            ..
+        } = shape;
+        assert!(
+            out.len() >= batch * lq * heads * d,
+            "attention (CUDA): out too short for {shape:?}"
+        );
+        assert!(
+            lse.len() >= batch * heads * lq,
+            "attention (CUDA): lse too short for {shape:?}"
+        );
+        if batch * lq * heads * d == 0 {
+            return Ok(());
         }
-        _ => {
-            let f = k.function("attn_bwd_dkdv_simple");
-            let cfg = grid((batch * lk * heads).div_ceil(SIMPLE_ROWS), THREADS, 0);
-            let mut b = s.launch_builder(f);
-            b.arg(q)
-                .arg(kk)
-                .arg(v)
-                .arg(dout)
-                .arg(lse)
-                .arg(&delta)
-                .arg(dk)
-                .arg(dv);
-            b.arg(&b32)
-                .arg(&lq32)
-                .arg(&lk32)
-                .arg(&h32)
-                .arg(&d32)
-                .arg(&dims.scale);
-            // SAFETY: matches attn_bwd_dkdv_simple's signature; sizes checked above.
-            unsafe { b.launch(cfg) }?;
-
-            let f = k.function("attn_bwd_dq_simple");
-            let cfg = grid((batch * lq * heads).div_ceil(SIMPLE_ROWS), THREADS, 0);
-            let mut b = s.launch_builder(f);
-            b.arg(q)
-                .arg(kk)
-                .arg(v)
-                .arg(dout)
-                .arg(lse)
-                .arg(&delta)
-                .arg(dq);
-            b.arg(&b32)
-                .arg(&lq32)
-                .arg(&lk32)
-                .arg(&h32)
-                .arg(&d32)
-                .arg(&dims.scale);
-            // SAFETY: matches attn_bwd_dq_simple's signature; sizes checked above.
-            unsafe { b.launch(cfg) }?;
+        let Dims {
+            batch: b32,
+            lq: lq32,
+            lk: lk32,
+            heads: h32,
+            d: d32,
+            ..
+        } = dims;
+        match path.resolve(d) {
+            AttnPath::TensorCore => {
+                let f = self.function(&format!("flash_fwd_d{d}"));
+                let smem = fwd_smem(d);
+                opt_in_smem(f, smem)?;
+                let cfg = grid(lq.div_ceil(TC_BM) * dims.bh, THREADS, smem);
+                let mut b = s.launch_builder(f);
+                b.arg(q).arg(k).arg(v).arg(out).arg(lse);
+                b.arg(&b32)
+                    .arg(&lq32)
+                    .arg(&lk32)
+                    .arg(&h32)
+                    .arg(&dims.scale_log2);
+                // SAFETY: the arguments match flash_fwd_d{d}'s signature; the buffers hold at least
+                // the elements the shape addresses (checked above), and the kernel bounds every
+                // access by lq / lk.
+                unsafe { b.launch(cfg) }?;
+            }
+            _ => {
+                let f = self.function("attn_fwd_simple");
+                let cfg = grid((batch * lq * heads).div_ceil(SIMPLE_ROWS), THREADS, 0);
+                let mut b = s.launch_builder(f);
+                b.arg(q).arg(k).arg(v).arg(out).arg(lse);
+                b.arg(&b32)
+                    .arg(&lq32)
+                    .arg(&lk32)
+                    .arg(&h32)
+                    .arg(&d32)
+                    .arg(&dims.scale);
+                // SAFETY: as above, for attn_fwd_simple (d <= MAX_HEAD_DIM checked by resolve).
+                unsafe { b.launch(cfg) }?;
+            }
         }
+        Ok(())
     }
-    // `delta` is freed when dropped; cudarc's event tracking (or the stream order of
-    // cuMemFreeAsync) keeps it alive until the kernels that read it have run.
-    Ok(())
+
+    /// Backward of [`Kernels::attention_forward`]: overwrites `dq, dk, dv`. Allocates a
+    /// `[batch, heads, lq]` scratch buffer on the kernels' stream, where it is enqueued (asynchronous).
+    ///
+    /// # Panics
+    /// As [`Kernels::attention_forward`], and on `out, dout, lse, dq, dk, dv` too short.
+    pub fn attention_backward(
+        &self,
+        qkv: Qkv<&CudaBuf>,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        dout: &CudaBuf,
+        shape: AttnShape,
+        dqkv: Qkv<&mut CudaBuf>,
+    ) -> Result<(), DriverError> {
+        let saved = AttnSaved { out, lse };
+        self.attention_backward_with(AttnPath::Auto, qkv, saved, dout, shape, dqkv)
+    }
+
+    /// [`Kernels::attention_backward`] on the given path.
+    pub fn attention_backward_with(
+        &self,
+        path: AttnPath,
+        qkv: Qkv<&CudaBuf>,
+        saved: AttnSaved<'_>,
+        dout: &CudaBuf,
+        shape: AttnShape,
+        dqkv: Qkv<&mut CudaBuf>,
+    ) -> Result<(), DriverError> {
+        let Qkv { q, k, v } = qkv;
+        let AttnSaved { out, lse } = saved;
+        let Qkv {
+            q: dq,
+            k: dk,
+            v: dv,
+        } = dqkv;
+        let s = self.stream();
+        let dims = Dims::new(&shape, q.len(), k.len(), v.len());
+        let AttnShape {
+            batch,
+            lq,
+            lk,
+            heads,
+            head_dim: d,
+        } = shape;
+        let nq_all = batch * lq * heads * d;
+        let nk_all = batch * lk * heads * d;
+        assert!(
+            out.len() >= nq_all && dout.len() >= nq_all,
+            "attention (CUDA): out/dout too short for {shape:?}"
+        );
+        assert!(
+            lse.len() >= batch * heads * lq,
+            "attention (CUDA): lse too short for {shape:?}"
+        );
+        assert!(
+            dq.len() >= nq_all,
+            "attention (CUDA): dq too short for {shape:?}"
+        );
+        assert!(
+            dk.len() >= nk_all && dv.len() >= nk_all,
+            "attention (CUDA): dk/dv too short for {shape:?}"
+        );
+        if nq_all == 0 {
+            // No queries: nothing flows back to the keys either.
+            if nk_all > 0 {
+                s.memset_zeros(&mut dk.slice_mut(..nk_all))?;
+                s.memset_zeros(&mut dv.slice_mut(..nk_all))?;
+            }
+            return Ok(());
+        }
+        let Dims {
+            batch: b32,
+            lq: lq32,
+            lk: lk32,
+            heads: h32,
+            d: d32,
+            ..
+        } = dims;
+
+        // delta[b, h, i] = dout_i . out_i.
+        let mut delta = s.alloc_zeros::<f32>(batch * heads * lq)?;
+        {
+            let f = self.function("flash_bwd_delta");
+            let cfg = grid((batch * lq * heads).div_ceil(DELTA_ROWS), 256, 0);
+            let mut b = s.launch_builder(f);
+            b.arg(out).arg(dout).arg(&mut delta);
+            b.arg(&b32).arg(&lq32).arg(&h32).arg(&d32);
+            // SAFETY: matches flash_bwd_delta's signature; out/dout hold batch*lq*heads rows of d
+            // and delta batch*heads*lq elements.
+            unsafe { b.launch(cfg) }?;
+        }
+
+        match path.resolve(d) {
+            AttnPath::TensorCore => {
+                let f = self.function(&format!("flash_bwd_dkdv_d{d}"));
+                let smem = dkdv_smem(d);
+                opt_in_smem(f, smem)?;
+                let cfg = grid(lk.div_ceil(TC_BN) * dims.bh, THREADS, smem);
+                let mut b = s.launch_builder(f);
+                b.arg(q)
+                    .arg(k)
+                    .arg(v)
+                    .arg(dout)
+                    .arg(lse)
+                    .arg(&delta)
+                    .arg(dk)
+                    .arg(dv);
+                b.arg(&b32).arg(&lq32).arg(&lk32).arg(&h32);
+                b.arg(&dims.scale).arg(&dims.scale_log2);
+                // SAFETY: matches flash_bwd_dkdv_d{d}'s signature; sizes checked above.
+                unsafe { b.launch(cfg) }?;
+
+                let f = self.function(&format!("flash_bwd_dq_d{d}"));
+                let smem = dq_smem(d);
+                opt_in_smem(f, smem)?;
+                let cfg = grid(lq.div_ceil(TC_BM) * dims.bh, THREADS, smem);
+                let mut b = s.launch_builder(f);
+                b.arg(q)
+                    .arg(k)
+                    .arg(v)
+                    .arg(dout)
+                    .arg(lse)
+                    .arg(&delta)
+                    .arg(dq);
+                b.arg(&b32).arg(&lq32).arg(&lk32).arg(&h32);
+                b.arg(&dims.scale).arg(&dims.scale_log2);
+                // SAFETY: matches flash_bwd_dq_d{d}'s signature; sizes checked above.
+                unsafe { b.launch(cfg) }?;
+            }
+            _ => {
+                let f = self.function("attn_bwd_dkdv_simple");
+                let cfg = grid((batch * lk * heads).div_ceil(SIMPLE_ROWS), THREADS, 0);
+                let mut b = s.launch_builder(f);
+                b.arg(q)
+                    .arg(k)
+                    .arg(v)
+                    .arg(dout)
+                    .arg(lse)
+                    .arg(&delta)
+                    .arg(dk)
+                    .arg(dv);
+                b.arg(&b32)
+                    .arg(&lq32)
+                    .arg(&lk32)
+                    .arg(&h32)
+                    .arg(&d32)
+                    .arg(&dims.scale);
+                // SAFETY: matches attn_bwd_dkdv_simple's signature; sizes checked above.
+                unsafe { b.launch(cfg) }?;
+
+                let f = self.function("attn_bwd_dq_simple");
+                let cfg = grid((batch * lq * heads).div_ceil(SIMPLE_ROWS), THREADS, 0);
+                let mut b = s.launch_builder(f);
+                b.arg(q)
+                    .arg(k)
+                    .arg(v)
+                    .arg(dout)
+                    .arg(lse)
+                    .arg(&delta)
+                    .arg(dq);
+                b.arg(&b32)
+                    .arg(&lq32)
+                    .arg(&lk32)
+                    .arg(&h32)
+                    .arg(&d32)
+                    .arg(&dims.scale);
+                // SAFETY: matches attn_bwd_dq_simple's signature; sizes checked above.
+                unsafe { b.launch(cfg) }?;
+            }
+        }
+        // `delta` is freed when dropped; cudarc's event tracking (or the stream order of
+        // cuMemFreeAsync) keeps it alive until the kernels that read it have run.
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,11 @@ use super::gemm::{Gemm, GemmKernels};
 use super::module::Kernels;
 use super::types::{CudaBuf, CudaWeight, WeightData};
 use super::{no_panic, CudaError, CudaOptions, DeviceInfo, MemoryStats};
-use crate::backend::{AdamWHyper, AttnShape, Backend, ModSlot, PatchOrder, PatchShape};
+use crate::backend::{
+    AdamWHyper, AttnShape, Backend, BroadcastShape, GatedAddGrads, LayerNormGrads, LayerNormStats,
+    LinearShape, ModShape, ModSlot, ModulateGrads, NormAffine, PatchOrder, PatchShape, Qkv,
+    RmsNormGrads, RopeShape, RowShape, ShiftScale,
+};
 use crate::tensor::{DType, Storage};
 
 /// The CUDA backend on one device. See the module documentation for how failures surface.
@@ -45,17 +49,12 @@ fn ok<T, E: Into<CudaError>>(what: &str, r: Result<T, E>) -> T {
 }
 
 /// The kernels the GEMMs use (16-bit activation copies, the bias gradient).
-struct KernelCast<'a> {
-    k: &'a Kernels,
-    s: &'a Arc<CudaStream>,
-}
-
-impl GemmKernels for KernelCast<'_> {
+impl GemmKernels for Kernels {
     fn to_bf16(&self, src: &CudaBuf, dst: &mut CudaSlice<u16>) -> Result<(), CudaError> {
-        Ok(self.k.cast_f32_to_bf16(self.s, src, dst)?)
+        Ok(self.cast_f32_to_bf16(src, dst)?)
     }
     fn to_f16(&self, src: &CudaBuf, dst: &mut CudaSlice<u16>) -> Result<(), CudaError> {
-        Ok(self.k.cast_f32_to_f16(self.s, src, dst)?)
+        Ok(self.cast_f32_to_f16(src, dst)?)
     }
     fn sum_rows_accumulate(
         &self,
@@ -64,7 +63,7 @@ impl GemmKernels for KernelCast<'_> {
         d: usize,
         out: &mut CudaBuf,
     ) -> Result<(), CudaError> {
-        Ok(self.k.sum_rows_accumulate(self.s, x, rows, d, out)?)
+        Ok(Kernels::sum_rows_accumulate(self, x, rows, d, out)?)
     }
 }
 
@@ -89,7 +88,7 @@ impl Cuda {
         no_panic("opening the CUDA device", || {
             let dev = DeviceContext::new(index)?;
             let kernels =
-                Kernels::load(&dev.ctx, info.compute_capability).map_err(CudaError::Compile)?;
+                Kernels::load(&dev.stream, info.compute_capability).map_err(CudaError::Compile)?;
             let gemm = Gemm::new(dev.stream.clone(), major)?;
             dev.synchronize()?;
             ::log::info!("CUDA backend on {info}");
@@ -139,13 +138,6 @@ impl Cuda {
         &self.dev.stream
     }
 
-    fn cast(&self) -> KernelCast<'_> {
-        KernelCast {
-            k: &self.kernels,
-            s: &self.dev.stream,
-        }
-    }
-
     fn upload_u16(&self, bits: &[u16]) -> CudaSlice<u16> {
         ok("weight upload", self.dev.upload(bits))
     }
@@ -193,8 +185,7 @@ impl Backend for Cuda {
     ) {
         ok(
             "copy_range",
-            self.kernels
-                .copy_range(self.s(), src, src_off, dst, dst_off, n),
+            self.kernels.copy_range(src, src_off, dst, dst_off, n),
         );
     }
     fn weight_from_host(&self, data: &Storage, rows: usize, cols: usize) -> CudaWeight {
@@ -244,87 +235,69 @@ impl Backend for Cuda {
         self.axpy(1.0, x, y);
     }
     fn axpy(&self, alpha: f32, x: &CudaBuf, y: &mut CudaBuf) {
-        ok("axpy", self.kernels.axpy(self.s(), alpha, x, y));
+        ok("axpy", self.kernels.axpy(alpha, x, y));
     }
     fn scale(&self, alpha: f32, x: &mut CudaBuf) {
-        ok("scale", self.kernels.scale(self.s(), alpha, x));
+        ok("scale", self.kernels.scale(alpha, x));
     }
     fn broadcast_add(
         &self,
         x: &CudaBuf,
         table: &CudaBuf,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         out: &mut CudaBuf,
     ) {
         ok(
             "broadcast_add",
-            self.kernels
-                .broadcast_add(self.s(), x, table, batch, w, k, out),
+            self.kernels.broadcast_add(x, table, shape, out),
         );
     }
     fn broadcast_add_backward(
         &self,
         dout: &CudaBuf,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         dx: &mut CudaBuf,
         dtable: &mut CudaBuf,
     ) {
         ok(
             "broadcast_add_backward",
-            self.kernels
-                .broadcast_add_backward(self.s(), dout, batch, w, k, dx, dtable),
+            self.kernels.broadcast_add_backward(dout, shape, dx, dtable),
         );
     }
     fn silu_forward(&self, x: &CudaBuf, y: &mut CudaBuf) {
-        ok("silu_forward", self.kernels.silu_forward(self.s(), x, y));
+        ok("silu_forward", self.kernels.silu_forward(x, y));
     }
     fn silu_backward(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) {
-        ok(
-            "silu_backward",
-            self.kernels.silu_backward(self.s(), x, dy, dx),
-        );
+        ok("silu_backward", self.kernels.silu_backward(x, dy, dx));
     }
     fn gelu_tanh_forward(&self, x: &CudaBuf, y: &mut CudaBuf) {
-        ok(
-            "gelu_tanh_forward",
-            self.kernels.gelu_tanh_forward(self.s(), x, y),
-        );
+        ok("gelu_tanh_forward", self.kernels.gelu_tanh_forward(x, y));
     }
     fn gelu_tanh_backward(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) {
         ok(
             "gelu_tanh_backward",
-            self.kernels.gelu_tanh_backward(self.s(), x, dy, dx),
+            self.kernels.gelu_tanh_backward(x, dy, dx),
         );
     }
     fn gelu_erf_forward(&self, x: &CudaBuf, y: &mut CudaBuf) {
-        ok(
-            "gelu_erf_forward",
-            self.kernels.gelu_erf_forward(self.s(), x, y),
-        );
+        ok("gelu_erf_forward", self.kernels.gelu_erf_forward(x, y));
     }
     fn gelu_erf_backward(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) {
         ok(
             "gelu_erf_backward",
-            self.kernels.gelu_erf_backward(self.s(), x, dy, dx),
+            self.kernels.gelu_erf_backward(x, dy, dx),
         );
     }
     fn relu_forward(&self, x: &CudaBuf, y: &mut CudaBuf) {
-        ok("relu_forward", self.kernels.relu_forward(self.s(), x, y));
+        ok("relu_forward", self.kernels.relu_forward(x, y));
     }
     fn relu_backward(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) {
-        ok(
-            "relu_backward",
-            self.kernels.relu_backward(self.s(), x, dy, dx),
-        );
+        ok("relu_backward", self.kernels.relu_backward(x, dy, dx));
     }
 
     // ---------------------------------------------------------------- reductions
     fn sum_squares(&self, x: &CudaBuf) -> f64 {
-        ok("sum_squares", self.kernels.sum_squares(self.s(), x))
+        ok("sum_squares", self.kernels.sum_squares(x))
     }
     fn sum_squares_each(&self, xs: &[&CudaBuf]) -> Vec<f64> {
         let all = || -> Result<Vec<f64>, cudarc::driver::DriverError> {
@@ -335,7 +308,7 @@ impl Backend for Cuda {
             let mut out = self.s().alloc_zeros::<f64>(xs.len())?;
             for (slot, x) in xs.iter().enumerate() {
                 if !x.is_empty() {
-                    self.kernels.sum_squares_into(self.s(), x, &mut out, slot)?;
+                    self.kernels.sum_squares_into(x, &mut out, slot)?;
                 }
             }
             self.s().clone_dtoh(&out)
@@ -354,7 +327,7 @@ impl Backend for Cuda {
     ) {
         ok(
             "adamw_update",
-            self.kernels.adamw_update(self.s(), param, grad, m, v, h),
+            self.kernels.adamw_update(param, grad, m, v, h),
         );
     }
     fn weight_assign(&self, w: &mut CudaWeight, master: &CudaBuf) {
@@ -363,20 +336,14 @@ impl Backend for Cuda {
             w.rows * w.cols,
             "master copy does not match the weight"
         );
-        ok(
-            "weight_assign",
-            self.kernels.weight_assign(self.s(), w, master),
-        );
+        ok("weight_assign", self.kernels.weight_assign(w, master));
     }
     fn weight_to_buf(&self, w: &CudaWeight) -> CudaBuf {
         // SAFETY: fully overwritten by the copy or cast.
         let mut out = ok("weight_to_buf", unsafe {
             self.dev.alloc::<f32>(w.rows * w.cols)
         });
-        ok(
-            "weight_to_buf",
-            self.kernels.weight_to_buf(self.s(), w, &mut out),
-        );
+        ok("weight_to_buf", self.kernels.weight_to_buf(w, &mut out));
         out
     }
 
@@ -389,35 +356,34 @@ impl Backend for Cuda {
         b: Option<&CudaBuf>,
         y: &mut CudaBuf,
     ) {
-        let cast = self.cast();
         ok(
             "linear_forward",
-            self.gemm.lock().linear_forward(&cast, x, n, w, b, y),
+            self.gemm
+                .lock()
+                .linear_forward(&self.kernels, x, n, w, b, y),
         );
     }
     fn linear_backward_input(&self, dy: &CudaBuf, n: usize, w: &CudaWeight, dx: &mut CudaBuf) {
-        let cast = self.cast();
         ok(
             "linear_backward_input",
-            self.gemm.lock().linear_backward_input(&cast, dy, n, w, dx),
+            self.gemm
+                .lock()
+                .linear_backward_input(&self.kernels, dy, n, w, dx),
         );
     }
     fn linear_backward_weight(
         &self,
         dy: &CudaBuf,
         x: &CudaBuf,
-        n: usize,
-        n_in: usize,
-        n_out: usize,
+        shape: LinearShape,
         dw: &mut CudaBuf,
         db: Option<&mut CudaBuf>,
     ) {
-        let cast = self.cast();
         ok(
             "linear_backward_weight",
             self.gemm
                 .lock()
-                .linear_backward_weight(&cast, dy, x, n, n_in, n_out, dw, db),
+                .linear_backward_weight(&self.kernels, dy, x, shape, dw, db),
         );
     }
 
@@ -425,56 +391,37 @@ impl Backend for Cuda {
     fn layernorm_forward(
         &self,
         x: &CudaBuf,
-        rows: usize,
-        d: usize,
-        weight: Option<&CudaBuf>,
-        bias: Option<&CudaBuf>,
+        shape: RowShape,
+        affine: NormAffine<&CudaBuf>,
         eps: f32,
         y: &mut CudaBuf,
-        mean: &mut CudaBuf,
-        rstd: &mut CudaBuf,
+        stats: LayerNormStats<&mut CudaBuf>,
     ) {
         ok(
             "layernorm_forward",
             self.kernels
-                .layernorm_forward(self.s(), x, rows, d, weight, bias, eps, y, mean, rstd),
+                .layernorm_forward(x, shape, affine, eps, y, stats),
         );
     }
     fn layernorm_backward(
         &self,
         dy: &CudaBuf,
         x: &CudaBuf,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: Option<&CudaBuf>,
-        mean: &CudaBuf,
-        rstd: &CudaBuf,
-        dx: &mut CudaBuf,
-        dweight: Option<&mut CudaBuf>,
-        dbias: Option<&mut CudaBuf>,
+        stats: LayerNormStats<&CudaBuf>,
+        grads: LayerNormGrads<&mut CudaBuf>,
     ) {
         ok(
             "layernorm_backward",
-            self.kernels.layernorm_backward(
-                self.s(),
-                dy,
-                x,
-                rows,
-                d,
-                weight,
-                mean,
-                rstd,
-                dx,
-                dweight,
-                dbias,
-            ),
+            self.kernels
+                .layernorm_backward(dy, x, shape, weight, stats, grads),
         );
     }
     fn rmsnorm_forward(
         &self,
         x: &CudaBuf,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: &CudaBuf,
         eps: f32,
         y: &mut CudaBuf,
@@ -482,25 +429,22 @@ impl Backend for Cuda {
     ) {
         ok(
             "rmsnorm_forward",
-            self.kernels
-                .rmsnorm_forward(self.s(), x, rows, d, weight, eps, y, rstd),
+            self.kernels.rmsnorm_forward(x, shape, weight, eps, y, rstd),
         );
     }
     fn rmsnorm_backward(
         &self,
         dy: &CudaBuf,
         x: &CudaBuf,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
         weight: &CudaBuf,
         rstd: &CudaBuf,
-        dx: &mut CudaBuf,
-        dweight: &mut CudaBuf,
+        grads: RmsNormGrads<&mut CudaBuf>,
     ) {
         ok(
             "rmsnorm_backward",
             self.kernels
-                .rmsnorm_backward(self.s(), dy, x, rows, d, weight, rstd, dx, dweight),
+                .rmsnorm_backward(dy, x, shape, weight, rstd, grads),
         );
     }
 
@@ -508,171 +452,102 @@ impl Backend for Cuda {
     fn modulate_forward(
         &self,
         x: &CudaBuf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &CudaBuf,
-        shift: ModSlot,
-        scale: ModSlot,
+        slots: ShiftScale,
         y: &mut CudaBuf,
     ) {
         ok(
             "modulate_forward",
-            self.kernels
-                .modulate_forward(self.s(), x, batch, rows, d, mods, shift, scale, y),
+            self.kernels.modulate_forward(x, shape, mods, slots, y),
         );
     }
     fn modulate_backward(
         &self,
         dy: &CudaBuf,
         x: &CudaBuf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &CudaBuf,
-        shift: ModSlot,
-        scale: ModSlot,
-        dx: &mut CudaBuf,
-        dmods: &mut CudaBuf,
+        slots: ShiftScale,
+        grads: ModulateGrads<&mut CudaBuf>,
     ) {
         ok(
             "modulate_backward",
-            self.kernels.modulate_backward(
-                self.s(),
-                dy,
-                x,
-                batch,
-                rows,
-                d,
-                mods,
-                shift,
-                scale,
-                dx,
-                dmods,
-            ),
+            self.kernels
+                .modulate_backward(dy, x, shape, mods, slots, grads),
         );
     }
     fn gated_add_forward(
         &self,
         x: &mut CudaBuf,
         y: &CudaBuf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &CudaBuf,
         gate: ModSlot,
     ) {
         ok(
             "gated_add_forward",
-            self.kernels
-                .gated_add_forward(self.s(), x, y, batch, rows, d, mods, gate),
+            self.kernels.gated_add_forward(x, y, shape, mods, gate),
         );
     }
     fn gated_add_backward(
         &self,
         dx: &CudaBuf,
         y: &CudaBuf,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &CudaBuf,
         gate: ModSlot,
-        dy: &mut CudaBuf,
-        dmods: &mut CudaBuf,
+        grads: GatedAddGrads<&mut CudaBuf>,
     ) {
         ok(
             "gated_add_backward",
             self.kernels
-                .gated_add_backward(self.s(), dx, y, batch, rows, d, mods, gate, dy, dmods),
+                .gated_add_backward(dx, y, shape, mods, gate, grads),
         );
     }
 
     // ---------------------------------------------------------------- rotary embedding
-    fn rope(
-        &self,
-        x: &mut CudaBuf,
-        batch: usize,
-        tokens: usize,
-        heads: usize,
-        head_dim: usize,
-        cos: &CudaBuf,
-        sin: &CudaBuf,
-        inverse: bool,
-    ) {
-        ok(
-            "rope",
-            self.kernels.rope(
-                self.s(),
-                x,
-                batch,
-                tokens,
-                heads,
-                head_dim,
-                cos,
-                sin,
-                inverse,
-            ),
-        );
+    fn rope(&self, x: &mut CudaBuf, shape: RopeShape, cos: &CudaBuf, sin: &CudaBuf, inverse: bool) {
+        ok("rope", self.kernels.rope(x, shape, cos, sin, inverse));
     }
 
     // ---------------------------------------------------------------- attention
     fn attention_forward(
         &self,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
+        qkv: Qkv<&CudaBuf>,
         shape: AttnShape,
         out: &mut CudaBuf,
         lse: &mut CudaBuf,
     ) {
         ok(
             "attention_forward",
-            super::attention::attention_forward(&self.kernels, self.s(), q, k, v, shape, out, lse),
+            self.kernels.attention_forward(qkv, shape, out, lse),
         );
     }
     fn attention_backward(
         &self,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
+        qkv: Qkv<&CudaBuf>,
         out: &CudaBuf,
         lse: &CudaBuf,
         dout: &CudaBuf,
         shape: AttnShape,
-        dq: &mut CudaBuf,
-        dk: &mut CudaBuf,
-        dv: &mut CudaBuf,
+        dqkv: Qkv<&mut CudaBuf>,
     ) {
         ok(
             "attention_backward",
-            super::attention::attention_backward(
-                &self.kernels,
-                self.s(),
-                q,
-                k,
-                v,
-                out,
-                lse,
-                dout,
-                shape,
-                dq,
-                dk,
-                dv,
-            ),
+            self.kernels
+                .attention_backward(qkv, out, lse, dout, shape, dqkv),
         );
     }
 
     // ---------------------------------------------------------------- (un)patchify
     fn patchify(&self, x: &CudaBuf, shape: PatchShape, order: PatchOrder, tokens: &mut CudaBuf) {
-        ok(
-            "patchify",
-            self.kernels.patchify(self.s(), x, shape, order, tokens),
-        );
+        ok("patchify", self.kernels.patchify(x, shape, order, tokens));
     }
     fn unpatchify(&self, tokens: &CudaBuf, shape: PatchShape, order: PatchOrder, x: &mut CudaBuf) {
         ok(
             "unpatchify",
-            self.kernels.unpatchify(self.s(), tokens, shape, order, x),
+            self.kernels.unpatchify(tokens, shape, order, x),
         );
     }
 }

@@ -1,12 +1,11 @@
 //! Launchers of `kernels/elementwise.cu` (CPU: `cpu/activation.rs`): the activations, axpy,
 //! scale, fill, range copies and the modulation-table broadcast add.
 
-use std::sync::Arc;
+use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
 
-use cudarc::driver::{CudaSlice, CudaStream, DriverError, PushKernelArg};
-
-use super::module::{cuda_source, ensure, fits_i32, launch, Kernels};
+use super::module::{cuda_source, ensure, fits_i32, launch, refuse, Kernels};
 use super::types::KernelSource;
+use crate::backend::BroadcastShape;
 
 /// Activations, axpy/scale/fill and the modulation-table broadcast add.
 pub const ELEMENTWISE: KernelSource = KernelSource {
@@ -33,7 +32,6 @@ impl Kernels {
     /// `y[i] = f(x[i])` for `i < x.len()`; `y.len() >= x.len()`.
     fn unary(
         &self,
-        stream: &Arc<CudaStream>,
         name: &'static str,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
@@ -44,13 +42,12 @@ impl Kernels {
             return Ok(());
         }
         let n64 = n as i64;
-        launch!(self, stream, name, self.cfg_vec(n), [x, y, &n64])
+        launch!(self, name, self.cfg_vec(n), [x, y, &n64])
     }
 
     /// `dx[i] = dy[i] * f'(x[i])` for `i < x.len()` (overwrites `dx`).
     fn binary(
         &self,
-        stream: &Arc<CudaStream>,
         name: &'static str,
         x: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
@@ -68,23 +65,21 @@ impl Kernels {
             return Ok(());
         }
         let n64 = n as i64;
-        launch!(self, stream, name, self.cfg_vec(n), [x, dy, dx, &n64])
+        launch!(self, name, self.cfg_vec(n), [x, dy, dx, &n64])
     }
 
     /// `y[i] += x[i]` for `i < x.len()`.
     pub fn add_assign(
         &self,
-        stream: &Arc<CudaStream>,
         y: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.axpy(stream, 1.0, x, y)
+        self.axpy(1.0, x, y)
     }
 
     /// `y[i] += alpha * x[i]` for `i < x.len()` (product and sum rounded separately, as the CPU).
     pub fn axpy(
         &self,
-        stream: &Arc<CudaStream>,
         alpha: f32,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
@@ -95,43 +90,32 @@ impl Kernels {
             return Ok(());
         }
         let n64 = n as i64;
-        launch!(self, stream, "axpy", self.cfg_vec(n), [&alpha, x, y, &n64])
+        launch!(self, "axpy", self.cfg_vec(n), [&alpha, x, y, &n64])
     }
 
     /// `x[i] *= alpha` for every element of `x`.
-    pub fn scale(
-        &self,
-        stream: &Arc<CudaStream>,
-        alpha: f32,
-        x: &mut CudaSlice<f32>,
-    ) -> Result<(), DriverError> {
+    pub fn scale(&self, alpha: f32, x: &mut CudaSlice<f32>) -> Result<(), DriverError> {
         let n = x.len();
         if n == 0 {
             return Ok(());
         }
         let n64 = n as i64;
-        launch!(self, stream, "scale", self.cfg_vec(n), [&alpha, x, &n64])
+        launch!(self, "scale", self.cfg_vec(n), [&alpha, x, &n64])
     }
 
     /// `x[i] = value` for every element of `x`.
-    pub fn fill(
-        &self,
-        stream: &Arc<CudaStream>,
-        x: &mut CudaSlice<f32>,
-        value: f32,
-    ) -> Result<(), DriverError> {
+    pub fn fill(&self, x: &mut CudaSlice<f32>, value: f32) -> Result<(), DriverError> {
         let n = x.len();
         if n == 0 {
             return Ok(());
         }
         let n64 = n as i64;
-        launch!(self, stream, "fill", self.cfg_vec(n), [x, &value, &n64])
+        launch!(self, "fill", self.cfg_vec(n), [x, &value, &n64])
     }
 
     /// `dst[dst_off .. dst_off + n] = src[src_off .. src_off + n]` (a device-to-device copy).
     pub fn copy_range(
         &self,
-        stream: &Arc<CudaStream>,
         src: &CudaSlice<f32>,
         src_off: usize,
         dst: &mut CudaSlice<f32>,
@@ -148,7 +132,7 @@ impl Kernels {
         if n == 0 {
             return Ok(());
         }
-        stream.memcpy_dtod(
+        self.stream().memcpy_dtod(
             &src.slice(src_off..src_off + n),
             &mut dst.slice_mut(dst_off..dst_off + n),
         )
@@ -156,32 +140,26 @@ impl Kernels {
 
     /// `out[b, k*w + j] = x[b, j] + table[k*w + j]` for `x: [batch, w]`, `table: [k*w]`,
     /// `out: [batch, k*w]` (overwritten).
-    #[allow(clippy::too_many_arguments)]
     pub fn broadcast_add(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         table: &CudaSlice<f32>,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         out: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
         let op = "broadcast_add";
-        let total = batch * k * w;
+        let total = shape.total();
         ensure!(op, fits_i32(total), "{total} elements exceed 2^31");
-        ensure!(
-            op,
-            x.len() >= batch * w && table.len() >= k * w && out.len() >= total,
-            "buffers too short for batch {batch}, w {w}, k {k}"
-        );
+        shape
+            .check_buffers(x.len(), table.len(), out.len())
+            .map_err(|e| refuse(op, e))?;
         if total == 0 {
             return Ok(());
         }
+        let BroadcastShape { w, k, .. } = shape;
         let (w32, kw, t32) = (w as u32, (k * w) as u32, total as u32);
         launch!(
             self,
-            stream,
             op,
             self.cfg_1d(total),
             [x, table, out, &w32, &kw, &t32]
@@ -190,114 +168,101 @@ impl Kernels {
 
     /// Backward of [`Kernels::broadcast_add`]: `dx[b, j] += sum_k dout[b, k*w + j]` and
     /// `dtable[t] += sum_b dout[b, t]` (both accumulate, in the CPU's order: bit-exact).
-    #[allow(clippy::too_many_arguments)]
     pub fn broadcast_add_backward(
         &self,
-        stream: &Arc<CudaStream>,
         dout: &CudaSlice<f32>,
-        batch: usize,
-        w: usize,
-        k: usize,
+        shape: BroadcastShape,
         dx: &mut CudaSlice<f32>,
         dtable: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
         let op = "broadcast_add_backward";
-        let total = batch * k * w;
+        let total = shape.total();
         ensure!(op, fits_i32(total), "{total} elements exceed 2^31");
-        ensure!(
-            op,
-            dout.len() >= total && dx.len() >= batch * w && dtable.len() >= k * w,
-            "buffers too short for batch {batch}, w {w}, k {k}"
-        );
+        shape
+            .check_buffers(dx.len(), dtable.len(), dout.len())
+            .map_err(|e| refuse(op, e))?;
+        let BroadcastShape { batch, w, k } = shape;
         if w == 0 || (batch == 0 && k == 0) {
             return Ok(());
         }
         let (b32, w32, k32) = (batch as u32, w as u32, k as u32);
         let cfg = self.cfg_1d(batch * w + k * w);
-        launch!(self, stream, op, cfg, [dout, dx, dtable, &b32, &w32, &k32])
+        launch!(self, op, cfg, [dout, dx, dtable, &b32, &w32, &k32])
     }
 
     /// `y = x * sigmoid(x)` over `x.len()` elements (overwrites `y`).
     pub fn silu_forward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.unary(stream, "silu_forward", x, y)
+        self.unary("silu_forward", x, y)
     }
 
     /// `dx = dy * s (1 + x (1 - s))`, `s = sigmoid(x)` (overwrites `dx`).
     pub fn silu_backward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.binary(stream, "silu_backward", x, dy, dx)
+        self.binary("silu_backward", x, dy, dx)
     }
 
     /// GELU, tanh approximation (overwrites `y`).
     pub fn gelu_tanh_forward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.unary(stream, "gelu_tanh_forward", x, y)
+        self.unary("gelu_tanh_forward", x, y)
     }
 
     /// Backward of the tanh GELU (overwrites `dx`).
     pub fn gelu_tanh_backward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.binary(stream, "gelu_tanh_backward", x, dy, dx)
+        self.binary("gelu_tanh_backward", x, dy, dx)
     }
 
     /// Exact (erf) GELU, evaluated in f64 (overwrites `y`).
     pub fn gelu_erf_forward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.unary(stream, "gelu_erf_forward", x, y)
+        self.unary("gelu_erf_forward", x, y)
     }
 
     /// Backward of the exact GELU, in f64 (overwrites `dx`).
     pub fn gelu_erf_backward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.binary(stream, "gelu_erf_backward", x, dy, dx)
+        self.binary("gelu_erf_backward", x, dy, dx)
     }
 
     /// `y = max(x, 0)` (NaN gives 0, as the CPU) (overwrites `y`).
     pub fn relu_forward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.unary(stream, "relu_forward", x, y)
+        self.unary("relu_forward", x, y)
     }
 
     /// `dx = dy` where `x > 0`, else 0 (overwrites `dx`).
     pub fn relu_backward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.binary(stream, "relu_backward", x, dy, dx)
+        self.binary("relu_backward", x, dy, dx)
     }
 }

@@ -32,6 +32,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 use super::types::{CudaBuf, CudaWeight, WeightData};
 use super::CudaError;
+use crate::backend::LinearShape;
 
 /// The cuBLASLt workspace: NVIDIA recommends 32 MiB on Hopper, 4 MiB before.
 fn workspace_bytes(major: u32) -> usize {
@@ -691,21 +692,19 @@ impl Gemm {
 
     /// `dw[out, in] += dy^T x`, `db[out] += sum_rows dy` (bf16 products, f32 accumulation into
     /// the f32 gradients; the bias gradient in f32 by the kernels' column sum).
-    #[allow(clippy::too_many_arguments)]
     pub fn linear_backward_weight(
         &mut self,
         cast: &dyn GemmKernels,
         dy: &CudaBuf,
         x: &CudaBuf,
-        n: usize,
-        n_in: usize,
-        n_out: usize,
+        shape: LinearShape,
         dw: &mut CudaBuf,
         db: Option<&mut CudaBuf>,
     ) -> Result<(), CudaError> {
-        check_len("linear_backward_weight: dy", dy.len(), n * n_out)?;
-        check_len("linear_backward_weight: x", x.len(), n * n_in)?;
-        check_len("linear_backward_weight: dw", dw.len(), n_out * n_in)?;
+        shape
+            .check_buffers(dy.len(), x.len(), dw.len(), db.as_ref().map(|b| b.len()))
+            .map_err(|e| CudaError::Driver(format!("linear_backward_weight: {e}")))?;
+        let LinearShape { n, n_in, n_out } = shape;
         let stream = self.stream.clone();
         if n > 0 {
             let xp = self.activation(cast, 0, x, Elem::Bf16)?;
@@ -733,7 +732,6 @@ impl Gemm {
             unsafe { self.run(&call) }?;
         }
         if let Some(db) = db {
-            check_len("linear_backward_weight: db", db.len(), n_out)?;
             cast.sum_rows_accumulate(dy, n, n_out, db)?;
         }
         Ok(())

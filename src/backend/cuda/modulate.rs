@@ -1,14 +1,12 @@
 //! Launchers of `kernels/modulate.cu` (CPU: `cpu/modulate.rs`): adaptive modulation and gated
 //! residuals; the modulation-table gradients are [`super::reduce`] column sums.
 
-use std::sync::Arc;
+use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
 
-use cudarc::driver::{CudaSlice, CudaStream, DriverError, PushKernelArg};
-
-use super::module::{cuda_source, ensure, fits_i32, launch, Kernels};
-use super::reduce::{CS_DOT, CS_SUM_DOT};
+use super::module::{cuda_source, ensure, fits_i32, launch, refuse, Kernels};
+use super::reduce::{ColsumOperands, CS_DOT, CS_SUM_DOT};
 use super::types::KernelSource;
-use crate::backend::ModSlot;
+use crate::backend::{GatedAddGrads, ModShape, ModSlot, ModulateGrads, RowShape, ShiftScale};
 
 /// Adaptive modulation and gated residuals.
 pub const MODULATE: KernelSource = KernelSource {
@@ -22,67 +20,43 @@ pub const MODULATE: KernelSource = KernelSource {
     ],
 };
 
-/// Last element (exclusive) a `ModSlot` of width `d` reaches over `batch` samples.
-fn slot_end(s: ModSlot, batch: usize, d: usize) -> usize {
-    (batch - 1) * s.stride + s.offset + d
-}
-
 impl Kernels {
-    /// Checks `[batch, rows, d]` activations and the slots; returns `(per, total)`.
-    fn check_mod(
-        op: &str,
-        batch: usize,
-        rows: usize,
-        d: usize,
-        mods_len: usize,
-        slots: &[ModSlot],
-    ) -> Result<(usize, usize), DriverError> {
-        let per = rows * d;
-        let total = batch * per;
+    /// CUDA's own limits on top of the shared check: the kernels index activations and the
+    /// modulation table in 32 bits.
+    fn check_mod_limits(op: &str, shape: ModShape, slots: &[ModSlot]) -> Result<(), DriverError> {
+        let total = shape.total();
         ensure!(op, fits_i32(total), "{total} elements exceed 2^31");
         for s in slots {
             ensure!(
                 op,
-                batch == 0 || (fits_i32(s.stride) && fits_i32(slot_end(*s, batch, d))),
+                fits_i32(s.stride) && fits_i32(s.end(shape.batch, shape.d)),
                 "slot {s:?} too large"
             );
-            ensure!(
-                op,
-                batch == 0 || slot_end(*s, batch, d) <= mods_len,
-                "slot {s:?} of width {d} reaches past the modulation table ({mods_len})"
-            );
         }
-        Ok((per, total))
+        Ok(())
     }
 
     /// `y[b, l, :] = x[b, l, :] * (1 + scale_b) + shift_b` for `x, y: [batch, rows, d]` and the
     /// shift/scale vectors at their slots of `mods` (overwrites `y`; bit-exact with the CPU).
-    #[allow(clippy::too_many_arguments)]
     pub fn modulate_forward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &CudaSlice<f32>,
-        shift: ModSlot,
-        scale: ModSlot,
+        slots: ShiftScale,
         y: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
         let op = "modulate_forward";
-        let (per, total) = Self::check_mod(op, batch, rows, d, mods.len(), &[shift, scale])?;
-        ensure!(
-            op,
-            x.len() >= total && y.len() >= total,
-            "x ({}) or y ({}) shorter than [{batch}, {rows}, {d}]",
-            x.len(),
-            y.len()
-        );
+        Self::check_mod_limits(op, shape, &[slots.shift, slots.scale])?;
+        shape
+            .check_modulate_forward(x.len(), mods.len(), slots, y.len())
+            .map_err(|e| refuse(op, e))?;
+        let total = shape.total();
         if total == 0 {
             return Ok(());
         }
-        let (per, d32, t32) = (per as u32, d as u32, total as u32);
+        let ShiftScale { shift, scale } = slots;
+        let (per, d32, t32) = (shape.per_sample() as u32, shape.d as u32, total as u32);
         let (shs, sho, scs, sco) = (
             shift.stride as u32,
             shift.offset as u32,
@@ -91,7 +65,6 @@ impl Kernels {
         );
         launch!(
             self,
-            stream,
             op,
             self.cfg_vec(total),
             [x, mods, y, &per, &d32, &t32, &shs, &sho, &scs, &sco]
@@ -101,76 +74,76 @@ impl Kernels {
     /// Modulation backward: overwrites `dx = dy * (1 + scale_b)`; accumulates
     /// `sum_l dy` into the shift slot and `sum_l dy * x` into the scale slot of `dmods`
     /// (`[batch, stride]`, like `mods`).
-    #[allow(clippy::too_many_arguments)]
     pub fn modulate_backward(
         &self,
-        stream: &Arc<CudaStream>,
         dy: &CudaSlice<f32>,
         x: &CudaSlice<f32>,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &CudaSlice<f32>,
-        shift: ModSlot,
-        scale: ModSlot,
-        dx: &mut CudaSlice<f32>,
-        dmods: &mut CudaSlice<f32>,
+        slots: ShiftScale,
+        grads: ModulateGrads<&mut CudaSlice<f32>>,
     ) -> Result<(), DriverError> {
         let op = "modulate_backward";
-        let (per, total) = Self::check_mod(op, batch, rows, d, mods.len(), &[shift, scale])?;
-        Self::check_mod(op, batch, rows, d, dmods.len(), &[shift, scale])?;
-        ensure!(
-            op,
-            dy.len() >= total && x.len() >= total && dx.len() >= total,
-            "dy, x or dx shorter than [{batch}, {rows}, {d}]"
-        );
+        Self::check_mod_limits(op, shape, &[slots.shift, slots.scale])?;
+        shape
+            .check_modulate_backward(
+                dy.len(),
+                x.len(),
+                mods.len(),
+                slots,
+                grads.lens(|g| g.len()),
+            )
+            .map_err(|e| refuse(op, e))?;
+        let total = shape.total();
         if total == 0 {
             return Ok(());
         }
-        let (per32, d32, t32) = (per as u32, d as u32, total as u32);
+        let ShiftScale { shift, scale } = slots;
+        let ModulateGrads { dx, dmods } = grads;
+        let ModShape { batch, rows, d } = shape;
+        let (per32, d32, t32) = (shape.per_sample() as u32, d as u32, total as u32);
         let (scs, sco) = (scale.stride as u32, scale.offset as u32);
         launch!(
             self,
-            stream,
             "modulate_backward_dx",
             self.cfg_vec(total),
             [dy, mods, dx, &per32, &d32, &t32, &scs, &sco]
         )?;
-        let p = self.colsum_partials(stream, CS_SUM_DOT, dy, x, x, x, batch, rows, d)?;
-        self.colsum_finalize(stream, &p, 0, d, dmods, shift.stride, shift.offset)?;
-        self.colsum_finalize(stream, &p, d, d, dmods, scale.stride, scale.offset)
+        // `mean` and `rstd` are unused in this mode.
+        let dy_and_dy_x = ColsumOperands {
+            mode: CS_SUM_DOT,
+            a: dy,
+            b: x,
+            mean: x,
+            rstd: x,
+        };
+        let p = self.colsum_partials(dy_and_dy_x, batch, RowShape { rows, d })?;
+        self.colsum_finalize(&p, 0..d, dmods, shift)?;
+        self.colsum_finalize(&p, d..2 * d, dmods, scale)
     }
 
     /// `x[b, l, :] += y[b, l, :] * gate_b` for `x, y: [batch, rows, d]` (bit-exact with the CPU).
-    #[allow(clippy::too_many_arguments)]
     pub fn gated_add_forward(
         &self,
-        stream: &Arc<CudaStream>,
         x: &mut CudaSlice<f32>,
         y: &CudaSlice<f32>,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &CudaSlice<f32>,
         gate: ModSlot,
     ) -> Result<(), DriverError> {
         let op = "gated_add_forward";
-        let (per, total) = Self::check_mod(op, batch, rows, d, mods.len(), &[gate])?;
-        ensure!(
-            op,
-            x.len() >= total && y.len() >= total,
-            "x ({}) or y ({}) shorter than [{batch}, {rows}, {d}]",
-            x.len(),
-            y.len()
-        );
+        Self::check_mod_limits(op, shape, &[gate])?;
+        shape
+            .check_gated_add_forward(x.len(), y.len(), mods.len(), gate)
+            .map_err(|e| refuse(op, e))?;
+        let total = shape.total();
         if total == 0 {
             return Ok(());
         }
-        let (per32, d32, t32) = (per as u32, d as u32, total as u32);
+        let (per32, d32, t32) = (shape.per_sample() as u32, shape.d as u32, total as u32);
         let (gs, go) = (gate.stride as u32, gate.offset as u32);
         launch!(
             self,
-            stream,
             op,
             self.cfg_vec(total),
             [x, y, mods, &per32, &d32, &t32, &gs, &go]
@@ -179,41 +152,43 @@ impl Kernels {
 
     /// Gated-residual backward: given `dx` (the residual stream's gradient), overwrites
     /// `dy = dx * gate_b` and accumulates `sum_l dx * y` into the gate slot of `dmods`.
-    #[allow(clippy::too_many_arguments)]
     pub fn gated_add_backward(
         &self,
-        stream: &Arc<CudaStream>,
         dx: &CudaSlice<f32>,
         y: &CudaSlice<f32>,
-        batch: usize,
-        rows: usize,
-        d: usize,
+        shape: ModShape,
         mods: &CudaSlice<f32>,
         gate: ModSlot,
-        dy: &mut CudaSlice<f32>,
-        dmods: &mut CudaSlice<f32>,
+        grads: GatedAddGrads<&mut CudaSlice<f32>>,
     ) -> Result<(), DriverError> {
         let op = "gated_add_backward";
-        let (per, total) = Self::check_mod(op, batch, rows, d, mods.len(), &[gate])?;
-        Self::check_mod(op, batch, rows, d, dmods.len(), &[gate])?;
-        ensure!(
-            op,
-            dx.len() >= total && y.len() >= total && dy.len() >= total,
-            "dx, y or dy shorter than [{batch}, {rows}, {d}]"
-        );
+        Self::check_mod_limits(op, shape, &[gate])?;
+        shape
+            .check_gated_add_backward(dx.len(), y.len(), mods.len(), gate, grads.lens(|g| g.len()))
+            .map_err(|e| refuse(op, e))?;
+        let total = shape.total();
         if total == 0 {
             return Ok(());
         }
-        let (per32, d32, t32) = (per as u32, d as u32, total as u32);
+        let GatedAddGrads { dy, dmods } = grads;
+        let ModShape { batch, rows, d } = shape;
+        let (per32, d32, t32) = (shape.per_sample() as u32, d as u32, total as u32);
         let (gs, go) = (gate.stride as u32, gate.offset as u32);
         launch!(
             self,
-            stream,
             "gated_add_backward_dy",
             self.cfg_vec(total),
             [dx, mods, dy, &per32, &d32, &t32, &gs, &go]
         )?;
-        let p = self.colsum_partials(stream, CS_DOT, dx, y, y, y, batch, rows, d)?;
-        self.colsum_finalize(stream, &p, 0, d, dmods, gate.stride, gate.offset)
+        // `mean` and `rstd` are unused in this mode.
+        let dx_y = ColsumOperands {
+            mode: CS_DOT,
+            a: dx,
+            b: y,
+            mean: y,
+            rstd: y,
+        };
+        let p = self.colsum_partials(dx_y, batch, RowShape { rows, d })?;
+        self.colsum_finalize(&p, 0..d, dmods, gate)
     }
 }

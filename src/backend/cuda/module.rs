@@ -13,19 +13,22 @@
 //! of squares) differ from the CPU only by summation order; they are deterministic (a fixed
 //! split that depends on the shapes alone).
 //!
-//! Every launcher takes the stream first, checks the buffers' lengths against the shapes (a
-//! mismatch is logged and returned as `CUDA_ERROR_INVALID_VALUE`, never an out-of-bounds
-//! access), does nothing for empty shapes, and enqueues its kernels without synchronising
-//! (except [`Kernels::sum_squares`], which returns a host value). Scratch space for two-stage
-//! reductions is allocated on the stream (stream-ordered) and freed when the launcher returns.
+//! Every launcher enqueues on the backend's one stream (held here), checks the buffers against
+//! the op's shape struct with the same `check_buffers` the CPU backend calls (a mismatch is
+//! logged and returned as `CUDA_ERROR_INVALID_VALUE`, never an out-of-bounds access), adds the
+//! checks of CUDA's own limits (32-bit index arithmetic), does nothing for empty shapes, and
+//! enqueues its kernels without synchronising (except [`Kernels::sum_squares`], which returns a
+//! host value). Scratch space for two-stage reductions is allocated on the stream
+//! (stream-ordered) and freed when the launcher returns.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{sys, CudaContext, CudaFunction, DriverError, LaunchConfig};
+use cudarc::driver::{sys, CudaFunction, CudaStream, DriverError, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use super::compile::{self, Target};
+use crate::backend::ShapeError;
 
 /// The shared helpers followed by one `.cu` file, with `#line` markers so that compiler
 /// messages name the right file and line.
@@ -67,10 +70,15 @@ macro_rules! ensure {
 }
 pub(super) use ensure;
 
+/// A failed shape check (shared with the CPU backend) as the launcher's error.
+pub(super) fn refuse(op: &str, e: ShapeError) -> DriverError {
+    invalid(op, e.to_string())
+}
+
 /// Enqueues kernel `$name` with the given arguments (in the order of its C signature).
 macro_rules! launch {
-    ($self:ident, $stream:ident, $name:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
-        let mut builder = $stream.launch_builder($self.function($name));
+    ($self:ident, $name:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        let mut builder = $self.stream().launch_builder($self.function($name));
         $( builder.arg($arg); )*
         // SAFETY: the arguments match the kernel's C signature in kernels/*.cu (same order and
         // types), and the launcher checked every buffer's length against the shapes it passes.
@@ -84,8 +92,10 @@ pub(super) fn fits_i32(n: usize) -> bool {
     n <= i32::MAX as usize
 }
 
-/// Every kernel of the backend, loaded into one context, and the typed launchers.
+/// Every kernel of the backend, loaded into one context, the stream they are enqueued on, and
+/// the typed launchers.
 pub struct Kernels {
+    stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
     arch: (u32, u32),
     sm_count: usize,
@@ -93,10 +103,12 @@ pub struct Kernels {
 
 impl Kernels {
     /// Compiles every source of [`super::sources`] for the device's architecture `arch` (in parallel,
-    /// one thread per source), loads the modules into `ctx` and looks up every listed
+    /// one thread per source), loads the modules into the stream's context and looks up every listed
     /// function. A CUBIN is built when NVRTC knows `arch`; for a newer GPU, PTX for the newest
-    /// architecture NVRTC knows is loaded instead (and JIT-compiled by the driver).
-    pub fn load(ctx: &Arc<CudaContext>, arch: (u32, u32)) -> Result<Kernels, String> {
+    /// architecture NVRTC knows is loaded instead (and JIT-compiled by the driver). Every
+    /// launcher enqueues on `stream`.
+    pub fn load(stream: &Arc<CudaStream>, arch: (u32, u32)) -> Result<Kernels, String> {
+        let ctx = stream.context();
         let supported = compile::supported_archs().map_err(|e| e.to_string())?;
         let (build_arch, target) = if supported.contains(&arch) {
             (arch, Target::Cubin)
@@ -160,6 +172,7 @@ impl Kernels {
             .map_err(|e| format!("reading the multiprocessor count: {e:?}"))?
             .max(1) as usize;
         Ok(Kernels {
+            stream: stream.clone(),
             functions,
             arch,
             sm_count,
@@ -175,6 +188,11 @@ impl Kernels {
         self.functions
             .get(name)
             .unwrap_or_else(|| panic!("CUDA: kernel {name} is not loaded"))
+    }
+
+    /// The stream every launcher enqueues on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 
     /// The device architecture the kernels were loaded for.

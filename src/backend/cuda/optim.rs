@@ -1,9 +1,7 @@
 //! Launchers of `kernels/optim.cu` (CPU: `cpu/optim.rs`): the AdamW update, the f32 <-> bf16 /
 //! f16 casts and the weight <-> master-copy transfers built on them.
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaSlice, CudaStream, DriverError, PushKernelArg};
+use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
 
 use super::module::{cuda_source, ensure, launch, Kernels};
 use super::types::{CudaWeight, KernelSource, WeightData};
@@ -27,7 +25,6 @@ impl Kernels {
     /// with the CPU's formula and roundings (bit-exact).
     pub fn adamw_update(
         &self,
-        stream: &Arc<CudaStream>,
         param: &mut CudaSlice<f32>,
         grad: &CudaSlice<f32>,
         m: &mut CudaSlice<f32>,
@@ -55,7 +52,6 @@ impl Kernels {
         let n64 = n as i64;
         launch!(
             self,
-            stream,
             "adamw_update",
             self.cfg_vec(n),
             [
@@ -80,46 +76,41 @@ impl Kernels {
     /// `dst[i] = bf16(src[i])` (round to nearest even, as `half`) for `i < src.len()`.
     pub fn cast_f32_to_bf16(
         &self,
-        stream: &Arc<CudaStream>,
         src: &CudaSlice<f32>,
         dst: &mut CudaSlice<u16>,
     ) -> Result<(), DriverError> {
-        self.narrow(stream, "cast_f32_to_bf16", src, dst)
+        self.narrow("cast_f32_to_bf16", src, dst)
     }
 
     /// `dst[i] = f16(src[i])` (round to nearest even, overflow to infinity, as `half`).
     pub fn cast_f32_to_f16(
         &self,
-        stream: &Arc<CudaStream>,
         src: &CudaSlice<f32>,
         dst: &mut CudaSlice<u16>,
     ) -> Result<(), DriverError> {
-        self.narrow(stream, "cast_f32_to_f16", src, dst)
+        self.narrow("cast_f32_to_f16", src, dst)
     }
 
     /// `dst[i] = f32(src[i])` for bf16 bit patterns, `i < src.len()`.
     pub fn cast_bf16_to_f32(
         &self,
-        stream: &Arc<CudaStream>,
         src: &CudaSlice<u16>,
         dst: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.widen(stream, "cast_bf16_to_f32", src, dst)
+        self.widen("cast_bf16_to_f32", src, dst)
     }
 
     /// `dst[i] = f32(src[i])` for f16 bit patterns, `i < src.len()`.
     pub fn cast_f16_to_f32(
         &self,
-        stream: &Arc<CudaStream>,
         src: &CudaSlice<u16>,
         dst: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
-        self.widen(stream, "cast_f16_to_f32", src, dst)
+        self.widen("cast_f16_to_f32", src, dst)
     }
 
     fn narrow(
         &self,
-        stream: &Arc<CudaStream>,
         op: &'static str,
         src: &CudaSlice<f32>,
         dst: &mut CudaSlice<u16>,
@@ -130,12 +121,11 @@ impl Kernels {
             return Ok(());
         }
         let n64 = n as i64;
-        launch!(self, stream, op, self.cfg_vec(n), [src, dst, &n64])
+        launch!(self, op, self.cfg_vec(n), [src, dst, &n64])
     }
 
     fn widen(
         &self,
-        stream: &Arc<CudaStream>,
         op: &'static str,
         src: &CudaSlice<u16>,
         dst: &mut CudaSlice<f32>,
@@ -146,14 +136,13 @@ impl Kernels {
             return Ok(());
         }
         let n64 = n as i64;
-        launch!(self, stream, op, self.cfg_vec(n), [src, dst, &n64])
+        launch!(self, op, self.cfg_vec(n), [src, dst, &n64])
     }
 
     /// Overwrites a matrix weight `[rows, cols]` with the storage-dtype rounding of the f32
     /// master copy `master: [rows * cols]` (exactly that length, as the CPU asserts).
     pub fn weight_assign(
         &self,
-        stream: &Arc<CudaStream>,
         w: &mut CudaWeight,
         master: &CudaSlice<f32>,
     ) -> Result<(), DriverError> {
@@ -172,17 +161,17 @@ impl Kernels {
                 if n == 0 {
                     return Ok(());
                 }
-                stream.memcpy_dtod(&master.slice(0..n), &mut d.slice_mut(0..n))
+                self.stream()
+                    .memcpy_dtod(&master.slice(0..n), &mut d.slice_mut(0..n))
             }
-            WeightData::Bf16(d) => self.cast_f32_to_bf16(stream, master, d),
-            WeightData::F16(d) => self.cast_f32_to_f16(stream, master, d),
+            WeightData::Bf16(d) => self.cast_f32_to_bf16(master, d),
+            WeightData::F16(d) => self.cast_f32_to_f16(master, d),
         }
     }
 
     /// Writes an f32 copy of a matrix weight into `out[.. rows * cols]`.
     pub fn weight_to_buf(
         &self,
-        stream: &Arc<CudaStream>,
         w: &CudaWeight,
         out: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
@@ -201,15 +190,16 @@ impl Kernels {
         match &w.data {
             WeightData::F32(d) => {
                 ensure!("weight_to_buf", d.len() >= n, "weight storage too short");
-                stream.memcpy_dtod(&d.slice(0..n), &mut out.slice_mut(0..n))
+                self.stream()
+                    .memcpy_dtod(&d.slice(0..n), &mut out.slice_mut(0..n))
             }
             WeightData::Bf16(d) => {
                 ensure!("weight_to_buf", d.len() >= n, "weight storage too short");
-                self.widen_n(stream, "cast_bf16_to_f32", d, n, out)
+                self.widen_n("cast_bf16_to_f32", d, n, out)
             }
             WeightData::F16(d) => {
                 ensure!("weight_to_buf", d.len() >= n, "weight storage too short");
-                self.widen_n(stream, "cast_f16_to_f32", d, n, out)
+                self.widen_n("cast_f16_to_f32", d, n, out)
             }
         }
     }
@@ -217,13 +207,12 @@ impl Kernels {
     /// [`Kernels::widen`] over the first `n` elements only.
     fn widen_n(
         &self,
-        stream: &Arc<CudaStream>,
         op: &'static str,
         src: &CudaSlice<u16>,
         n: usize,
         dst: &mut CudaSlice<f32>,
     ) -> Result<(), DriverError> {
         let n64 = n as i64;
-        launch!(self, stream, op, self.cfg_vec(n), [src, dst, &n64])
+        launch!(self, op, self.cfg_vec(n), [src, dst, &n64])
     }
 }

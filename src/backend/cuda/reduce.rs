@@ -2,12 +2,13 @@
 //! shared by the bias, norm-parameter and modulation gradients, and the f64 sum of squares of the
 //! gradient norm).
 
-use std::sync::Arc;
+use std::ops::Range;
 
-use cudarc::driver::{CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DriverError, LaunchConfig, PushKernelArg};
 
 use super::module::{cuda_source, ensure, fits_i32, launch, Kernels, BLOCK};
 use super::types::KernelSource;
+use crate::backend::{ModSlot, RowShape};
 
 /// Deterministic two-stage reductions: column sums over rows and the f64 sum of squares.
 pub const REDUCE: KernelSource = KernelSource {
@@ -47,23 +48,39 @@ pub(super) struct Partials {
     width: usize,
 }
 
+/// What a stage-1 column sum reads: the `mode` (above) and its operands `a`, `b`
+/// (`[groups, rows, d]`) and `mean`, `rstd` (`[groups * rows]`). An operand the mode does not
+/// read may be any buffer (the callers repeat one they pass anyway).
+pub(super) struct ColsumOperands<'a> {
+    pub mode: i32,
+    pub a: &'a CudaSlice<f32>,
+    pub b: &'a CudaSlice<f32>,
+    pub mean: &'a CudaSlice<f32>,
+    pub rstd: &'a CudaSlice<f32>,
+}
+
+/// Where a single group's sums go: `out[j]` from element 0 (the stride is never used).
+pub(super) const FROM_START: ModSlot = ModSlot {
+    stride: 0,
+    offset: 0,
+};
+
 impl Kernels {
-    /// Stage 1 of a column sum over `rows` rows of width `d` in each of `groups` groups
-    /// (`a`, `b`: `[groups, rows, d]`; `mean`, `rstd`: `[groups * rows]` where the mode uses
-    /// them; otherwise pass any buffer).
-    #[allow(clippy::too_many_arguments)]
+    /// Stage 1 of a column sum over `groups` groups of `shape.rows` rows of width `shape.d`.
     pub(super) fn colsum_partials(
         &self,
-        stream: &Arc<CudaStream>,
-        mode: i32,
-        a: &CudaSlice<f32>,
-        b: &CudaSlice<f32>,
-        mean: &CudaSlice<f32>,
-        rstd: &CudaSlice<f32>,
+        operands: ColsumOperands<'_>,
         groups: usize,
-        rows: usize,
-        d: usize,
+        shape: RowShape,
     ) -> Result<Partials, DriverError> {
+        let ColsumOperands {
+            mode,
+            a,
+            b,
+            mean,
+            rstd,
+        } = operands;
+        let RowShape { rows, d } = shape;
         let col_tiles = d.div_ceil(CS_COLS);
         let want = (CS_TARGET_BLOCKS / (col_tiles * groups).max(1)).max(1);
         let chunk_rows = rows.div_ceil(want).max(CS_MIN_CHUNK_ROWS);
@@ -74,7 +91,7 @@ impl Kernels {
             d
         };
         // SAFETY: every element is written by colsum_partial before it is read.
-        let mut buf = unsafe { stream.alloc::<f32>(groups * chunks * width) }?;
+        let mut buf = unsafe { self.stream().alloc::<f32>(groups * chunks * width) }?;
         let cfg = LaunchConfig {
             grid_dim: (col_tiles as u32, chunks as u32, groups as u32),
             block_dim: (CS_COLS as u32, CS_ROWS, 1),
@@ -83,7 +100,6 @@ impl Kernels {
         let (rows32, d32, chunk32) = (rows as i32, d as i32, chunk_rows as i32);
         launch!(
             self,
-            stream,
             "colsum_partial",
             cfg,
             [&mode, a, b, mean, rstd, &mut buf, &rows32, &d32, &chunk32]
@@ -96,31 +112,27 @@ impl Kernels {
         })
     }
 
-    /// Stage 2: `out[g * out_stride + out_off + j] += sum_c partial[g, c, col0 + j]` for
-    /// `j < ncols`.
-    #[allow(clippy::too_many_arguments)]
+    /// Stage 2: `out[g * at.stride + at.offset + j] += sum_c partial[g, c, cols.start + j]` for
+    /// `j < cols.len()`.
     pub(super) fn colsum_finalize(
         &self,
-        stream: &Arc<CudaStream>,
         p: &Partials,
-        col0: usize,
-        ncols: usize,
+        cols: Range<usize>,
         out: &mut CudaSlice<f32>,
-        out_stride: usize,
-        out_off: usize,
+        at: ModSlot,
     ) -> Result<(), DriverError> {
+        let ncols = cols.len();
         let (chunks, width, c0, nc, groups) = (
             p.chunks as i32,
             p.width as i32,
-            col0 as i32,
+            cols.start as i32,
             ncols as i32,
             p.groups as i32,
         );
-        let (stride, off) = (out_stride as i64, out_off as i64);
+        let (stride, off) = (at.stride as i64, at.offset as i64);
         let cfg = self.cfg_1d(p.groups * ncols);
         launch!(
             self,
-            stream,
             "colsum_finalize",
             cfg,
             [&p.buf, &chunks, &width, &c0, &nc, &groups, out, &stride, &off]
@@ -130,7 +142,6 @@ impl Kernels {
     /// `out[j] += sum_r x[r, j]` for `x: [rows, d]`, `out: [d]` (e.g. a bias gradient).
     pub fn sum_rows_accumulate(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         rows: usize,
         d: usize,
@@ -146,15 +157,21 @@ impl Kernels {
         if rows == 0 || d == 0 {
             return Ok(());
         }
-        let p = self.colsum_partials(stream, CS_SUM, x, x, x, x, 1, rows, d)?;
-        self.colsum_finalize(stream, &p, 0, d, out, 0, 0)
+        let sum = ColsumOperands {
+            mode: CS_SUM,
+            a: x,
+            b: x,
+            mean: x,
+            rstd: x,
+        };
+        let p = self.colsum_partials(sum, 1, RowShape { rows, d })?;
+        self.colsum_finalize(&p, 0..d, out, FROM_START)
     }
 
     /// Enqueues `out[slot] = sum x^2` over all of `x`, accumulated in f64 (deterministic: the
     /// split depends on `x.len()` only). No host synchronisation; `out: [>= slot + 1]`.
     pub fn sum_squares_into(
         &self,
-        stream: &Arc<CudaStream>,
         x: &CudaSlice<f32>,
         out: &mut CudaSlice<f64>,
         slot: usize,
@@ -169,20 +186,14 @@ impl Kernels {
         let n = x.len();
         let blocks = n.div_ceil(SS_ELEMS_PER_BLOCK).clamp(1, SS_MAX_BLOCKS);
         // SAFETY: every element is written by sum_squares_partial before it is read.
-        let mut partial = unsafe { stream.alloc::<f64>(blocks) }?;
+        let mut partial = unsafe { self.stream().alloc::<f64>(blocks) }?;
         let n64 = n as i64;
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(
-            self,
-            stream,
-            "sum_squares_partial",
-            cfg,
-            [x, &n64, &mut partial]
-        )?;
+        launch!(self, "sum_squares_partial", cfg, [x, &n64, &mut partial])?;
         let (count, slot32) = (blocks as i32, slot as i32);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
@@ -191,7 +202,6 @@ impl Kernels {
         };
         launch!(
             self,
-            stream,
             "sum_squares_finalize",
             cfg,
             [&partial, &count, out, &slot32]
@@ -200,16 +210,12 @@ impl Kernels {
 
     /// `sum x^2` over all of `x` in f64 (a non-finite result flags a non-finite entry).
     /// Synchronises the stream to return the value.
-    pub fn sum_squares(
-        &self,
-        stream: &Arc<CudaStream>,
-        x: &CudaSlice<f32>,
-    ) -> Result<f64, DriverError> {
+    pub fn sum_squares(&self, x: &CudaSlice<f32>) -> Result<f64, DriverError> {
         if x.is_empty() {
             return Ok(0.0);
         }
-        let mut out = stream.alloc_zeros::<f64>(1)?;
-        self.sum_squares_into(stream, x, &mut out, 0)?;
-        Ok(stream.clone_dtoh(&out)?[0])
+        let mut out = self.stream().alloc_zeros::<f64>(1)?;
+        self.sum_squares_into(x, &mut out, 0)?;
+        Ok(self.stream().clone_dtoh(&out)?[0])
     }
 }

@@ -107,7 +107,6 @@ struct Run {
     grads: BTreeMap<String, Option<Vec<f32>>>,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run(
     params: &Tensors,
     cfg: &RewardHeadConfig,

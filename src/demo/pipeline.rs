@@ -9,7 +9,7 @@ use super::config::DemoConfig;
 use super::finetune::{copy_model, finetune};
 use super::generator::{plan, pretrain, sample_set};
 use super::observer::Observer;
-use super::rejection::compare;
+use super::rejection::{compare, Models};
 use super::results::{ControlResults, DemoResults, SampleResults};
 use super::reward::{score_all, train_reward};
 use super::stats::two_proportion_z;
@@ -67,7 +67,11 @@ pub fn run<B: Backend>(be: &B, cfg: &DemoConfig, obs: &mut dyn Observer) -> Resu
         before.mean_reward
     ));
 
-    let rejection = compare(be, cfg, &generator, &reward, &plan, &set, &finished, obs)?;
+    let models = Models {
+        generator: &generator,
+        reward: &reward,
+    };
+    let rejection = compare(be, cfg, models, &plan, &set, &finished, obs)?;
     obs.note(&format!(
         "   early rejection: kept {} of {} at step {} (t={:.0}): good {} vs {} for all, {:.0}% of \
          the compute saved",

@@ -22,19 +22,26 @@ use crate::reward::model::RewardModel;
 use crate::synthetic::is_good;
 use crate::Result;
 
+/// The two models early rejection runs: the generator that samples and the reward model that
+/// ranks the partial samples.
+#[derive(Clone, Copy)]
+pub struct Models<'a, B: Backend> {
+    pub generator: &'a WanModel<B>,
+    pub reward: &'a RewardModel<B>,
+}
+
 /// `set` holds `groups x candidates` clips, group by group; `finished` is every one of them
 /// sampled to the end (`[N, C, F, H, W]`).
-#[allow(clippy::too_many_arguments)]
 pub fn compare<B: Backend>(
     be: &B,
     cfg: &DemoConfig,
-    generator: &WanModel<B>,
-    reward: &RewardModel<B>,
+    models: Models<'_, B>,
     plan: &SamplingPlan,
     set: &SampleSet,
     finished: &[f32],
     obs: &mut dyn Observer,
 ) -> Result<RejectionResults> {
+    let Models { generator, reward } = models;
     let start = Instant::now();
     let world = cfg.world.world();
     let e = &cfg.early_reject;

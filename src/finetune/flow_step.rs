@@ -9,21 +9,27 @@ use crate::schedule::levels::TrainingLevels;
 use crate::schedule::rng::Rng;
 use crate::{Error, Result};
 
-/// Noises `x0` (host data, `[B, C, F, H, W]`) to levels drawn from `levels`, predicts the
-/// velocity, and accumulates the gradient of `mean (v - (eps - x0))^2` into `grads`. Returns the
-/// loss; a non-finite loss is returned without a backward pass (the caller skips the update).
-#[allow(clippy::too_many_arguments)]
+/// One micro-batch of clean latents: `x0` (host data, `[B, C, F, H, W]` of `shape`) and its
+/// conditioning.
+pub struct CleanBatch<'a, B: Backend> {
+    pub shape: VideoShape,
+    pub cond: &'a Cond<'a, B>,
+    pub x0: &'a [f32],
+}
+
+/// Noises the batch's `x0` to levels drawn from `levels`, predicts the velocity, and accumulates
+/// the gradient of `mean (v - (eps - x0))^2` into `grads`. Returns the loss; a non-finite loss
+/// is returned without a backward pass (the caller skips the update).
 pub fn flow_matching_micro<B: Backend>(
     be: &B,
     generator: &WanModel<B>,
     grads: &mut Grads<B>,
     levels: &TrainingLevels,
     rng: &mut Rng,
-    shape: VideoShape,
-    cond: &Cond<'_, B>,
-    x0: &[f32],
+    batch: CleanBatch<'_, B>,
     mode: Mode,
 ) -> Result<f64> {
+    let CleanBatch { shape, cond, x0 } = batch;
     let per = generator.cfg.out_dim * shape.voxels();
     if x0.len() != shape.batch * per {
         return Err(Error::InvalidInput(format!(

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::flow_step::flow_matching_micro;
+use super::flow_step::{flow_matching_micro, CleanBatch};
 use super::sample::Cond;
 use crate::backend::Backend;
 use crate::model::params::Grads;
@@ -153,9 +153,7 @@ impl<B: Backend> PretrainTrainer<B> {
             &mut self.grads,
             &self.levels,
             &mut self.rng,
-            shape,
-            cond,
-            x0,
+            CleanBatch { shape, cond, x0 },
             mode,
         )?;
         if !loss.is_finite() {

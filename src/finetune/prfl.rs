@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::flow_step::flow_matching_micro;
+use super::flow_step::{flow_matching_micro, CleanBatch};
 use super::sample::{Cond, GridKind, SamplingPlan};
 use crate::backend::Backend;
 use crate::model::lora::LoraConfig;
@@ -320,9 +320,7 @@ impl<B: Backend> PrflTrainer<B> {
             &mut self.grads,
             &self.levels,
             &mut self.rng,
-            shape,
-            cond,
-            x0,
+            CleanBatch { shape, cond, x0 },
             mode,
         )?;
         if !loss.is_finite() {

@@ -10,7 +10,7 @@
 //! [`Block::forward`] again from the saved block input during the backward pass.
 
 use super::layers::{activate, activate_backward, LayerNorm, Linear, NormStats, RmsNorm};
-use super::params::{Grads, ParamStore};
+use super::params::{Backprop, ParamStore};
 use crate::backend::{
     AttnShape, Backend, BroadcastShape, GatedAddGrads, ModShape, ModSlot, ModulateGrads, Qkv,
     RopeShape, ShiftScale,
@@ -76,6 +76,8 @@ impl BlockDims {
 pub struct Context<'a, B: Backend> {
     pub text: &'a B::Buf,
     pub image: Option<&'a B::Buf>,
+    /// The self-attention's rotary angles for the stream's tokens.
+    pub rope: &'a Rope<B>,
 }
 
 /// Per-token RoPE angles `[tokens, head_dim / 2]`.
@@ -312,7 +314,6 @@ impl Block {
     }
 
     /// Runs the block. `x: [B*L, D]`, `e0: [B, 6D]`. Returns the output and the saved activations.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward<B: Backend>(
         &self,
         be: &B,
@@ -320,9 +321,9 @@ impl Block {
         x: B::Buf,
         e0: &B::Buf,
         ctx: &Context<'_, B>,
-        rope: &Rope<B>,
         dims: BlockDims,
     ) -> (B::Buf, BlockActs<B>) {
+        let rope = ctx.rope;
         let (bsz, l, d) = (dims.batch, dims.tokens, dims.dim);
         let n = dims.rows();
 
@@ -458,18 +459,16 @@ impl Block {
     /// Backward of [`Block::forward`]: given `dx3` (gradient of the block output), accumulates
     /// parameter gradients and returns the input gradient plus the gradients for `e0` and the
     /// contexts.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        be: &B,
-        ps: &ParamStore<B>,
-        grads: &mut Grads<B>,
+        bp: &mut Backprop<'_, B>,
         a: &BlockActs<B>,
         ctx: &Context<'_, B>,
-        rope: &Rope<B>,
         dims: BlockDims,
         dx3: B::Buf,
     ) -> (B::Buf, BlockContextGrads<B>) {
+        let be = bp.be;
+        let rope = ctx.rope;
         let (bsz, l, d) = (dims.batch, dims.tokens, dims.dim);
         let n = dims.rows();
         let mut dmods = be.zeros(bsz * 6 * d);
@@ -481,17 +480,11 @@ impl Block {
             dmods: &mut dmods,
         };
         be.gated_add_backward(&dx3, &a.y3, dims.modulated(), &a.mods, slot(d, 5), grads3);
-        let df1g = self
-            .ffn2
-            .backward(be, ps, grads, &a.f1g, &dy3, n, true)
-            .unwrap();
+        let df1g = self.ffn2.backward(bp, &a.f1g, &dy3, n, true).unwrap();
         drop(dy3);
         let df1 = activate_backward(be, &a.f1, &df1g, B::gelu_tanh_backward);
         drop(df1g);
-        let dm2 = self
-            .ffn0
-            .backward(be, ps, grads, &a.m2, &df1, n, true)
-            .unwrap();
+        let dm2 = self.ffn0.backward(bp, &a.m2, &df1, n, true).unwrap();
         drop(df1);
         let mut dln2 = be.zeros(n * d);
         let grads2 = ModulateGrads {
@@ -500,9 +493,7 @@ impl Block {
         };
         let m2 = dims.modulated();
         be.modulate_backward(&dm2, &a.ln2, m2, &a.mods, shift_scale(d, 3), grads2);
-        let mut dx2 = self
-            .norm2
-            .backward(be, ps, grads, &a.x2, &a.ln2_stats, &dln2, n);
+        let mut dx2 = self.norm2.backward(bp, &a.x2, &a.ln2_stats, &dln2, n);
         be.add_assign(&mut dx2, &dx3);
         drop(dx3);
 
@@ -513,9 +504,7 @@ impl Block {
         if let Some(img) = &a.image {
             be.add_assign(&mut attn_sum, &img.out);
         }
-        let dattn =
-            ca.o.backward(be, ps, grads, &attn_sum, &dx2, n, true)
-                .unwrap();
+        let dattn = ca.o.backward(bp, &attn_sum, &dx2, n, true).unwrap();
         drop(attn_sum);
         let nt = bsz * dims.text_len;
         let mut dcq = be.zeros(n * d);
@@ -539,15 +528,9 @@ impl Block {
             dims.attn(dims.text_len),
             text_grads,
         );
-        let dck_pre = ca
-            .norm_k
-            .backward(be, ps, grads, &a.ck_pre, &a.ck_rstd, &dck, nt);
-        let mut dtext =
-            ca.k.backward(be, ps, grads, ctx.text, &dck_pre, nt, true)
-                .unwrap();
-        let dtext_v =
-            ca.v.backward(be, ps, grads, ctx.text, &dcv, nt, true)
-                .unwrap();
+        let dck_pre = ca.norm_k.backward(bp, &a.ck_pre, &a.ck_rstd, &dck, nt);
+        let mut dtext = ca.k.backward(bp, ctx.text, &dck_pre, nt, true).unwrap();
+        let dtext_v = ca.v.backward(bp, ctx.text, &dcv, nt, true).unwrap();
         be.add_assign(&mut dtext, &dtext_v);
         let dimage = match (&a.image, self.image_attn, ctx.image) {
             (Some(img), Some(ia), Some(image)) => {
@@ -574,28 +557,18 @@ impl Block {
                     image_grads,
                 );
                 be.add_assign(&mut dcq, &dq_img);
-                let dk_pre = ia
-                    .norm_k
-                    .backward(be, ps, grads, &img.k_pre, &img.k_rstd, &dk, ni);
-                let mut dimg =
-                    ia.k.backward(be, ps, grads, image, &dk_pre, ni, true)
-                        .unwrap();
-                let dimg_v = ia.v.backward(be, ps, grads, image, &dv, ni, true).unwrap();
+                let dk_pre = ia.norm_k.backward(bp, &img.k_pre, &img.k_rstd, &dk, ni);
+                let mut dimg = ia.k.backward(bp, image, &dk_pre, ni, true).unwrap();
+                let dimg_v = ia.v.backward(bp, image, &dv, ni, true).unwrap();
                 be.add_assign(&mut dimg, &dimg_v);
                 Some(dimg)
             }
             _ => None,
         };
         drop(dattn);
-        let dcq_pre = ca
-            .norm_q
-            .backward(be, ps, grads, &a.cq_pre, &a.cq_rstd, &dcq, n);
-        let dln3 =
-            ca.q.backward(be, ps, grads, &a.ln3, &dcq_pre, n, true)
-                .unwrap();
-        let mut dx1 = self
-            .norm3
-            .backward(be, ps, grads, &a.x1, &a.ln3_stats, &dln3, n);
+        let dcq_pre = ca.norm_q.backward(bp, &a.cq_pre, &a.cq_rstd, &dcq, n);
+        let dln3 = ca.q.backward(bp, &a.ln3, &dcq_pre, n, true).unwrap();
+        let mut dx1 = self.norm3.backward(bp, &a.x1, &a.ln3_stats, &dln3, n);
         be.add_assign(&mut dx1, &dx2);
         drop(dx2);
 
@@ -607,9 +580,7 @@ impl Block {
             dmods: &mut dmods,
         };
         be.gated_add_backward(&dx1, &a.y1, dims.modulated(), &a.mods, slot(d, 2), grads1);
-        let dsa =
-            sa.o.backward(be, ps, grads, &a.sa_out, &dy1, n, true)
-                .unwrap();
+        let dsa = sa.o.backward(bp, &a.sa_out, &dy1, n, true).unwrap();
         drop(dy1);
         let mut dq = be.zeros(n * d);
         let mut dk = be.zeros(n * d);
@@ -629,20 +600,12 @@ impl Block {
         // The rotation is orthogonal: its backward is the inverse rotation.
         be.rope(&mut dq, dims.rope(), &rope.cos, &rope.sin, true);
         be.rope(&mut dk, dims.rope(), &rope.cos, &rope.sin, true);
-        let dq_pre = sa
-            .norm_q
-            .backward(be, ps, grads, &a.q_pre, &a.q_rstd, &dq, n);
-        let dk_pre = sa
-            .norm_k
-            .backward(be, ps, grads, &a.k_pre, &a.k_rstd, &dk, n);
-        let mut dm1 =
-            sa.q.backward(be, ps, grads, &a.m1, &dq_pre, n, true)
-                .unwrap();
-        let dm1_k =
-            sa.k.backward(be, ps, grads, &a.m1, &dk_pre, n, true)
-                .unwrap();
+        let dq_pre = sa.norm_q.backward(bp, &a.q_pre, &a.q_rstd, &dq, n);
+        let dk_pre = sa.norm_k.backward(bp, &a.k_pre, &a.k_rstd, &dk, n);
+        let mut dm1 = sa.q.backward(bp, &a.m1, &dq_pre, n, true).unwrap();
+        let dm1_k = sa.k.backward(bp, &a.m1, &dk_pre, n, true).unwrap();
         be.add_assign(&mut dm1, &dm1_k);
-        let dm1_v = sa.v.backward(be, ps, grads, &a.m1, &dv, n, true).unwrap();
+        let dm1_v = sa.v.backward(bp, &a.m1, &dv, n, true).unwrap();
         be.add_assign(&mut dm1, &dm1_v);
         let mut dln1 = be.zeros(n * d);
         let grads1 = ModulateGrads {
@@ -651,14 +614,12 @@ impl Block {
         };
         let m1 = dims.modulated();
         be.modulate_backward(&dm1, &a.ln1, m1, &a.mods, shift_scale(d, 0), grads1);
-        let mut dx = self
-            .norm1
-            .backward(be, ps, grads, &a.x, &a.ln1_stats, &dln1, n);
+        let mut dx = self.norm1.backward(bp, &a.x, &a.ln1_stats, &dln1, n);
         be.add_assign(&mut dx, &dx1);
 
         // mods = modulation + e0: the table gets the batch sum, e0 the per-sample gradient.
         let mut de0 = be.zeros(bsz * 6 * d);
-        match grads.get_mut(self.modulation) {
+        match bp.grads.get_mut(self.modulation) {
             Some(dtable) => be.broadcast_add_backward(&dmods, dims.mod_table(), &mut de0, dtable),
             None => {
                 let mut scratch = be.zeros(6 * d);

@@ -3,7 +3,7 @@
 //! embedding (a Conv3d with kernel = stride = (1, 2, 2), i.e. a linear map over patch vectors).
 
 use super::layers::{activate, activate_backward, LayerNorm, Linear, NormStats};
-use super::params::{Grads, ParamStore};
+use super::params::{Backprop, ParamStore};
 use crate::backend::Backend;
 use crate::Result;
 
@@ -72,30 +72,21 @@ impl TimeEmbedding {
 
     /// `de` is the gradient reaching `e` directly (from the head), `de0` the one reaching `e0`
     /// (from the blocks). The timestep itself gets no gradient.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        be: &B,
-        ps: &ParamStore<B>,
-        grads: &mut Grads<B>,
+        bp: &mut Backprop<'_, B>,
         a: &TimeActs<B>,
         mut de: B::Buf,
         de0: &B::Buf,
         n: usize,
     ) {
-        let de_act = self
-            .proj
-            .backward(be, ps, grads, &a.e_act, de0, n, true)
-            .unwrap();
+        let be = bp.be;
+        let de_act = self.proj.backward(bp, &a.e_act, de0, n, true).unwrap();
         let de_silu = activate_backward(be, &a.e, &de_act, B::silu_backward);
         be.add_assign(&mut de, &de_silu);
-        let dh0_act = self
-            .lin2
-            .backward(be, ps, grads, &a.h0_act, &de, n, true)
-            .unwrap();
+        let dh0_act = self.lin2.backward(bp, &a.h0_act, &de, n, true).unwrap();
         let dh0 = activate_backward(be, &a.h0, &dh0_act, B::silu_backward);
-        self.lin0
-            .backward(be, ps, grads, &a.sinusoid, &dh0, n, false);
+        self.lin0.backward(bp, &a.sinusoid, &dh0, n, false);
     }
 }
 
@@ -134,25 +125,18 @@ impl TextEmbedding {
     }
 
     /// Returns the gradient with respect to the text encoder states.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        be: &B,
-        ps: &ParamStore<B>,
-        grads: &mut Grads<B>,
+        bp: &mut Backprop<'_, B>,
         a: &TextActs<B>,
         context: &B::Buf,
         dout: &B::Buf,
         rows: usize,
     ) -> B::Buf {
-        let dh0_act = self
-            .lin2
-            .backward(be, ps, grads, &a.h0_act, dout, rows, true)
-            .unwrap();
+        let be = bp.be;
+        let dh0_act = self.lin2.backward(bp, &a.h0_act, dout, rows, true).unwrap();
         let dh0 = activate_backward(be, &a.h0, &dh0_act, B::gelu_tanh_backward);
-        self.lin0
-            .backward(be, ps, grads, context, &dh0, rows, true)
-            .unwrap()
+        self.lin0.backward(bp, context, &dh0, rows, true).unwrap()
     }
 }
 
@@ -210,30 +194,19 @@ impl ImageEmbedding {
     }
 
     /// Returns the gradient with respect to the CLIP features.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        be: &B,
-        ps: &ParamStore<B>,
-        grads: &mut Grads<B>,
+        bp: &mut Backprop<'_, B>,
         a: &ImageActs<B>,
         clip: &B::Buf,
         dout: &B::Buf,
         rows: usize,
     ) -> B::Buf {
-        let dh3 = self
-            .norm4
-            .backward(be, ps, grads, &a.h3, &a.n4_stats, dout, rows);
-        let dh1_act = self
-            .lin3
-            .backward(be, ps, grads, &a.h1_act, &dh3, rows, true)
-            .unwrap();
+        let be = bp.be;
+        let dh3 = self.norm4.backward(bp, &a.h3, &a.n4_stats, dout, rows);
+        let dh1_act = self.lin3.backward(bp, &a.h1_act, &dh3, rows, true).unwrap();
         let dh1 = activate_backward(be, &a.h1, &dh1_act, B::gelu_erf_backward);
-        let dn0 = self
-            .lin1
-            .backward(be, ps, grads, &a.n0, &dh1, rows, true)
-            .unwrap();
-        self.norm0
-            .backward(be, ps, grads, clip, &a.n0_stats, &dn0, rows)
+        let dn0 = self.lin1.backward(bp, &a.n0, &dh1, rows, true).unwrap();
+        self.norm0.backward(bp, clip, &a.n0_stats, &dn0, rows)
     }
 }

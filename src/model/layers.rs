@@ -2,7 +2,7 @@
 //! [`Backend`]. They hold parameter *indices* into a [`ParamStore`], so the same layer description
 //! serves the f32 master weights, a bf16 copy and the gradient buffers.
 
-use super::params::{Grads, ParamStore};
+use super::params::{Backprop, ParamStore};
 use crate::backend::{
     Backend, LayerNormGrads, LayerNormStats, LinearShape, NormAffine, RmsNormGrads, RowShape,
 };
@@ -69,18 +69,16 @@ impl Linear {
 
     /// Accumulates the weight and bias gradients (when the layer is trainable) and returns the
     /// input gradient when `need_dx`.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        be: &B,
-        ps: &ParamStore<B>,
-        grads: &mut Grads<B>,
+        bp: &mut Backprop<'_, B>,
         x: &B::Buf,
         dy: &B::Buf,
         n: usize,
         need_dx: bool,
     ) -> Option<B::Buf> {
-        let (dw, db) = grads.pair_mut(self.w, self.b);
+        let (be, ps) = (bp.be, bp.ps);
+        let (dw, db) = bp.grads.pair_mut(self.w, self.b);
         if let Some(dw) = dw {
             be.linear_backward_weight(dy, x, self.shape(n), dw, db);
         } else if let Some(db) = db {
@@ -94,28 +92,26 @@ impl Linear {
             dx
         });
         if let Some(lo) = self.lora {
-            self.lora_backward(be, ps, grads, &lo, x, dy, n, dx.as_mut());
+            self.lora_backward(bp, &lo, x, dy, n, dx.as_mut());
         }
         dx
     }
 
     /// The adapter's share of the backward pass: `dB += s dy^T h`, `dA += (s dy B)^T x` and
     /// `dx += (s dy B) A`, with `h = x A^T` recomputed (it is `n x r`, cheaper to redo than to keep).
-    #[allow(clippy::too_many_arguments)]
     fn lora_backward<B: Backend>(
         &self,
-        be: &B,
-        ps: &ParamStore<B>,
-        grads: &mut Grads<B>,
+        bp: &mut Backprop<'_, B>,
         lo: &LoraAdapter,
         x: &B::Buf,
         dy: &B::Buf,
         n: usize,
         dx: Option<&mut B::Buf>,
     ) {
+        let (be, ps) = (bp.be, bp.ps);
         let mut dys = be.zeros(n * self.n_out);
         be.axpy(lo.scale, dy, &mut dys);
-        if let Some(db) = grads.get_mut(lo.b) {
+        if let Some(db) = bp.grads.get_mut(lo.b) {
             let h = lora_hidden(be, ps, lo, x, n);
             let up = LinearShape {
                 n,
@@ -126,7 +122,7 @@ impl Linear {
         }
         let mut dh = be.zeros(n * lo.rank);
         be.linear_backward_input(&dys, n, ps.matrix(lo.b), &mut dh);
-        if let Some(da) = grads.get_mut(lo.a) {
+        if let Some(da) = bp.grads.get_mut(lo.a) {
             let down = LinearShape {
                 n,
                 n_in: self.n_in,
@@ -209,22 +205,20 @@ impl LayerNorm {
         (y, stats)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        be: &B,
-        ps: &ParamStore<B>,
-        grads: &mut Grads<B>,
+        bp: &mut Backprop<'_, B>,
         x: &B::Buf,
         stats: &NormStats<B>,
         dy: &B::Buf,
         rows: usize,
     ) -> B::Buf {
+        let (be, ps) = (bp.be, bp.ps);
         let mut dx = be.zeros(rows * self.d);
         let shape = RowShape { rows, d: self.d };
         match self.affine {
             Some((w, b)) => {
-                let (dweight, dbias) = grads.pair_mut(w, b);
+                let (dweight, dbias) = bp.grads.pair_mut(w, b);
                 let out = LayerNormGrads {
                     dx: &mut dx,
                     dweight,
@@ -278,22 +272,20 @@ impl RmsNorm {
         (y, rstd)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
-        be: &B,
-        ps: &ParamStore<B>,
-        grads: &mut Grads<B>,
+        bp: &mut Backprop<'_, B>,
         x: &B::Buf,
         rstd: &B::Buf,
         dy: &B::Buf,
         rows: usize,
     ) -> B::Buf {
+        let (be, ps) = (bp.be, bp.ps);
         let mut dx = be.zeros(rows * self.d);
         let weight = ps.vector(self.w);
         let shape = RowShape { rows, d: self.d };
         let mut scratch;
-        let dweight = match grads.get_mut(self.w) {
+        let dweight = match bp.grads.get_mut(self.w) {
             Some(dw) => dw,
             None => {
                 scratch = be.zeros(self.d);

@@ -185,6 +185,14 @@ impl<B: Backend> ParamStore<B> {
     }
 }
 
+/// What a backward pass works with: the backend, the parameters it reads and the gradients it
+/// accumulates into. Every layer's backward takes one, so the three travel together.
+pub struct Backprop<'a, B: Backend> {
+    pub be: &'a B,
+    pub ps: &'a ParamStore<B>,
+    pub grads: &'a mut Grads<B>,
+}
+
 /// f32 gradient buffers for the parameters that require them (`None` = frozen: the backward pass
 /// skips that parameter's weight-gradient GEMM entirely).
 pub struct Grads<B: Backend> {

@@ -10,7 +10,7 @@ use super::block::{Block, BlockActs, BlockDims, Context, Rope};
 use super::config::{ModelType, WanConfig};
 use super::embed::{ImageActs, ImageEmbedding, TextActs, TextEmbedding, TimeActs, TimeEmbedding};
 use super::layers::{LayerNorm, Linear, NormStats};
-use super::params::{Grads, ParamStore};
+use super::params::{Backprop, Grads, ParamStore};
 use super::rope::rope_table;
 use crate::backend::{
     Backend, BroadcastShape, ModShape, ModSlot, ModulateGrads, PatchOrder, PatchShape, ShiftScale,
@@ -379,6 +379,7 @@ impl<B: Backend> WanModel<B> {
             let ctx = Context {
                 text: &text.out,
                 image: image.as_ref().map(|i| &i.out),
+                rope: &rope,
             };
             for block in &self.blocks[..n_blocks] {
                 let input_copy = (mode == Mode::TrainRecompute).then(|| {
@@ -386,7 +387,7 @@ impl<B: Backend> WanModel<B> {
                     be.copy_range(&h, 0, &mut cp, 0, n * c.dim);
                     cp
                 });
-                let (out, acts) = block.forward(be, &self.params, h, &time.e0, &ctx, &rope, dims);
+                let (out, acts) = block.forward(be, &self.params, h, &time.e0, &ctx, dims);
                 h = out;
                 match mode {
                     Mode::Train => saved.push(SavedBlock::Full(acts)),
@@ -516,10 +517,12 @@ impl<B: Backend> WanModel<B> {
         };
         let mut dout = be.zeros(n * self.cfg.out_dim * 4);
         be.patchify(dv, oshape, PatchOrder::ChannelMinor, &mut dout);
-        let dm = head
-            .lin
-            .backward(be, &self.params, grads, &ha.m, &dout, n, true)
-            .unwrap();
+        let mut bp = Backprop {
+            be,
+            ps: &self.params,
+            grads,
+        };
+        let dm = head.lin.backward(&mut bp, &ha.m, &dout, n, true).unwrap();
         let mut dln = be.zeros(n * d);
         let mut dmods = be.zeros(s.batch * 2 * d);
         let shape = ModShape {
@@ -532,11 +535,9 @@ impl<B: Backend> WanModel<B> {
             dmods: &mut dmods,
         };
         be.modulate_backward(&dm, &ha.ln, shape, &ha.mods, head_shift_scale(d), out);
-        let dh = head
-            .norm
-            .backward(be, &self.params, grads, &ha.x, &ha.ln_stats, &dln, n);
+        let dh = head.norm.backward(&mut bp, &ha.x, &ha.ln_stats, &dln, n);
         let mut de = be.zeros(s.batch * d);
-        match grads.get_mut(head.modulation) {
+        match bp.grads.get_mut(head.modulation) {
             Some(dt) => be.broadcast_add_backward(&dmods, head_table(s.batch, d), &mut de, dt),
             None => {
                 let mut scratch = be.zeros(2 * d);
@@ -544,7 +545,7 @@ impl<B: Backend> WanModel<B> {
                 be.broadcast_add_backward(&dmods, table, &mut de, &mut scratch);
             }
         }
-        self.backward_from(be, tape, dh, de, grads)
+        self.backward_from(be, tape, dh, de, bp.grads)
     }
 
     /// Backward of [`WanModel::forward_features`] from the gradient of the hidden tokens.
@@ -582,6 +583,12 @@ impl<B: Backend> WanModel<B> {
         let ctx = Context {
             text: &tape.text.out,
             image: tape.image.as_ref().map(|i| &i.out),
+            rope: &tape.rope,
+        };
+        let mut bp = Backprop {
+            be,
+            ps: &self.params,
+            grads,
         };
         let mut de0 = be.zeros(s.batch * 6 * c.dim);
         let mut dtext = be.zeros(s.batch * tape.text_len * c.dim);
@@ -599,12 +606,12 @@ impl<B: Backend> WanModel<B> {
                     let mut cp = be.zeros(n * c.dim);
                     be.copy_range(x, 0, &mut cp, 0, n * c.dim);
                     recomputed = block
-                        .forward(be, &self.params, cp, &tape.time.e0, &ctx, &tape.rope, dims)
+                        .forward(be, &self.params, cp, &tape.time.e0, &ctx, dims)
                         .1;
                     &recomputed
                 }
             };
-            let (dx, g) = block.backward(be, &self.params, grads, acts, &ctx, &tape.rope, dims, dh);
+            let (dx, g) = block.backward(&mut bp, acts, &ctx, dims, dh);
             dh = dx;
             be.add_assign(&mut de0, &g.de0);
             be.add_assign(&mut dtext, &g.dtext);
@@ -614,34 +621,25 @@ impl<B: Backend> WanModel<B> {
         }
 
         // Conditioning embeddings.
-        self.time
-            .backward(be, &self.params, grads, &tape.time, de, &de0, s.batch);
+        self.time.backward(&mut bp, &tape.time, de, &de0, s.batch);
         let dcontext = self.text.backward(
-            be,
-            &self.params,
-            grads,
+            &mut bp,
             &tape.text,
             &tape.context,
             &dtext,
             s.batch * tape.text_len,
         );
         let dclip = match (&self.image, &tape.image, &tape.clip, &dimage) {
-            (Some(im), Some(acts), Some(clip), Some(dimg)) => Some(im.backward(
-                be,
-                &self.params,
-                grads,
-                acts,
-                clip,
-                dimg,
-                s.batch * tape.image_len,
-            )),
+            (Some(im), Some(acts), Some(clip), Some(dimg)) => {
+                Some(im.backward(&mut bp, acts, clip, dimg, s.batch * tape.image_len))
+            }
             _ => None,
         };
 
         // Patch embedding back to the latent grid, then split x from y.
         let dtokens = self
             .patch
-            .backward(be, &self.params, grads, &tape.tokens, &dh, n, true)
+            .backward(&mut bp, &tape.tokens, &dh, n, true)
             .unwrap();
         let pshape = PatchShape {
             batch: s.batch,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::pool::{check_shape, AttnPool, PoolActs};
 use crate::backend::Backend;
 use crate::model::layers::{activate, activate_backward, Linear};
-use crate::model::params::{Grads, ParamStore};
+use crate::model::params::{Backprop, Grads, ParamStore};
 use crate::schedule::rng::Rng;
 use crate::tensor::HostTensor;
 use crate::{Error, Result};
@@ -156,19 +156,16 @@ impl RewardHead {
     ) -> B::Buf {
         let batch = acts.pool.batch();
         assert_eq!(be.len(dlogits), batch, "dlogits is not [batch]");
-        let da1 = self
-            .fc2
-            .backward(be, ps, grads, &acts.a1, dlogits, batch, true);
+        let mut bp = Backprop { be, ps, grads };
+        let da1 = self.fc2.backward(&mut bp, &acts.a1, dlogits, batch, true);
         let dh1 = activate_backward(be, &acts.h1, &da1.expect("need_dx"), B::relu_backward);
-        let da0 = self
-            .fc1
-            .backward(be, ps, grads, &acts.a0, &dh1, batch, true);
+        let da0 = self.fc1.backward(&mut bp, &acts.a0, &dh1, batch, true);
         let dh0 = activate_backward(be, &acts.h0, &da0.expect("need_dx"), B::relu_backward);
         let dpooled = self
             .fc0
-            .backward(be, ps, grads, &acts.pooled, &dh0, batch, true)
+            .backward(&mut bp, &acts.pooled, &dh0, batch, true)
             .expect("need_dx");
-        self.pool.backward(be, ps, grads, &acts.pool, &dpooled)
+        self.pool.backward(be, ps, bp.grads, &acts.pool, &dpooled)
     }
 }
 

@@ -17,7 +17,7 @@
 
 use crate::backend::{AttnShape, Backend, BroadcastShape, Qkv};
 use crate::model::layers::Linear;
-use crate::model::params::{Grads, ParamStore};
+use crate::model::params::{Backprop, Grads, ParamStore};
 use crate::{Error, Result};
 
 /// A resolved attention-pooling layer (parameter indices into a [`ParamStore`]).
@@ -206,13 +206,14 @@ impl AttnPool {
         assert_eq!(be.len(dpooled), batch * d, "dpooled is not [batch, dim]");
 
         let dper_query = spread_over_queries(be, dpooled, batch, nq, d);
+        let mut bp = Backprop { be, ps, grads };
         // The residual's query gradient; the projection path adds its share below.
-        if let Some(dquery) = grads.get_mut(self.query) {
+        if let Some(dquery) = bp.grads.get_mut(self.query) {
             sum_over_batch(be, &dper_query, batch, nq * d, dquery);
         }
         let dattn = self
             .out_proj
-            .backward(be, ps, grads, &acts.attn, &dper_query, batch * nq, true)
+            .backward(&mut bp, &acts.attn, &dper_query, batch * nq, true)
             .expect("need_dx");
         drop(dper_query);
 
@@ -235,25 +236,22 @@ impl AttnPool {
 
         let mut dx = self
             .k_proj
-            .backward(be, ps, grads, &acts.x, &dk, n, true)
+            .backward(&mut bp, &acts.x, &dk, n, true)
             .expect("need_dx");
         drop(dk);
         let dx_v = self
             .v_proj
-            .backward(be, ps, grads, &acts.x, &dv, n, true)
+            .backward(&mut bp, &acts.x, &dv, n, true)
             .expect("need_dx");
         be.add_assign(&mut dx, &dx_v);
 
         // The per-sample query copies all came from the one projected query table.
         let mut dqp = be.zeros(nq * d);
         sum_over_batch(be, &dq, batch, nq * d, &mut dqp);
-        let need_dquery = grads.get(self.query).is_some();
+        let need_dquery = bp.grads.get(self.query).is_some();
         let query = ps.vector(self.query);
-        if let Some(dquery_proj) = self
-            .q_proj
-            .backward(be, ps, grads, query, &dqp, nq, need_dquery)
-        {
-            let dquery = grads.get_mut(self.query).expect("checked above");
+        if let Some(dquery_proj) = self.q_proj.backward(&mut bp, query, &dqp, nq, need_dquery) {
+            let dquery = bp.grads.get_mut(self.query).expect("checked above");
             be.add_assign(dquery, &dquery_proj);
         }
         dx

@@ -396,46 +396,28 @@ pub fn attention_forward(
                 let (b, h) = (bh / heads, bh % heads);
                 let q0 = t * FWD_BQ;
                 let nq = lse_t.len();
+                let q_tile = HeadTile {
+                    b,
+                    h,
+                    l0: q0,
+                    n: nq,
+                };
                 debug_assert!(t < n_qt && q0 + nq <= lq);
                 // Scaling q once here makes every score tile come out already scaled.
-                qrows.gather(
-                    q,
-                    HeadTile {
-                        b,
-                        h,
-                        l0: q0,
-                        n: nq,
-                    },
-                    scale,
-                    &mut ws.q,
-                );
+                qrows.gather(q, q_tile, scale, &mut ws.q);
                 ws.m[..nq].fill(f32::NEG_INFINITY);
                 ws.l[..nq].fill(0.0);
                 ws.o[..nq * d].fill(0.0);
                 for k0 in (0..lk).step_by(FWD_BK) {
                     let nk = FWD_BK.min(lk - k0);
-                    krows.gather(
-                        k,
-                        HeadTile {
-                            b,
-                            h,
-                            l0: k0,
-                            n: nk,
-                        },
-                        1.0,
-                        &mut ws.k,
-                    );
-                    krows.gather(
-                        v,
-                        HeadTile {
-                            b,
-                            h,
-                            l0: k0,
-                            n: nk,
-                        },
-                        1.0,
-                        &mut ws.v,
-                    );
+                    let k_tile = HeadTile {
+                        b,
+                        h,
+                        l0: k0,
+                        n: nk,
+                    };
+                    krows.gather(k, k_tile, 1.0, &mut ws.k);
+                    krows.gather(v, k_tile, 1.0, &mut ws.v);
                     // S[nq, nk] = Qs K^T.
                     mul_abt(nq, nk, d, &ws.q, &ws.k, &mut ws.s);
                     ws.online_softmax(nq, nk, d);
@@ -444,19 +426,7 @@ pub fn attention_forward(
                 }
                 ws.finish(nq, d, lse_t);
                 // SAFETY: this item is the only one writing rows q0..q0+nq of head h in sample b.
-                unsafe {
-                    out_w.write_rows(
-                        qrows,
-                        HeadTile {
-                            b,
-                            h,
-                            l0: q0,
-                            n: nq,
-                        },
-                        1.0,
-                        &ws.o,
-                    )
-                };
+                unsafe { out_w.write_rows(qrows, q_tile, 1.0, &ws.o) };
             },
         );
 }
@@ -585,55 +555,27 @@ pub fn attention_backward(
             let (b, h) = (bh / heads, bh % heads);
             let k0 = t * DKV_BK;
             let nk = DKV_BK.min(lk - k0);
-            krows.gather(
-                k,
-                HeadTile {
-                    b,
-                    h,
-                    l0: k0,
-                    n: nk,
-                },
-                1.0,
-                &mut ws.k,
-            );
-            krows.gather(
-                v,
-                HeadTile {
-                    b,
-                    h,
-                    l0: k0,
-                    n: nk,
-                },
-                1.0,
-                &mut ws.v,
-            );
+            let k_tile = HeadTile {
+                b,
+                h,
+                l0: k0,
+                n: nk,
+            };
+            krows.gather(k, k_tile, 1.0, &mut ws.k);
+            krows.gather(v, k_tile, 1.0, &mut ws.v);
             ws.acc0[..nk * d].fill(0.0); // dK
             ws.acc1[..nk * d].fill(0.0); // dV
             for q0 in (0..lq).step_by(DKV_BQ) {
                 let nq = DKV_BQ.min(lq - q0);
+                let q_tile = HeadTile {
+                    b,
+                    h,
+                    l0: q0,
+                    n: nq,
+                };
                 let rows = bh * lq + q0..bh * lq + q0 + nq;
-                qrows.gather(
-                    q,
-                    HeadTile {
-                        b,
-                        h,
-                        l0: q0,
-                        n: nq,
-                    },
-                    scale,
-                    &mut ws.q,
-                );
-                qrows.gather(
-                    dout,
-                    HeadTile {
-                        b,
-                        h,
-                        l0: q0,
-                        n: nq,
-                    },
-                    1.0,
-                    &mut ws.dout,
-                );
+                qrows.gather(q, q_tile, scale, &mut ws.q);
+                qrows.gather(dout, q_tile, 1.0, &mut ws.dout);
                 ws.probs(nq, nk, d, &lse[rows.clone()]);
                 // dV[nk, d] += P^T dO.
                 mul_atb_acc(nk, d, nq, &ws.p, &ws.dout, &mut ws.acc1);
@@ -643,28 +585,8 @@ pub fn attention_backward(
             }
             // SAFETY: this item is the only writer of rows k0..k0+nk of head h in sample b.
             unsafe {
-                dk_w.write_rows(
-                    krows,
-                    HeadTile {
-                        b,
-                        h,
-                        l0: k0,
-                        n: nk,
-                    },
-                    1.0,
-                    &ws.acc0,
-                );
-                dv_w.write_rows(
-                    krows,
-                    HeadTile {
-                        b,
-                        h,
-                        l0: k0,
-                        n: nk,
-                    },
-                    1.0,
-                    &ws.acc1,
-                );
+                dk_w.write_rows(krows, k_tile, 1.0, &ws.acc0);
+                dv_w.write_rows(krows, k_tile, 1.0, &ws.acc1);
             }
         },
     );
@@ -679,73 +601,33 @@ pub fn attention_backward(
             let (b, h) = (bh / heads, bh % heads);
             let q0 = t * DQ_BQ;
             let nq = DQ_BQ.min(lq - q0);
+            let q_tile = HeadTile {
+                b,
+                h,
+                l0: q0,
+                n: nq,
+            };
             let rows = bh * lq + q0..bh * lq + q0 + nq;
-            qrows.gather(
-                q,
-                HeadTile {
-                    b,
-                    h,
-                    l0: q0,
-                    n: nq,
-                },
-                scale,
-                &mut ws.q,
-            );
-            qrows.gather(
-                dout,
-                HeadTile {
-                    b,
-                    h,
-                    l0: q0,
-                    n: nq,
-                },
-                1.0,
-                &mut ws.dout,
-            );
+            qrows.gather(q, q_tile, scale, &mut ws.q);
+            qrows.gather(dout, q_tile, 1.0, &mut ws.dout);
             ws.acc0[..nq * d].fill(0.0); // dQ / scale
             for k0 in (0..lk).step_by(DQ_BK) {
                 let nk = DQ_BK.min(lk - k0);
-                krows.gather(
-                    k,
-                    HeadTile {
-                        b,
-                        h,
-                        l0: k0,
-                        n: nk,
-                    },
-                    1.0,
-                    &mut ws.k,
-                );
-                krows.gather(
-                    v,
-                    HeadTile {
-                        b,
-                        h,
-                        l0: k0,
-                        n: nk,
-                    },
-                    1.0,
-                    &mut ws.v,
-                );
+                let k_tile = HeadTile {
+                    b,
+                    h,
+                    l0: k0,
+                    n: nk,
+                };
+                krows.gather(k, k_tile, 1.0, &mut ws.k);
+                krows.gather(v, k_tile, 1.0, &mut ws.v);
                 ws.probs(nq, nk, d, &lse[rows.clone()]);
                 ws.ds(nq, nk, d, &delta[rows.clone()]);
                 // dQ[nq, d] += dS K (scaled once at the end).
                 mul_ab_acc(nq, d, nk, &ws.p, &ws.k, &mut ws.acc0);
             }
             // SAFETY: this item is the only writer of rows q0..q0+nq of head h in sample b.
-            unsafe {
-                dq_w.write_rows(
-                    qrows,
-                    HeadTile {
-                        b,
-                        h,
-                        l0: q0,
-                        n: nq,
-                    },
-                    scale,
-                    &ws.acc0,
-                )
-            };
+            unsafe { dq_w.write_rows(qrows, q_tile, scale, &ws.acc0) };
         },
     );
 }

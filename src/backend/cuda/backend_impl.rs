@@ -2,9 +2,10 @@
 //!
 //! Every op is enqueued on the backend's single stream and returns without waiting; only
 //! `download`, `weight_to_host` and `sum_squares` (which return host values) wait. Element-wise,
-//! norm, modulation, RoPE, patch, cast and optimiser ops are the NVRTC-compiled kernels of
-//! the per-family launcher files ([`super::module`]), attention is [`super::attention`], and the dense products are
-//! [`super::gemm`] (cuBLASLt).
+//! norm, modulation, RoPE, patch, cast and optimiser ops are the NVRTC-compiled kernels of the
+//! per-family launcher files ([`super::elementwise`], [`super::norm`], ... on the registry of
+//! [`super::module`]), attention is [`super::attention`], and the dense products are
+//! [`super::gemm`] (cuBLASLt). Each op here is one call of its launcher.
 //!
 //! Failures: the trait has no `Result`, so an error inside an op (a launch failure, running out
 //! of device memory, an error left by an earlier asynchronous op) **panics** with a message

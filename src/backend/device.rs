@@ -216,73 +216,32 @@ trait DeviceArg {
     fn cuda(self) -> Self::Cuda;
 }
 
-impl<'a> DeviceArg for &'a DeviceBuf {
-    type Cpu = &'a Vec<f32>;
-    type Cuda = &'a CudaBuf;
-    fn cpu(self) -> Self::Cpu {
-        match self {
-            DeviceBuf::Cpu(v) => v,
-            DeviceBuf::Cuda(_) => mismatch("CPU"),
+/// A reference to a [`DeviceBuf`] or [`DeviceWeight`] (shared or `mut`): the device's own
+/// variant inside, or the mismatch panic.
+macro_rules! own_variant {
+    ($enum:ident $(, $m:tt)?: $cpu:ty, $cuda:ty) => {
+        impl<'a> DeviceArg for &'a $($m)? $enum {
+            type Cpu = &'a $($m)? $cpu;
+            type Cuda = &'a $($m)? $cuda;
+            fn cpu(self) -> Self::Cpu {
+                match self {
+                    $enum::Cpu(v) => v,
+                    $enum::Cuda(_) => mismatch("CPU"),
+                }
+            }
+            fn cuda(self) -> Self::Cuda {
+                match self {
+                    $enum::Cuda(v) => v,
+                    $enum::Cpu(_) => mismatch("CUDA"),
+                }
+            }
         }
-    }
-    fn cuda(self) -> Self::Cuda {
-        match self {
-            DeviceBuf::Cuda(v) => v,
-            DeviceBuf::Cpu(_) => mismatch("CUDA"),
-        }
-    }
+    };
 }
-
-impl<'a> DeviceArg for &'a mut DeviceBuf {
-    type Cpu = &'a mut Vec<f32>;
-    type Cuda = &'a mut CudaBuf;
-    fn cpu(self) -> Self::Cpu {
-        match self {
-            DeviceBuf::Cpu(v) => v,
-            DeviceBuf::Cuda(_) => mismatch("CPU"),
-        }
-    }
-    fn cuda(self) -> Self::Cuda {
-        match self {
-            DeviceBuf::Cuda(v) => v,
-            DeviceBuf::Cpu(_) => mismatch("CUDA"),
-        }
-    }
-}
-
-impl<'a> DeviceArg for &'a DeviceWeight {
-    type Cpu = &'a CpuWeight;
-    type Cuda = &'a CudaWeight;
-    fn cpu(self) -> Self::Cpu {
-        match self {
-            DeviceWeight::Cpu(w) => w,
-            DeviceWeight::Cuda(_) => mismatch("CPU"),
-        }
-    }
-    fn cuda(self) -> Self::Cuda {
-        match self {
-            DeviceWeight::Cuda(w) => w,
-            DeviceWeight::Cpu(_) => mismatch("CUDA"),
-        }
-    }
-}
-
-impl<'a> DeviceArg for &'a mut DeviceWeight {
-    type Cpu = &'a mut CpuWeight;
-    type Cuda = &'a mut CudaWeight;
-    fn cpu(self) -> Self::Cpu {
-        match self {
-            DeviceWeight::Cpu(w) => w,
-            DeviceWeight::Cuda(_) => mismatch("CPU"),
-        }
-    }
-    fn cuda(self) -> Self::Cuda {
-        match self {
-            DeviceWeight::Cuda(w) => w,
-            DeviceWeight::Cpu(_) => mismatch("CUDA"),
-        }
-    }
-}
+own_variant!(DeviceBuf: Vec<f32>, CudaBuf);
+own_variant!(DeviceBuf, mut: Vec<f32>, CudaBuf);
+own_variant!(DeviceWeight: CpuWeight, CudaWeight);
+own_variant!(DeviceWeight, mut: CpuWeight, CudaWeight);
 
 impl<T: DeviceArg> DeviceArg for Option<T> {
     type Cpu = Option<T::Cpu>;
@@ -351,27 +310,22 @@ field_by_field!(
     GatedAddGrads,
 );
 
-impl<'a> DeviceArg for &'a Storage {
-    type Cpu = &'a Storage;
-    type Cuda = &'a Storage;
-    fn cpu(self) -> Self::Cpu {
-        self
-    }
-    fn cuda(self) -> Self::Cuda {
-        self
-    }
+/// Borrowed arguments that hold no buffer, likewise.
+macro_rules! same_on_both_borrowed {
+    ($($t:ty),* $(,)?) => {
+        $(impl<'a> DeviceArg for &'a $t {
+            type Cpu = &'a $t;
+            type Cuda = &'a $t;
+            fn cpu(self) -> Self::Cpu {
+                self
+            }
+            fn cuda(self) -> Self::Cuda {
+                self
+            }
+        })*
+    };
 }
-
-impl<'a> DeviceArg for &'a AdamWHyper {
-    type Cpu = &'a AdamWHyper;
-    type Cuda = &'a AdamWHyper;
-    fn cpu(self) -> Self::Cpu {
-        self
-    }
-    fn cuda(self) -> Self::Cuda {
-        self
-    }
-}
+same_on_both_borrowed!(Storage, AdamWHyper);
 
 /// `self.op(args…)` on whichever backend this device is, each argument unwrapped by
 /// [`DeviceArg`]. (Both arms name the same arguments; only one runs, so moving a `&mut` into

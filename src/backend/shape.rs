@@ -593,3 +593,164 @@ impl PatchShape {
         holds("tokens", tokens, self.total(), self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::backend::Backend;
+    use crate::error::panic_message;
+
+    fn refused(r: Result<(), ShapeError>) -> String {
+        r.expect_err("the check should refuse").to_string()
+    }
+
+    #[test]
+    fn row_shape_names_the_buffer_that_is_short() {
+        let s = RowShape { rows: 3, d: 4 };
+        let stats = LayerNormStats { mean: 3, rstd: 3 };
+        let affine = NormAffine {
+            weight: Some(4),
+            bias: None,
+        };
+        assert!(s.check_layernorm_forward(12, affine, 12, stats).is_ok());
+        // Longer buffers are fine (ops read only the shape's prefix).
+        assert!(s.check_layernorm_forward(13, affine, 20, stats).is_ok());
+        let e = refused(s.check_layernorm_forward(12, affine, 11, stats));
+        assert!(
+            e.starts_with("y holds 11 values") && e.ends_with("needs 12"),
+            "{e}"
+        );
+        let short_rstd = LayerNormStats { mean: 3, rstd: 2 };
+        let e = refused(s.check_layernorm_forward(12, affine, 12, short_rstd));
+        assert!(e.starts_with("rstd holds 2"), "{e}");
+        let short_bias = NormAffine {
+            weight: Some(4),
+            bias: Some(3),
+        };
+        let e = refused(s.check_layernorm_forward(12, short_bias, 12, stats));
+        assert!(e.starts_with("bias holds 3"), "{e}");
+        let grads = LayerNormGrads {
+            dx: 12,
+            dweight: None,
+            dbias: Some(1),
+        };
+        let e = refused(s.check_layernorm_backward(12, 12, None, stats, grads));
+        assert!(e.starts_with("dbias holds 1"), "{e}");
+        let grads = RmsNormGrads { dx: 12, dweight: 4 };
+        assert!(s.check_rmsnorm_backward(12, 12, 4, 3, grads).is_ok());
+        // Rows of width 0 are refused (the CPU kernels could not split them), empty shapes not.
+        assert!(RowShape { rows: 2, d: 0 }
+            .check_rmsnorm_forward(0, 0, 0, 2)
+            .is_err());
+        assert!(RowShape { rows: 0, d: 0 }
+            .check_rmsnorm_forward(0, 0, 0, 0)
+            .is_ok());
+    }
+
+    #[test]
+    fn mod_shape_checks_every_slot_against_its_table() {
+        let s = ModShape {
+            batch: 2,
+            rows: 3,
+            d: 4,
+        };
+        let slots = ShiftScale {
+            shift: ModSlot {
+                stride: 12,
+                offset: 0,
+            },
+            scale: ModSlot {
+                stride: 12,
+                offset: 8,
+            },
+        };
+        // The last sample's scale ends at 12 + 8 + 4 = 24.
+        assert!(s.check_modulate_forward(24, 24, slots, 24).is_ok());
+        let e = refused(s.check_modulate_forward(24, 23, slots, 24));
+        assert!(e.contains("reaches 24, past the 23 values of mods"), "{e}");
+        let grads = ModulateGrads { dx: 24, dmods: 20 };
+        let e = refused(s.check_modulate_backward(24, 24, 24, slots, grads));
+        assert!(e.contains("of dmods"), "{e}");
+        let grads = GatedAddGrads { dy: 23, dmods: 24 };
+        let e = refused(s.check_gated_add_backward(24, 24, 24, slots.shift, grads));
+        assert!(e.starts_with("dy holds 23"), "{e}");
+        // No samples: no slot reaches anything.
+        let empty = ModShape { batch: 0, ..s };
+        assert!(empty.check_modulate_forward(0, 0, slots, 0).is_ok());
+    }
+
+    #[test]
+    fn the_other_shapes_refuse_what_their_kernels_cannot_do() {
+        let rope = RopeShape {
+            batch: 1,
+            tokens: 2,
+            heads: 3,
+            head_dim: 4,
+        };
+        assert!(rope.check_buffers(24, 4, 4).is_ok());
+        assert!(refused(rope.check_buffers(24, 4, 3)).starts_with("sin holds 3"));
+        let odd = RopeShape {
+            head_dim: 5,
+            ..rope
+        };
+        assert!(refused(odd.check_buffers(30, 10, 10)).contains("head_dim is odd"));
+
+        let lin = LinearShape {
+            n: 2,
+            n_in: 3,
+            n_out: 4,
+        };
+        assert!(lin.check_buffers(8, 6, 12, Some(4)).is_ok());
+        assert!(lin.check_buffers(8, 6, 12, None).is_ok());
+        assert!(refused(lin.check_buffers(8, 6, 12, Some(3))).starts_with("db holds 3"));
+        assert!(refused(lin.check_buffers(8, 6, 11, None)).starts_with("dw holds 11"));
+
+        let bc = BroadcastShape {
+            batch: 2,
+            w: 3,
+            k: 4,
+        };
+        assert!(bc.check_buffers(6, 12, 24).is_ok());
+        assert!(refused(bc.check_buffers(6, 12, 23)).starts_with("out holds 23"));
+
+        let attn = AttnShape {
+            batch: 1,
+            lq: 2,
+            lk: 0,
+            heads: 1,
+            head_dim: 4,
+        };
+        assert!(refused(attn.check_buffers(8, 0, 0)).contains("no keys"));
+        assert!(AttnShape { lq: 0, ..attn }.check_buffers(0, 0, 0).is_ok());
+
+        let patch = PatchShape {
+            batch: 1,
+            channels: 2,
+            frames: 1,
+            height: 3,
+            width: 4,
+        };
+        assert!(refused(patch.check_buffers(24, 24)).contains("must be even"));
+        let even = PatchShape { height: 2, ..patch };
+        assert!(even.check_buffers(16, 16).is_ok());
+        assert!(refused(even.check_buffers(16, 15)).starts_with("tokens holds 15"));
+    }
+
+    /// The CPU backend refuses through the same check, naming the op.
+    #[test]
+    fn the_cpu_backend_panics_with_the_checks_message() {
+        let shape = RowShape { rows: 2, d: 3 };
+        let caught = std::panic::catch_unwind(|| {
+            let (x, w) = (vec![1.0; 6], vec![1.0; 3]);
+            let (mut y, mut rstd) = (vec![0.0; 6], vec![0.0; 1]);
+            Cpu.rmsnorm_forward(&x, shape, &w, 1e-6, &mut y, &mut rstd);
+        })
+        .expect_err("a short rstd must be refused");
+        let msg = panic_message(&*caught);
+        assert!(
+            msg.starts_with("rmsnorm_forward (cpu): rstd holds 1 values"),
+            "{msg}"
+        );
+    }
+}

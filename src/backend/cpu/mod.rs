@@ -1,6 +1,8 @@
 //! The CPU backend: f32 compute on host memory, multi-threaded with rayon, GEMMs through the
 //! `gemm` crate. Each op lives in its own module as a slice-level kernel (the executable
-//! specification); this file only adapts them to the [`Backend`] trait.
+//! specification); this file adapts them to the [`Backend`] trait, checking each call's buffers
+//! against its shape struct first (the same checks the CUDA launchers make, see
+//! [`super::shape`]).
 
 pub mod activation;
 pub mod attention;

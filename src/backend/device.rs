@@ -208,7 +208,7 @@ fn mismatch(expect: &str) -> ! {
 /// An argument of a [`Device`] op as the CPU or the CUDA backend takes it: a buffer or weight is
 /// unwrapped to that device's own type (one of the other device panics, naming the bug), an
 /// argument group is unwrapped field by field, and everything else passes through unchanged.
-/// This is what lets [`dispatch!`] forward any op in one line.
+/// This is what lets `dispatch!` forward any op in one line.
 trait DeviceArg {
     type Cpu;
     type Cuda;
@@ -325,7 +325,7 @@ macro_rules! same_on_both_borrowed {
         })*
     };
 }
-same_on_both_borrowed!(Storage, AdamWHyper);
+same_on_both_borrowed!(AdamWHyper);
 
 /// `self.op(args…)` on whichever backend this device is, each argument unwrapped by
 /// [`DeviceArg`]. (Both arms name the same arguments; only one runs, so moving a `&mut` into

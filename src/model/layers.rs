@@ -151,7 +151,7 @@ fn lora_hidden<B: Backend>(
     h
 }
 
-/// Saved statistics of a LayerNorm call.
+/// Saved statistics of a LayerNorm call: the backend's [`LayerNormStats`] over this backend's buffers.
 pub type NormStats<B> = LayerNormStats<<B as Backend>::Buf>;
 
 /// LayerNorm over the last dimension, optionally affine.

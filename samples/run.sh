@@ -20,6 +20,10 @@
 #   PRFL_SAMPLES_REQUIRE  comma-separated optional parts that must run instead of being skipped
 #                         when their tools are missing: mono, valgrind (CI sets both)
 #   PRFL_SAMPLES_ONLY     comma-separated subset of c,cpp,unreal,unity to run
+#   PRFL_SAMPLES_CUDA_LIB_DIR
+#                         a folder of CUDA libraries (CI: the emulated device's stand-ins that
+#                         tests/common/cuda_emu.rs builds): the shared C sample then also runs
+#                         with device = cuda, taking its libraries from there (c-cuda)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -117,6 +121,12 @@ if wants c; then
     check_linkage "$out/c_shared" shared
     run c-static "${run_timeout[@]}" "$out/c_static" "$generator" @WORK@
     run c-shared LD_LIBRARY_PATH="$lib_dir" "${run_timeout[@]}" "$out/c_shared" "$generator" @WORK@
+    if [[ -n "${PRFL_SAMPLES_CUDA_LIB_DIR:-}" ]]; then
+        # The same program on the CUDA backend (no CPU fallback), libraries from the folder.
+        run c-cuda LD_LIBRARY_PATH="$lib_dir" PRFL_SAMPLE_DEVICE=cuda \
+            PRFL_SAMPLE_CUDA_LIB_DIR="$PRFL_SAMPLES_CUDA_LIB_DIR" "${run_timeout[@]}" \
+            "$out/c_shared" "$generator" @WORK@
+    fi
 
     if command -v valgrind >/dev/null 2>&1; then
         # Definite and indirect leaks fail; "possibly lost" is how valgrind sees memory that the

@@ -6,9 +6,19 @@
 //! gcc and g++ are required. The Mono part and the valgrind run are skipped with a message when
 //! `mcs`/`mono` or `valgrind` are missing, unless `PRFL_SAMPLES_REQUIRE` names them (CI sets
 //! `PRFL_SAMPLES_REQUIRE=mono,valgrind` after installing them), in which case their absence fails.
+//!
+//! With `PRFL_CUDA_EMULATE` set (CI sets it), the shared C sample also runs with
+//! `device = cuda` on the emulated device (`tests/cuda_emu/`, built here; always its plain
+//! build, since the sample's process has no sanitizer runtime preloaded): the whole C ABI path,
+//! submission queue, background trainer, scoring, save and reload, on the CUDA backend.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+// Shared with tests/cuda_backend.rs, which uses more of it.
+#[allow(dead_code)]
+#[path = "common/cuda_emu.rs"]
+mod cuda_emu;
 
 fn found(tool: &str) -> bool {
     Command::new("sh")
@@ -61,12 +71,21 @@ fn samples_build_and_run() {
         }
     }
 
-    let out = Command::new("bash")
-        .arg(root.join("samples/run.sh"))
+    let mut run = Command::new("bash");
+    run.arg(root.join("samples/run.sh"))
         .current_dir(root)
-        .env("PRFL_LIB_DIR", &lib_dir)
-        .output()
-        .expect("run samples/run.sh");
+        .env("PRFL_LIB_DIR", &lib_dir);
+    if let Some(variant) = cuda_emu::Variant::from_env() {
+        if let Err(e) = variant {
+            panic!("{e}");
+        }
+        let emu = cuda_emu::build(cuda_emu::Variant::Plain).unwrap_or_else(|e| {
+            panic!("PRFL_CUDA_EMULATE is set but the emulation does not build: {e}")
+        });
+        run.env("PRFL_SAMPLES_CUDA_LIB_DIR", &emu.lib_dir)
+            .env("PRFL_KERNEL_CACHE", &emu.kernel_cache);
+    }
+    let out = run.output().expect("run samples/run.sh");
     // Printed through the harness: shown on failure or with --nocapture.
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));

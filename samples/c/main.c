@@ -11,6 +11,12 @@
  *   GENERATOR_DIR  a Wan2.1 T2V checkpoint with in_dim 16 and text_dim 24 (CI uses the test
  *                  fixture tests/fixtures/wan/t2v_small/original)
  *   WORK_DIR       an existing directory for the saved runtime
+ *
+ * environment (optional):
+ *   PRFL_SAMPLE_DEVICE        cpu (default) or cuda: where the runtime trains and scores
+ *   PRFL_SAMPLE_CUDA_LIB_DIR  a folder holding libcuda, libnvrtc, libcublas and libcublasLt
+ *                             (`cuda_library_dir`); CI points it at the emulated device's
+ *                             stand-ins (tests/cuda_emu/), a GPU machine at the CUDA wheels
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -171,7 +177,19 @@ static PrflConfig sample_config(void) {
     if (cfg.struct_size != sizeof(PrflConfig) || cfg.abi_version != PRFL_ABI_VERSION)
         fail("prfl_config_default wrote struct_size %u abi %u; this program has %zu, abi %d", cfg.struct_size,
              cfg.abi_version, sizeof(PrflConfig), PRFL_ABI_VERSION);
-    cfg.device = PRFL_DEVICE_CPU; /* CI has no GPU; AUTO would also fall back to the CPU */
+    /* CPU unless asked: CI has no GPU (AUTO would also fall back to the CPU). With cuda, no CPU
+     * fallback: the run must really happen on the device it asked for. */
+    const char *device = getenv("PRFL_SAMPLE_DEVICE");
+    if (device == NULL || strcmp(device, "cpu") == 0) {
+        cfg.device = PRFL_DEVICE_CPU;
+    } else if (strcmp(device, "cuda") == 0) {
+        cfg.device = PRFL_DEVICE_CUDA;
+        cfg.device_index = 0;
+        cfg.cuda_library_dir = getenv("PRFL_SAMPLE_CUDA_LIB_DIR"); /* NULL: the system's search path */
+        cfg.cpu_fallback = 0;
+    } else {
+        fail("PRFL_SAMPLE_DEVICE=%s: expected cpu or cuda", device);
+    }
     cfg.queue_capacity = QUEUE_CAPACITY;
     cfg.backpressure = PRFL_BACKPRESSURE_REJECT_NEWEST;
     cfg.latent_channels = C;

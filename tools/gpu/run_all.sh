@@ -112,6 +112,10 @@ for stem in nvrtc nvrtc-builtins cublas cublasLt; do
     if [ -n "$found" ]; then
         ln -sf "$found" "$LIBDIR/$(basename "$found")"
         [ "$(basename "$found")" = "lib$stem.so.13" ] || ln -sf "$found" "$LIBDIR/lib$stem.so.13"
+        # cudarc asks for the bare lib$stem.so first: with this link first on LD_LIBRARY_PATH,
+        # that lookup finds the folder's file (glibc then matches the preloaded object), not a
+        # toolkit's development symlink of another release (prfl refuses that mix: probe.rs).
+        ln -sf "$found" "$LIBDIR/lib$stem.so"
         log "lib$stem: $found"
     else
         log "lib$stem: NOT FOUND (searched ${SEARCH[*]})"

@@ -15,7 +15,8 @@
 //!
 //! The device side:
 //! - [`probe`]: finds the driver and libraries (optionally preloading them from a folder) and
-//!   lists the devices, without ever panicking.
+//!   lists the devices, without ever panicking; [`loaded`]: which files were actually loaded and
+//!   whether their versions are CUDA 13's.
 //! - [`context`]: one device's context, its single stream and the memory-pool statistics.
 //! - [`gemm`]: the dense products through cuBLASLt (bf16 inputs, f32 accumulation and output),
 //!   with descriptors and algorithms cached per shape.
@@ -43,6 +44,7 @@ pub mod reduce;
 pub mod backend_impl;
 pub mod context;
 pub mod gemm;
+pub mod loaded;
 pub mod probe;
 
 use std::path::PathBuf;
@@ -135,6 +137,30 @@ pub enum CudaError {
     LibraryMissing { library: String, searched: String },
     #[error("cannot load the CUDA library {path}: {reason}")]
     LibraryLoad { path: PathBuf, reason: String },
+    #[error(
+        "CUDA library {library} ({path}) is version {found}; prfl needs {need} (install the CUDA \
+         13 libraries, or point the CUDA library folder at them)"
+    )]
+    LibraryVersion {
+        library: String,
+        path: String,
+        found: String,
+        need: String,
+    },
+    #[error(
+        "CUDA library {library}: the folder's {wanted} was loaded, but {loaded} is the one in \
+         use (found first by cudarc's lookup of the bare name {bare}); put a link {bare} to \
+         the folder's file into {folder} and put {folder} first in the library search path \
+         (LD_LIBRARY_PATH), or remove the other copy from the search path",
+        folder = .folder.display(), wanted = .wanted.display(), loaded = .loaded.display()
+    )]
+    LibraryBypassed {
+        library: String,
+        wanted: PathBuf,
+        loaded: PathBuf,
+        bare: String,
+        folder: PathBuf,
+    },
     #[error("the CUDA library folder {path} cannot be read: {reason}")]
     LibraryDir { path: PathBuf, reason: String },
     #[error("no CUDA device: the driver is installed but reports no usable GPU")]

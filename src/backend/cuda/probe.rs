@@ -8,7 +8,12 @@
 //!    object whose `SONAME` matches (Windows likewise matches an already-loaded module by name).
 //! 2. Each library cudarc needs is checked with cudarc's own candidate list
 //!    (`sys::is_culib_present`); a missing one is [`CudaError::LibraryMissing`].
-//! 3. Only then the driver is initialised and queried; all of it inside `catch_unwind`, as a
+//! 3. The file cudarc actually loaded for each library and the version it reports are checked
+//!    ([`super::loaded`]): CUDA 13 throughout, cuBLAS and cuBLASLt of one release, and a
+//!    library the folder provides must be the one in use (cudarc tries the bare `libcublas.so`
+//!    first, which a toolkit's development symlink can answer). A mismatch is
+//!    [`CudaError::LibraryVersion`] or [`CudaError::LibraryBypassed`].
+//! 4. Only then the driver is initialised and queried; all of it inside `catch_unwind`, as a
 //!    second line of defence.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +22,7 @@ use std::sync::Mutex;
 use cudarc::driver::result as dr;
 use cudarc::driver::sys as ds;
 
+use super::loaded::{self, Which};
 use super::{no_panic, CudaError, CudaOptions, DeviceInfo};
 
 /// A library the backend needs.
@@ -26,6 +32,7 @@ struct Lib {
     /// The stem cudarc builds its candidate names from (`lib{stem}.so...`, `{stem}64_*.dll`).
     stem: &'static str,
     present: unsafe fn() -> bool,
+    which: Which,
 }
 
 /// In load order: dependencies first (cuBLAS needs cuBLASLt).
@@ -34,21 +41,25 @@ const LIBS: [Lib; 4] = [
         display: "CUDA driver (libcuda)",
         stem: "cuda",
         present: cudarc::driver::sys::is_culib_present,
+        which: Which::Driver,
     },
     Lib {
         display: "NVRTC (libnvrtc)",
         stem: "nvrtc",
         present: cudarc::nvrtc::sys::is_culib_present,
+        which: Which::Nvrtc,
     },
     Lib {
         display: "cuBLASLt (libcublasLt)",
         stem: "cublasLt",
         present: cudarc::cublaslt::sys::is_culib_present,
+        which: Which::CublasLt,
     },
     Lib {
         display: "cuBLAS (libcublas)",
         stem: "cublas",
         present: cudarc::cublas::sys::is_culib_present,
+        which: Which::Cublas,
     },
 ];
 
@@ -64,6 +75,29 @@ pub struct LibraryStatus {
     pub preloaded: Option<PathBuf>,
     /// Loadable (from the folder or the system's search path).
     pub found: bool,
+    /// The file cudarc loaded it from (found by `dladdr`; `None` when not found, or where the
+    /// platform cannot tell).
+    pub loaded_from: Option<PathBuf>,
+    /// The version it reports (`None` when not found, or when the query failed).
+    pub version: Option<String>,
+}
+
+impl LibraryStatus {
+    /// Whether the file in use is the library folder's copy; `None` when the folder has none or
+    /// the file in use is unknown.
+    pub fn uses_folder_copy(&self) -> Option<bool> {
+        let (want, got) = (self.preloaded.as_ref()?, self.loaded_from.as_ref()?);
+        Some(same_file(want, got))
+    }
+}
+
+/// Whether two paths name the same file (after resolving links: the GPU script's folder holds
+/// links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// Whether `file` is a shared library named after `stem` (`libcublas.so`, `libcublas.so.13`,
@@ -166,8 +200,9 @@ fn preloaded_path(dir: Option<&Path>, stem: &str) -> Option<PathBuf> {
         .map(|(_, _, p)| p.clone())
 }
 
-/// Which libraries are found (after preloading from the folder). Never panics; a folder that
-/// cannot be read or a library there that fails to load is an error.
+/// Which libraries are found (after preloading from the folder), the file each was loaded from
+/// and its version. Never panics; a folder that cannot be read or a library there that fails
+/// to load is an error.
 pub fn library_report(opts: &CudaOptions) -> Result<Vec<LibraryStatus>, CudaError> {
     no_panic("looking for the CUDA libraries", || {
         if let Some(dir) = &opts.lib_dir {
@@ -175,17 +210,84 @@ pub fn library_report(opts: &CudaOptions) -> Result<Vec<LibraryStatus>, CudaErro
         }
         Ok(LIBS
             .iter()
-            .map(|l| LibraryStatus {
-                library: l.display,
-                preloaded: preloaded_path(opts.lib_dir.as_deref(), l.stem),
+            .map(|l| {
                 // SAFETY: only tries to dlopen the candidate names (and closes them again).
-                found: unsafe { (l.present)() },
+                let found = unsafe { (l.present)() };
+                let (loaded_from, version) = if found {
+                    // SAFETY: found, so cudarc's own lookup loads it; inside no_panic besides.
+                    unsafe { (loaded::file(l.which), loaded::version_text(l.which).ok()) }
+                } else {
+                    (None, None)
+                };
+                LibraryStatus {
+                    library: l.display,
+                    preloaded: preloaded_path(opts.lib_dir.as_deref(), l.stem),
+                    found,
+                    loaded_from,
+                    version,
+                }
             })
             .collect())
     })
 }
 
-/// Every library is loadable, or the first missing one as [`CudaError::LibraryMissing`].
+/// The libraries in use are the ones asked for: each one the folder provides is the file cudarc
+/// loaded, and the versions follow [`loaded::mismatch`]'s rules. Logs each file and version
+/// (once per process: cudarc loads each library once). After [`check_libraries`].
+fn check_loaded(opts: &CudaOptions, report: &[LibraryStatus]) -> Result<(), CudaError> {
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    LOGGED.call_once(|| {
+        for s in report {
+            ::log::info!(
+                "CUDA: {} {} from {}",
+                s.library,
+                s.version.as_deref().unwrap_or("(version unknown)"),
+                s.loaded_from
+                    .as_ref()
+                    .map_or("an unknown file".to_string(), |p| p.display().to_string())
+            );
+        }
+    });
+    let shown =
+        |p: Option<&PathBuf>| p.map_or("an unknown file".to_string(), |p| p.display().to_string());
+    for (s, lib) in report.iter().zip(LIBS.iter()) {
+        if let (Some(false), Some(want), Some(got)) =
+            (s.uses_folder_copy(), &s.preloaded, &s.loaded_from)
+        {
+            return Err(CudaError::LibraryBypassed {
+                library: lib.display.to_string(),
+                wanted: want.clone(),
+                loaded: got.clone(),
+                bare: format!("lib{}.so", lib.stem),
+                folder: opts.lib_dir.clone().unwrap_or_default(),
+            });
+        }
+    }
+    no_panic("checking the CUDA library versions", || {
+        // SAFETY: every library was found (check_libraries ran first).
+        let versions = unsafe { loaded::versions() }?;
+        match loaded::mismatch(&versions) {
+            None => Ok(()),
+            Some(m) => {
+                let (status, lib) = report
+                    .iter()
+                    .zip(LIBS.iter())
+                    .find(|(_, l)| l.which == m.which)
+                    .expect("every Which is in LIBS");
+                Err(CudaError::LibraryVersion {
+                    library: lib.display.to_string(),
+                    path: shown(status.loaded_from.as_ref()),
+                    found: m.found,
+                    need: m.need,
+                })
+            }
+        }
+    })
+}
+
+/// Every library is loadable (else the first missing one is [`CudaError::LibraryMissing`]), the
+/// file in use is the folder's where the folder has one, and the versions match (see the module
+/// documentation).
 pub fn check_libraries(opts: &CudaOptions) -> Result<(), CudaError> {
     let report = library_report(opts)?;
     for (status, lib) in report.iter().zip(LIBS.iter()) {
@@ -211,7 +313,7 @@ pub fn check_libraries(opts: &CudaOptions) -> Result<(), CudaError> {
             });
         }
     }
-    Ok(())
+    check_loaded(opts, &report)
 }
 
 /// The driver's CUDA version as `(major, minor)` (e.g. `(13, 0)`), after [`check_libraries`].
@@ -303,6 +405,39 @@ mod tests {
             Some("libcublasLt.so.13")
         );
         assert_eq!(pick(&files, "nvrtc"), None);
+    }
+
+    #[test]
+    fn the_folder_copy_is_recognised_through_links() {
+        if !cfg!(unix) {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("prfl-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("libcublas.so.13.0.0.19");
+        let other = dir.join("libcublas.so");
+        std::fs::write(&real, b"folder copy").unwrap();
+        std::fs::write(&other, b"toolkit copy").unwrap();
+        let link = dir.join("libcublas.so.13");
+        let _ = std::fs::remove_file(&link);
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let status = |loaded: &Path| LibraryStatus {
+            library: "cuBLAS (libcublas)",
+            preloaded: Some(link.clone()),
+            found: true,
+            loaded_from: Some(loaded.to_path_buf()),
+            version: Some("13.0.0".into()),
+        };
+        assert_eq!(status(&real).uses_folder_copy(), Some(true));
+        assert_eq!(status(&link).uses_folder_copy(), Some(true));
+        assert_eq!(status(&other).uses_folder_copy(), Some(false));
+        let no_folder = LibraryStatus {
+            preloaded: None,
+            ..status(&other)
+        };
+        assert_eq!(no_folder.uses_folder_copy(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

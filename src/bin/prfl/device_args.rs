@@ -55,16 +55,7 @@ pub fn devices(a: &DevicesArgs) -> Result<(), String> {
     match cuda::library_report(&opts) {
         Ok(libs) => {
             for l in libs {
-                let state = match (&l.preloaded, l.found) {
-                    (Some(p), true) => format!("loaded from {}", p.display()),
-                    (Some(p), false) => format!(
-                        "loaded from {}, but not found by name afterwards (not a CUDA 13 build?)",
-                        p.display()
-                    ),
-                    (None, true) => "found".to_string(),
-                    (None, false) => "NOT FOUND".to_string(),
-                };
-                println!("library  {:<24} {state}", l.library);
+                println!("library  {:<24} {}", l.library, library_state(&l));
             }
         }
         Err(e) => println!("library  error: {e}"),
@@ -81,6 +72,31 @@ pub fn devices(a: &DevicesArgs) -> Result<(), String> {
         Err(e) => println!("cuda     unavailable: {e}"),
     }
     Ok(())
+}
+
+/// One library's line of `prfl devices`: its version and the file in use, and whether that is
+/// the folder's copy.
+fn library_state(l: &cuda::LibraryStatus) -> String {
+    if !l.found {
+        return match &l.preloaded {
+            Some(p) => format!(
+                "loaded from {}, but not found by name afterwards (not a CUDA 13 build?)",
+                p.display()
+            ),
+            None => "NOT FOUND".to_string(),
+        };
+    }
+    let version = l.version.as_deref().unwrap_or("version unknown");
+    let file = l
+        .loaded_from
+        .as_ref()
+        .map_or("an unknown file".to_string(), |p| p.display().to_string());
+    let origin = match (l.uses_folder_copy(), &l.preloaded) {
+        (Some(true), _) => " (the library folder's)".to_string(),
+        (Some(false), Some(p)) => format!(" (NOT the library folder's {})", p.display()),
+        _ => String::new(),
+    };
+    format!("{version}, {file}{origin}")
 }
 
 #[cfg(test)]

@@ -1451,6 +1451,62 @@ fn prfl_step<G: Backend>(g: &G, r: &mut Report) {
     }
 }
 
+// ------------------------------------------------------------------------------------ teardown
+
+/// Dropping a backend right after a large upload (which returns before the device has copied
+/// the last chunks out of the page-locked staging buffers), once on the uploading thread and
+/// once on a thread that never ran an op (nothing bound the context there, as in a host's
+/// `prfl_destroy`): no panic, no error left in the context (a free that finds no context, or
+/// of memory still in use, is recorded there), and the device stays usable.
+fn teardown(gpu: &Cuda, r: &mut Report) {
+    let mut rng = TestRng::new(1201);
+    // 40 MiB: five chunks through the two 8 MiB staging buffers.
+    let data = rand(&mut rng, 10 << 20, 1.0);
+    for other_thread in [false, true] {
+        // The shared device opened, so its options are known to be good.
+        let opts = options().expect("the shared device's options");
+        let be = match Cuda::open(gpu.info().index, &opts) {
+            Ok(be) => be,
+            Err(e) => {
+                r.truth(&format!("a second backend opens ({e})"), false);
+                return;
+            }
+        };
+        // Kept past the backend's drop, to read the errors its teardown recorded.
+        let ctx = be.stream().context().clone();
+        let buf = be.upload(&data);
+        // The buffer's free is ordered after the copy on the stream; the staging buffers are
+        // what the teardown must wait for.
+        drop(buf);
+        let what = if other_thread {
+            "on a thread that never ran an op"
+        } else {
+            "on the uploading thread"
+        };
+        let dropped = if other_thread {
+            std::thread::spawn(move || drop(be)).join().is_ok()
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(be))).is_ok()
+        };
+        r.truth(
+            &format!("drop right after a 40 MiB staged upload, {what}: no panic"),
+            dropped,
+        );
+        let recorded = ctx.check_err();
+        r.truth(
+            &format!("drop {what}: no error recorded ({recorded:?})"),
+            recorded.is_ok(),
+        );
+    }
+    let x = rand(&mut rng, 4099, 1.0);
+    r.check(
+        "the shared backend after the teardowns: upload/download",
+        &gpu.download(&gpu.upload(&x)),
+        &x,
+        EXACT,
+    );
+}
+
 // ------------------------------------------------------------------------------------ tests
 
 macro_rules! gpu_test {
@@ -1470,6 +1526,7 @@ gpu_test!(memory_and_weights, ops_memory);
 gpu_test!(elementwise, ops_elementwise);
 gpu_test!(reductions_and_optimiser, ops_reduce_optim);
 gpu_test!(linear, ops_linear);
+gpu_test!(teardown_after_upload, teardown);
 gpu_test!(norms, ops_norm);
 gpu_test!(modulation, ops_modulate);
 gpu_test!(rope_and_patches, ops_rope_patch);

@@ -40,6 +40,30 @@ pub struct Cuda {
     gemm: Mutex<Gemm>,
 }
 
+/// Teardown, before the fields drop (in order: the context's staging buffers, the kernels, the
+/// GEMM engine): binds the context to this thread, which may be one that never ran an op (a
+/// host's `prfl_destroy`), so that freeing the page-locked staging memory and the device
+/// buffers finds it; and waits for the stream, so that no copy out of a staging buffer (an
+/// upload returns before its last chunk is copied) is still reading it when it is freed. On a
+/// lost device both calls fail at once: that is logged, never a panic, and the fields still drop
+/// (their frees record errors in the context instead of panicking).
+impl Drop for Cuda {
+    fn drop(&mut self) {
+        if let Err(e) = self.dev.ctx.bind_to_thread() {
+            ::log::warn!(
+                "CUDA: teardown of {}: binding the context failed: {e}",
+                self.info
+            );
+        }
+        if let Err(e) = self.dev.stream.synchronize() {
+            ::log::warn!(
+                "CUDA: teardown of {}: waiting for the stream failed: {e}",
+                self.info
+            );
+        }
+    }
+}
+
 /// Panics with the CUDA error of an op (the trait has no `Result`; see the module docs).
 #[track_caller]
 fn ok<T, E: Into<CudaError>>(what: &str, r: Result<T, E>) -> T {

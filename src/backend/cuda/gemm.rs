@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::cublas::{result as br, sys as bs, CudaBlas};
+use cudarc::cublas::{result as br, sys as bs};
 use cudarc::cublaslt::{result as lr, sys as ls};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
@@ -185,7 +185,35 @@ struct LtHandle(ls::cublasLtHandle_t);
 impl Drop for LtHandle {
     fn drop(&mut self) {
         // SAFETY: created by cublasLtCreate, destroyed once.
-        let _ = unsafe { lr::destroy_handle(self.0) };
+        if let Err(e) = unsafe { lr::destroy_handle(self.0) } {
+            ::log::warn!("CUDA: destroying the cuBLASLt handle failed ({e:?}); ignored");
+        }
+    }
+}
+
+/// The cuBLAS handle (the fallback GEMM and its bias update), on the backend's stream. Held raw,
+/// not as cudarc's `CudaBlas`, whose drop unwraps the destroy status: after a sticky device
+/// error that panics inside `prfl_destroy`, and a second panic while the C ABI's barrier is
+/// already unwinding from the first aborts the host process. This one logs the failure.
+struct BlasHandle(bs::cublasHandle_t);
+
+impl BlasHandle {
+    /// A handle whose work goes to `stream` (whose context must be bound to this thread).
+    fn new(stream: &CudaStream) -> Result<BlasHandle, CudaError> {
+        let handle = BlasHandle(br::create_handle()?);
+        // SAFETY: a live handle and the backend's live stream (the handle is destroyed on
+        // failure by its drop).
+        unsafe { br::set_stream(handle.0, stream.cu_stream() as bs::cudaStream_t) }?;
+        Ok(handle)
+    }
+}
+
+impl Drop for BlasHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasCreate, destroyed once.
+        if let Err(e) = unsafe { br::destroy_handle(self.0) } {
+            ::log::warn!("CUDA: destroying the cuBLAS handle failed ({e:?}); ignored");
+        }
     }
 }
 
@@ -195,7 +223,7 @@ impl Drop for LtHandle {
 pub struct Gemm {
     stream: Arc<CudaStream>,
     lt: LtHandle,
-    blas: CudaBlas,
+    blas: BlasHandle,
     workspace: CudaSlice<u8>,
     plans: HashMap<Key, Plan>,
     /// 16-bit copies of activations (`x`, `dy`).
@@ -261,7 +289,7 @@ impl Gemm {
     pub fn new(stream: Arc<CudaStream>, major: u32) -> Result<Gemm, CudaError> {
         stream.context().bind_to_thread()?;
         let lt = LtHandle(lr::create_handle()?);
-        let blas = CudaBlas::new(stream.clone())?;
+        let blas = BlasHandle::new(&stream)?;
         // SAFETY: only ever used as cuBLASLt scratch.
         let workspace = unsafe { stream.alloc::<u8>(workspace_bytes(major)) }?;
         let tf32 = std::env::var("PRFL_CUDA_TF32").map_or(true, |v| v != "0");
@@ -468,7 +496,7 @@ impl Gemm {
         let ws = ptr(&self.workspace, &self.stream);
         let ws_len = self.workspace.len();
         let cu_stream = self.stream.cu_stream();
-        let blas = *self.blas.handle();
+        let blas = self.blas.0;
         // cuBLASLt wants k > 0; cublasGemmEx follows BLAS (k = 0 gives C = beta C).
         let plan = if g.k == 0 {
             &Plan::GemmEx
@@ -560,7 +588,7 @@ impl Gemm {
         // SAFETY: per the caller's contract; `ones` holds at least `n` values.
         unsafe {
             bs::cublasSger_v2(
-                *self.blas.handle(),
+                self.blas.0,
                 g.m as i32,
                 g.n as i32,
                 &one,

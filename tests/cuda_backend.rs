@@ -659,6 +659,49 @@ fn ops_linear<G: Backend>(g: &G, r: &mut Report) {
     }
 }
 
+/// Linear layers whose activations exceed f16's range (|x| up to 3e5 > 65504, as DiT residual
+/// streams and FFN hidden states reach), with weights of every dtype: the CPU multiplies in f32,
+/// so its result is finite, and the GPU's must be too (it once rounded the activations to f16
+/// for f16 weights: inf, then NaN).
+fn ops_linear_beyond_f16<G: Backend>(g: &G, r: &mut Report) {
+    let mut rng = TestRng::new(405);
+    for dt in DTYPES {
+        let (n, n_in, n_out) = (37, 96, 40);
+        let wdata = Storage::from_f32(
+            &rand(&mut rng, n_out * n_in, 1.0 / (n_in as f32).sqrt()),
+            dt,
+        );
+        let x = rand(&mut rng, n * n_in, 3e5);
+        let dy = rand(&mut rng, n * n_out, 3e5);
+        let bias = rand(&mut rng, n_out, 0.5);
+        let (go, co) = both!(g, |be| {
+            let w = be.weight_from_host(&wdata, n_out, n_in);
+            let mut y = be.upload(&nan(n * n_out));
+            be.linear_forward(&be.upload(&x), n, &w, Some(&be.upload(&bias)), &mut y);
+            let mut dx = be.upload(&nan(n * n_in));
+            be.linear_backward_input(&be.upload(&dy), n, &w, &mut dx);
+            (be.download(&y), be.download(&dx))
+        });
+        let beyond_f16 = x.iter().filter(|v| v.abs() > 65504.0).count();
+        let cpu_finite = co.0.iter().chain(&co.1).all(|v| v.is_finite());
+        r.truth(
+            &format!(
+                "linear {} |x| > 65504: inputs beyond f16 ({beyond_f16}), CPU finite",
+                dt.name()
+            ),
+            beyond_f16 > 0 && cpu_finite,
+        );
+        let s = format!("{} n={n} in={n_in} out={n_out} |x| up to 3e5", dt.name());
+        r.check(&format!("linear_forward {s}"), &go.0, &co.0, TOL_BF16);
+        r.check(
+            &format!("linear_backward_input {s}"),
+            &go.1,
+            &co.1,
+            TOL_BF16,
+        );
+    }
+}
+
 fn ops_norm<G: Backend>(g: &G, r: &mut Report) {
     let mut rng = TestRng::new(505);
     for (rows, d) in [(1, 16), (37, 96), (5, 1536), (300, 200), (3, 5120)] {
@@ -1526,6 +1569,7 @@ gpu_test!(memory_and_weights, ops_memory);
 gpu_test!(elementwise, ops_elementwise);
 gpu_test!(reductions_and_optimiser, ops_reduce_optim);
 gpu_test!(linear, ops_linear);
+gpu_test!(linear_beyond_f16, ops_linear_beyond_f16);
 gpu_test!(teardown_after_upload, teardown);
 gpu_test!(norms, ops_norm);
 gpu_test!(modulation, ops_modulate);
@@ -1545,6 +1589,7 @@ fn harness_self_check_cpu_vs_cpu() {
     ops_elementwise(&Cpu, &mut r);
     ops_reduce_optim(&Cpu, &mut r);
     ops_linear(&Cpu, &mut r);
+    ops_linear_beyond_f16(&Cpu, &mut r);
     ops_norm(&Cpu, &mut r);
     ops_modulate(&Cpu, &mut r);
     ops_rope_patch(&Cpu, &mut r);

@@ -73,13 +73,13 @@ fn ok<T, E: Into<CudaError>>(what: &str, r: Result<T, E>) -> T {
     }
 }
 
-/// The kernels the GEMMs use (16-bit activation copies, the bias gradient).
+/// The kernels the GEMMs use (bf16 activation copies, f16 weight widening, the bias gradient).
 impl GemmKernels for Kernels {
     fn to_bf16(&self, src: &CudaBuf, dst: &mut CudaSlice<u16>) -> Result<(), CudaError> {
         Ok(self.cast_f32_to_bf16(src, dst)?)
     }
-    fn to_f16(&self, src: &CudaBuf, dst: &mut CudaSlice<u16>) -> Result<(), CudaError> {
-        Ok(self.cast_f32_to_f16(src, dst)?)
+    fn weight_to_f32(&self, w: &CudaWeight, dst: &mut CudaBuf) -> Result<(), CudaError> {
+        Ok(self.weight_to_buf(w, dst)?)
     }
     fn sum_rows_accumulate(
         &self,

@@ -13,10 +13,14 @@
 //! - `dW += dy^T x`: `dWc[in, out] += Xc dYc^T`: `m = in, n = out, k = n`, A = x (`lda = in`),
 //!   B = dy with `transb = T` (`ldb = out`), `ldc = in`, `beta = 1`.
 //!
-//! Precision: activations are f32 and are rounded to the weight's 16-bit type (bf16 for bf16
-//! weights, f16 for f16 weights) into a reused scratch buffer; `dW` takes `x` and `dy` in bf16.
-//! f32 weights multiply f32 activations with TF32 tensor cores (set `PRFL_CUDA_TF32=0` for
-//! full-f32 products). Everything accumulates in f32 and writes f32.
+//! Precision: for bf16 weights the f32 activations are rounded to bf16 into a reused scratch
+//! buffer; `dW` takes `x` and `dy` in bf16. f32 weights multiply f32 activations with TF32
+//! tensor cores (set `PRFL_CUDA_TF32=0` for full-f32 products). f16 weights multiply like f32
+//! ones: each product widens the weight (exactly) into an f32 scratch buffer. Activations are
+//! never rounded to f16: its range ends at 65504, which DiT residual streams and FFN hidden
+//! states exceed, and the CPU (the specification) multiplies in f32; bf16 has f32's range.
+//! (The widening costs a pass over the weight per product; f16 checkpoints are rare, the Wan
+//! release is bf16.) Everything accumulates in f32 and writes f32.
 //!
 //! Each distinct problem (shape, types, transposes, bias, pointer alignments) gets its matmul
 //! descriptor, layouts and heuristic algorithm once; they are cached in a map. The workspace is
@@ -228,6 +232,8 @@ pub struct Gemm {
     plans: HashMap<Key, Plan>,
     /// 16-bit copies of activations (`x`, `dy`).
     scratch: [Option<CudaSlice<u16>>; 2],
+    /// The f32 widening of an f16 weight (see the module documentation).
+    wide: Option<CudaSlice<f32>>,
     /// A vector of ones (bias gradient and the fallback's bias add), grown as needed.
     ones: Option<CudaSlice<f32>>,
     /// TF32 for f32 weights (default on; `PRFL_CUDA_TF32=0` turns it off).
@@ -243,8 +249,8 @@ unsafe impl Send for Gemm {}
 pub trait GemmKernels {
     /// Rounds all of `src` to bf16 bit patterns into `dst[.. src.len()]`.
     fn to_bf16(&self, src: &CudaBuf, dst: &mut CudaSlice<u16>) -> Result<(), CudaError>;
-    /// Rounds all of `src` to f16 bit patterns into `dst[.. src.len()]`.
-    fn to_f16(&self, src: &CudaBuf, dst: &mut CudaSlice<u16>) -> Result<(), CudaError>;
+    /// Widens the weight `w` (any storage type) to f32 into `dst[.. rows * cols]`.
+    fn weight_to_f32(&self, w: &CudaWeight, dst: &mut CudaBuf) -> Result<(), CudaError>;
     /// `out[j] += sum_r x[r, j]` for `x: [rows, d]`.
     fn sum_rows_accumulate(
         &self,
@@ -300,6 +306,7 @@ impl Gemm {
             workspace,
             plans: HashMap::new(),
             scratch: [None, None],
+            wide: None,
             ones: None,
             tf32,
         })
@@ -604,9 +611,32 @@ impl Gemm {
         Ok(())
     }
 
-    /// The activation operand for a weight of type `to`: the f32 buffer itself (f32 weights) or
-    /// its 16-bit rounding in scratch buffer `slot` (the whole buffer is rounded: it may be
-    /// longer than the product reads).
+    /// The weight operand of a product: the weight's own storage (f32, bf16), or for f16 its
+    /// f32 widening in the `wide` scratch buffer (see the module documentation).
+    fn weight_operand(
+        &mut self,
+        cast: &dyn GemmKernels,
+        w: &CudaWeight,
+    ) -> Result<(u64, Elem), CudaError> {
+        let (p, t) = weight_parts(w, &self.stream);
+        if t != Elem::F16 {
+            return Ok((p, t));
+        }
+        let n = w.rows * w.cols;
+        let mut wide = match self.wide.take() {
+            Some(s) if s.len() >= n => s,
+            // SAFETY: written by the widening before any read.
+            _ => unsafe { self.stream.alloc::<f32>(n.max(1)) }?,
+        };
+        let r = cast.weight_to_f32(w, &mut wide);
+        let p = ptr(&wide, &self.stream);
+        self.wide = Some(wide);
+        r.map(|()| (p, Elem::F32))
+    }
+
+    /// The activation operand for a weight operand of type `to`: the f32 buffer itself (f32) or
+    /// its bf16 rounding in scratch buffer `slot` (the whole buffer is rounded: it may be
+    /// longer than the product reads). Never f16 (see the module documentation).
     fn activation(
         &mut self,
         cast: &dyn GemmKernels,
@@ -616,17 +646,16 @@ impl Gemm {
     ) -> Result<u64, CudaError> {
         match to {
             Elem::F32 => Ok(ptr(x, &self.stream)),
-            Elem::Bf16 | Elem::F16 => {
+            Elem::Bf16 => {
                 let mut s = self.scratch(slot, x.len())?;
-                let r = if to == Elem::Bf16 {
-                    cast.to_bf16(x, &mut s)
-                } else {
-                    cast.to_f16(x, &mut s)
-                };
+                let r = cast.to_bf16(x, &mut s);
                 let p = ptr(&s, &self.stream);
                 self.scratch[slot] = Some(s);
                 r.map(|()| p)
             }
+            Elem::F16 => Err(CudaError::Driver(
+                "internal: activations are never rounded to f16 (the weight is widened)".into(),
+            )),
         }
     }
 
@@ -655,7 +684,7 @@ impl Gemm {
             check_len("linear_forward: bias", b.len(), out)?;
         }
         let stream = self.stream.clone();
-        let (wp, wt) = weight_parts(w, &stream);
+        let (wp, wt) = self.weight_operand(cast, w)?;
         let xp = self.activation(cast, 0, x, wt)?;
         let call = GemmCall {
             transa: true,
@@ -693,7 +722,7 @@ impl Gemm {
         check_len("linear_backward_input: dy", dy.len(), n * out)?;
         check_len("linear_backward_input: dx", dx.len(), n * inp)?;
         let stream = self.stream.clone();
-        let (wp, wt) = weight_parts(w, &stream);
+        let (wp, wt) = self.weight_operand(cast, w)?;
         let dyp = self.activation(cast, 0, dy, wt)?;
         let call = GemmCall {
             transa: false,

@@ -702,6 +702,40 @@ fn ops_linear_beyond_f16<G: Backend>(g: &G, r: &mut Report) {
     }
 }
 
+/// k = 0 products: a layer with no inputs (`in = 0`: y is the bias, or 0) and the input gradient
+/// of a layer with no outputs (`out = 0`: dx = 0), each written over NaN (cuBLAS once refused
+/// them: a leading dimension of 0).
+fn ops_linear_k0<G: Backend>(g: &G, r: &mut Report) {
+    let mut rng = TestRng::new(406);
+    for dt in DTYPES {
+        let n = 5;
+        for (n_in, n_out) in [(0, 24), (24, 0)] {
+            let wdata = Storage::from_f32(&rand(&mut rng, n_out * n_in, 1.0), dt);
+            let x = rand(&mut rng, n * n_in, 1.0);
+            let dy = rand(&mut rng, n * n_out, 1.0);
+            let bias = rand(&mut rng, n_out, 0.5);
+            let (go, co) = both!(g, |be| {
+                let w = be.weight_from_host(&wdata, n_out, n_in);
+                let (xb, bb) = (be.upload(&x), be.upload(&bias));
+                let mut y = be.upload(&nan(n * n_out));
+                be.linear_forward(&xb, n, &w, None, &mut y);
+                // (A bias needs outputs: the CPU specification has none for out = 0.)
+                let mut yb = be.upload(&nan(n * n_out));
+                if n_out > 0 {
+                    be.linear_forward(&xb, n, &w, Some(&bb), &mut yb);
+                }
+                let mut dx = be.upload(&nan(n * n_in));
+                be.linear_backward_input(&be.upload(&dy), n, &w, &mut dx);
+                (be.download(&y), be.download(&yb), be.download(&dx))
+            });
+            let s = format!("{} k = 0: n={n} in={n_in} out={n_out}", dt.name());
+            r.check(&format!("linear_forward {s}"), &go.0, &co.0, EXACT);
+            r.check(&format!("linear_forward +bias {s}"), &go.1, &co.1, EXACT);
+            r.check(&format!("linear_backward_input {s}"), &go.2, &co.2, EXACT);
+        }
+    }
+}
+
 fn ops_norm<G: Backend>(g: &G, r: &mut Report) {
     let mut rng = TestRng::new(505);
     for (rows, d) in [(1, 16), (37, 96), (5, 1536), (300, 200), (3, 5120)] {
@@ -1570,6 +1604,7 @@ gpu_test!(elementwise, ops_elementwise);
 gpu_test!(reductions_and_optimiser, ops_reduce_optim);
 gpu_test!(linear, ops_linear);
 gpu_test!(linear_beyond_f16, ops_linear_beyond_f16);
+gpu_test!(linear_k0, ops_linear_k0);
 gpu_test!(teardown_after_upload, teardown);
 gpu_test!(norms, ops_norm);
 gpu_test!(modulation, ops_modulate);
@@ -1590,6 +1625,7 @@ fn harness_self_check_cpu_vs_cpu() {
     ops_reduce_optim(&Cpu, &mut r);
     ops_linear(&Cpu, &mut r);
     ops_linear_beyond_f16(&Cpu, &mut r);
+    ops_linear_k0(&Cpu, &mut r);
     ops_norm(&Cpu, &mut r);
     ops_modulate(&Cpu, &mut r);
     ops_rope_patch(&Cpu, &mut r);

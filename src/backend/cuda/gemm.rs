@@ -556,6 +556,11 @@ impl Gemm {
                     bs::cublasOperation_t::CUBLAS_OP_N
                 }
             };
+            // With k = 0 (a layer with no inputs, or the input gradient of one with no
+            // outputs) an operand has no rows and its ld is 0, but cuBLAS requires
+            // ld >= max(1, rows) and refuses 0 (CUBLAS_STATUS_INVALID_VALUE). Any ld >= 1 is
+            // right then: nothing is read, and C = beta C (+ the bias below).
+            let (lda, ldb) = (g.lda.max(1), g.ldb.max(1));
             // SAFETY: pointers per contract.
             unsafe {
                 br::gemm_ex(
@@ -568,10 +573,10 @@ impl Gemm {
                     (&g.alpha as *const f32).cast(),
                     g.a as *const c_void,
                     g.a_type.blas(),
-                    g.lda as i32,
+                    lda as i32,
                     g.b as *const c_void,
                     g.b_type.blas(),
-                    g.ldb as i32,
+                    ldb as i32,
                     (&g.beta as *const f32).cast(),
                     g.c as *mut c_void,
                     bs::cudaDataType::CUDA_R_32F,

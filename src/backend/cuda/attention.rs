@@ -20,7 +20,9 @@
 //! so the results are bitwise reproducible; see the `.cu` header for the cost).
 
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+};
 
 use super::module::Kernels;
 use super::types::{CudaBuf, KernelSource};
@@ -157,14 +159,32 @@ fn grid(blocks: usize, threads: u32, smem: usize) -> LaunchConfig {
 }
 
 /// Raises the function's dynamic shared-memory limit when it needs more than the default.
-fn opt_in_smem(f: &CudaFunction, smem: usize) -> Result<(), DriverError> {
+/// Binds the stream's context first: cudarc's `set_attribute` does not, and on a host thread
+/// that has run nothing else yet no context would be current.
+fn opt_in_smem(s: &CudaStream, f: &CudaFunction, smem: usize) -> Result<(), DriverError> {
     if smem > DEFAULT_SMEM {
+        s.context().bind_to_thread()?;
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             smem as i32,
         )?;
     }
     Ok(())
+}
+
+/// The tensor-core kernels load and store rows of q, k, v, out, dq, dk, dv as 16-byte vectors:
+/// every buffer must start 16-byte aligned. Whole allocations always do (the pool aligns to at
+/// least 256 bytes); a view into one (not used today) might not.
+fn debug_assert_aligned(s: &CudaStream, bufs: &[&CudaBuf]) {
+    if cfg!(debug_assertions) {
+        for (i, b) in bufs.iter().enumerate() {
+            let (p, _guard) = b.device_ptr(s);
+            debug_assert!(
+                p % 16 == 0,
+                "attention (CUDA): buffer {i} at {p:#x} is not 16-byte aligned"
+            );
+        }
+    }
 }
 
 /// The shape as kernel arguments, after the same checks as the CPU backend's.
@@ -270,9 +290,10 @@ impl Kernels {
         } = dims;
         match path.resolve(d) {
             AttnPath::TensorCore => {
+                debug_assert_aligned(s, &[q, k, v, &*out]);
                 let f = self.function(&format!("flash_fwd_d{d}"));
                 let smem = fwd_smem(d);
-                opt_in_smem(f, smem)?;
+                opt_in_smem(s, f, smem)?;
                 let cfg = grid(lq.div_ceil(TC_BM) * dims.bh, THREADS, smem);
                 let mut b = s.launch_builder(f);
                 b.arg(q).arg(k).arg(v).arg(out).arg(lse);
@@ -398,9 +419,10 @@ impl Kernels {
 
         match path.resolve(d) {
             AttnPath::TensorCore => {
+                debug_assert_aligned(s, &[q, k, v, dout, &*dq, &*dk, &*dv]);
                 let f = self.function(&format!("flash_bwd_dkdv_d{d}"));
                 let smem = dkdv_smem(d);
-                opt_in_smem(f, smem)?;
+                opt_in_smem(s, f, smem)?;
                 let cfg = grid(lk.div_ceil(TC_BN) * dims.bh, THREADS, smem);
                 let mut b = s.launch_builder(f);
                 b.arg(q)
@@ -418,7 +440,7 @@ impl Kernels {
 
                 let f = self.function(&format!("flash_bwd_dq_d{d}"));
                 let smem = dq_smem(d);
-                opt_in_smem(f, smem)?;
+                opt_in_smem(s, f, smem)?;
                 let cfg = grid(lq.div_ceil(TC_BM) * dims.bh, THREADS, smem);
                 let mut b = s.launch_builder(f);
                 b.arg(q)

@@ -3,8 +3,9 @@
 //! four head dimensions' forward and backward kernels.
 //!
 //! An entry is named by a stable 64-bit FNV-1a hash of everything that determines the image:
-//! the source text, its name, the NVRTC options (architecture and target included) and NVRTC's
-//! version. Its content is the image followed by the FNV-1a hash of the image, so a truncated or
+//! the source text, its name, the NVRTC options (architecture and target included), NVRTC's
+//! version, and the size and modification time of the NVRTC library file in use (so that a
+//! patch-level NVRTC update, which keeps `major.minor`, recompiles too). Its content is the image followed by the FNV-1a hash of the image, so a truncated or
 //! corrupted file is detected and recompiled rather than handed to the driver. Entries are
 //! written to a temporary file and renamed, so concurrent processes never read half a file.
 //! Every cache failure (no folder, read-only disk) only logs and compiles as if there were no
@@ -52,12 +53,19 @@ pub fn cache_dir() -> Option<PathBuf> {
     Some(base.join("prfl").join("kernels"))
 }
 
-/// The entry's file name for `src` compiled with `options` by NVRTC `version`.
-pub fn entry_name(src: &KernelSource, options: &[String], version: (u32, u32)) -> String {
+/// The entry's file name for `src` compiled with `options` by NVRTC `version`, whose library
+/// file is identified by `library` (see [`nvrtc_library_stamp`]).
+pub fn entry_name(
+    src: &KernelSource,
+    options: &[String],
+    version: (u32, u32),
+    library: &str,
+) -> String {
     let mut h = Fnv::new()
         .bytes(src.name.as_bytes())
         .bytes(src.code.as_bytes())
-        .bytes(format!("nvrtc {}.{}", version.0, version.1).as_bytes());
+        .bytes(format!("nvrtc {}.{}", version.0, version.1).as_bytes())
+        .bytes(library.as_bytes());
     for o in options {
         h = h.bytes(o.as_bytes());
     }
@@ -80,6 +88,27 @@ pub fn decode(entry: &[u8]) -> Option<&[u8]> {
     (Fnv::new().bytes(image).0 == sum && !image.is_empty()).then_some(image)
 }
 
+/// The size and modification time of the NVRTC library file cudarc loaded (`size:mtime_ns`),
+/// or an empty string where that cannot be told (the key then rests on the version alone).
+/// NVRTC must be loaded (it is once its version has been asked).
+pub fn nvrtc_library_stamp() -> String {
+    let file = std::panic::catch_unwind(|| {
+        // SAFETY: NVRTC is loaded (this function's contract); the panic is caught besides.
+        unsafe { super::loaded::file(super::loaded::Which::Nvrtc) }
+    })
+    .ok()
+    .flatten();
+    let Some(meta) = file.and_then(|f| std::fs::metadata(f).ok()) else {
+        return String::new();
+    };
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{}:{mtime}", meta.len())
+}
+
 /// Whether an image came from the cache or from NVRTC (for logs and tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -98,7 +127,13 @@ pub fn compile_cached(
         return compile::compile_with_log(src, arch, target).map(|(i, _)| (i, Origin::Compiled));
     };
     let version = compile::nvrtc_version()?;
-    let path = dir.join(entry_name(src, &compile::options(arch, target), version));
+    let stamp = nvrtc_library_stamp();
+    let path = dir.join(entry_name(
+        src,
+        &compile::options(arch, target),
+        version,
+        &stamp,
+    ));
     match std::fs::read(&path) {
         Ok(bytes) => match decode(&bytes) {
             Some(image) => return Ok((image.to_vec(), Origin::Cache)),
@@ -160,18 +195,19 @@ mod tests {
     #[test]
     fn names_change_with_everything_that_changes_the_image() {
         let o90 = compile::options((9, 0), Target::Cubin);
-        let base = entry_name(&SRC, &o90, (13, 0));
-        assert_eq!(base, entry_name(&SRC, &o90, (13, 0)), "stable");
+        let base = entry_name(&SRC, &o90, (13, 0), "");
+        assert_eq!(base, entry_name(&SRC, &o90, (13, 0), ""), "stable");
         assert!(base.starts_with("t-") && base.ends_with(".bin"));
         let other_code = KernelSource {
             code: "extern \"C\" __global__ void k() { }",
             ..SRC
         };
         for other in [
-            entry_name(&other_code, &o90, (13, 0)),
-            entry_name(&SRC, &compile::options((8, 0), Target::Cubin), (13, 0)),
-            entry_name(&SRC, &compile::options((9, 0), Target::Ptx), (13, 0)),
-            entry_name(&SRC, &o90, (13, 1)),
+            entry_name(&other_code, &o90, (13, 0), ""),
+            entry_name(&SRC, &compile::options((8, 0), Target::Cubin), (13, 0), ""),
+            entry_name(&SRC, &compile::options((9, 0), Target::Ptx), (13, 0), ""),
+            entry_name(&SRC, &o90, (13, 1), ""),
+            entry_name(&SRC, &o90, (13, 0), "123456:1700000000000000000"),
         ] {
             assert_ne!(base, other);
         }

@@ -89,6 +89,13 @@ impl DeviceContext {
     /// been checked ([`super::probe`]) first.
     pub fn new(index: usize) -> Result<DeviceContext, CudaError> {
         let ctx = CudaContext::new(index)?;
+        // Waiting for the device (downloads, synchronize) sleeps on an interrupt instead of
+        // spinning: the default spin burns a core on the trainer's thread for the whole of a
+        // step, next to the host threads of the C ABI and the data loading. Costs a few
+        // microseconds of wake-up per wait, once or twice a step. Not fatal if refused.
+        if let Err(e) = ctx.set_blocking_synchronize() {
+            ::log::warn!("CUDA: blocking synchronisation refused ({e}); waits spin");
+        }
         // SAFETY: one stream, so nothing needs cross-stream synchronisation; no buffer exists
         // yet on this context from this backend.
         unsafe { ctx.disable_event_tracking() };

@@ -1529,6 +1529,130 @@ fn prfl_step<G: Backend>(g: &G, r: &mut Report) {
     }
 }
 
+// ------------------------------------------------------------------------------------ long attention
+
+/// The tensor-core attention against the simple f32 kernels on the device at a long sequence
+/// (`lq = lk = 8192`, `head_dim = 128`, Wan's head dim), forward and backward: no CPU
+/// reference is needed (the CPU would take minutes), and the attention test's short cases cannot
+/// show an error that grows with the length (the online softmax's rescaling over 128 key tiles,
+/// large grids). The backward of both paths reads the simple path's forward. Only with
+/// `PRFL_CUDA_LONG=1` (seconds on a GPU, far too slow on the emulated device); the GPU script
+/// sets it. `PRFL_CUDA_LONG_L` overrides the length (to try the test itself on the emulated
+/// device at a short one).
+fn attention_long(gpu: &Cuda, r: &mut Report) {
+    use prfl::backend::cuda::attention::{AttnPath, AttnSaved};
+    use prfl::backend::Qkv;
+    let l = std::env::var("PRFL_CUDA_LONG_L")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(8192);
+    let (batch, heads, d) = (1, 2, 128);
+    let shape = AttnShape {
+        batch,
+        lq: l,
+        lk: l,
+        heads,
+        head_dim: d,
+    };
+    let mut rng = TestRng::new(809);
+    let n = batch * l * heads * d;
+    let q = gpu.upload(&rand(&mut rng, n, 2.0));
+    let k = gpu.upload(&rand(&mut rng, n, 2.0));
+    let v = gpu.upload(&rand(&mut rng, n, 1.0));
+    let dout = gpu.upload(&rand(&mut rng, n, 1.0));
+    let nl = batch * heads * l;
+    let kern = gpu.kernels();
+    let qkv = || Qkv {
+        q: &q,
+        k: &k,
+        v: &v,
+    };
+    let timed = |what: &str, f: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        f();
+        gpu.synchronize().expect("the device runs the kernels");
+        println!("  {what}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    };
+    let fwd = |path: AttnPath| {
+        let mut out = gpu.upload(&nan(n));
+        let mut lse = gpu.upload(&nan(nl));
+        timed(&format!("forward {path:?}"), &mut || {
+            kern.attention_forward_with(path, qkv(), shape, &mut out, &mut lse)
+                .expect("forward launches")
+        });
+        (out, lse)
+    };
+    let (out_s, lse_s) = fwd(AttnPath::Simple);
+    let (out_t, lse_t) = fwd(AttnPath::TensorCore);
+    let bwd = |path: AttnPath| {
+        let (mut dq, mut dk, mut dv) = (
+            gpu.upload(&nan(n)),
+            gpu.upload(&nan(n)),
+            gpu.upload(&nan(n)),
+        );
+        timed(&format!("backward {path:?}"), &mut || {
+            let saved = AttnSaved {
+                out: &out_s,
+                lse: &lse_s,
+            };
+            let dqkv = Qkv {
+                q: &mut dq,
+                k: &mut dk,
+                v: &mut dv,
+            };
+            kern.attention_backward_with(path, qkv(), saved, &dout, shape, dqkv)
+                .expect("backward launches")
+        });
+        [gpu.download(&dq), gpu.download(&dk), gpu.download(&dv)]
+    };
+    let simple = bwd(AttnPath::Simple);
+    let tensor = bwd(AttnPath::TensorCore);
+    let sh = format!("lq=lk={l} heads={heads} head_dim={d}");
+    let simple_out = gpu.download(&out_s);
+    r.check(
+        &format!("attention out tensor cores vs simple {sh}"),
+        &gpu.download(&out_t),
+        &simple_out,
+        TOL_BF16,
+    );
+    let lse_s = gpu.download(&lse_s);
+    r.check_floor(
+        &format!("attention lse tensor cores vs simple {sh}"),
+        &gpu.download(&lse_t),
+        &lse_s,
+        (lse_s.len() as f64).sqrt(),
+        TOL_BF16,
+    );
+    for (i, what) in ["dq", "dk", "dv"].iter().enumerate() {
+        r.check(
+            &format!("attention {what} tensor cores vs simple {sh}"),
+            &tensor[i],
+            &simple[i],
+            TOL_BF16,
+        );
+    }
+    r.truth(
+        &format!("the simple path's outputs are finite {sh}"),
+        simple_out
+            .iter()
+            .chain(simple.iter().flatten())
+            .all(|x| x.is_finite()),
+    );
+}
+
+#[test]
+fn attention_long_tensor_cores_vs_simple() {
+    if std::env::var("PRFL_CUDA_LONG").map_or(true, |v| v != "1") {
+        println!("skipping attention_long_tensor_cores_vs_simple: PRFL_CUDA_LONG=1 is not set");
+        return;
+    }
+    with_gpu("attention_long_tensor_cores_vs_simple", |gpu| {
+        let mut r = Report::new("attention_long_tensor_cores_vs_simple");
+        attention_long(gpu, &mut r);
+        r.finish();
+    });
+}
+
 // ------------------------------------------------------------------------------------ teardown
 
 /// Dropping a backend right after a large upload (which returns before the device has copied

@@ -178,3 +178,36 @@ fn bad_paths_and_inputs_fail_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/ckpt"), "{err}");
 }
+
+/// `prfl devices` never fails, and shows every CUDA library: NOT FOUND where it is absent, else
+/// its version and the file in use. With `PRFL_CUDA_LIB_DIR` (a folder of CUDA 13 libraries, e.g.
+/// the emulated device's), each must be that folder's copy, at version 13.
+#[test]
+fn devices_lists_each_cuda_library_with_its_file_and_version() {
+    let dir = std::env::var("PRFL_CUDA_LIB_DIR").ok();
+    let mut args = vec!["devices"];
+    if let Some(d) = &dir {
+        args.extend(["--cuda-lib-dir", d.as_str()]);
+    }
+    let out = prfl(&args);
+    for lib in [
+        "CUDA driver (libcuda)",
+        "NVRTC (libnvrtc)",
+        "cuBLASLt (libcublasLt)",
+        "cuBLAS (libcublas)",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("library") && l.contains(lib))
+            .unwrap_or_else(|| panic!("no line for {lib}:\n{out}"));
+        if dir.is_some() {
+            assert!(
+                line.contains("13.") && line.contains("(the library folder's)"),
+                "{line}"
+            );
+        } else {
+            // Absent, or a version and the file it was loaded from.
+            assert!(line.contains("NOT FOUND") || line.contains(", /"), "{line}");
+        }
+    }
+}

@@ -101,9 +101,12 @@ fn options() -> Result<CudaOptions, String> {
     match cuda_emu::Variant::from_env() {
         Some(variant) => {
             let emu = cuda_emu::build(variant?)?;
-            // Emulated kernel images must not land in (or come from) the real kernel cache;
-            // an explicit setting (`off` for mutation runs) is kept.
-            if std::env::var_os("PRFL_KERNEL_CACHE").is_none() {
+            // Emulated kernel images must not land in (or come from) the real kernel cache. A
+            // mutant (PRFL_EMU_MUTATE) is applied inside the stand-in NVRTC, invisible to the
+            // cache key: it must never be served an unmutated cached image.
+            if std::env::var_os("PRFL_EMU_MUTATE").is_some() {
+                std::env::set_var("PRFL_KERNEL_CACHE", "off");
+            } else if std::env::var_os("PRFL_KERNEL_CACHE").is_none() {
                 std::env::set_var("PRFL_KERNEL_CACHE", &emu.kernel_cache);
             }
             println!(
@@ -1266,7 +1269,10 @@ fn compare_tensors(
     );
     let (mut all_g, mut all_c) = (Vec::new(), Vec::new());
     for ((name, gv), (_, cv)) in gpu.iter().zip(cpu) {
-        r.check(&format!("{what} {name}"), gv, cv, TOL_MODEL_GRAD);
+        match cancellation_floor(name, cpu) {
+            Some(floor) => r.check_floor(&format!("{what} {name}"), gv, cv, floor, TOL_MODEL_GRAD),
+            None => r.check(&format!("{what} {name}"), gv, cv, TOL_MODEL_GRAD),
+        }
         all_g.extend_from_slice(gv);
         all_c.extend_from_slice(cv);
     }
@@ -1276,6 +1282,36 @@ fn compare_tensors(
         &all_c,
         TOL_MODEL_GRAD_ALL,
     );
+}
+
+/// The floor for a gradient that is (nearly) zero by construction, so that both backends hold
+/// mostly rounding noise there and its own norm is no scale to measure against. Attention is
+/// invariant to a shift shared by every key, so `sum_j dK_j = 0` for each query; the tensor-core
+/// backward computes `dS = P (dP - delta)` from bf16 `P`, `V` and a `delta` taken from the bf16
+/// forward's output, so that sum is only zero to bf16 accuracy (FlashAttention-2's property).
+/// Two gradients are a sum over keys of dK and so inherit that noise undiminished:
+/// - the reward pool's key-projection bias: its keys are not normalised, so its exact gradient
+///   is 0 (measured: 2e-11 on the CPU, 2e-7 through bf16 attention);
+/// - the I2V image keys (`k_img`, `norm_k_img`): every image token leaves `img_emb` through a
+///   LayerNorm, so the key Jacobians are nearly alike and their gradients nearly cancel
+///   (measured on the emulated device: 0.2-0.3 relative through the tensor-core kernels, 4e-3
+///   to 1e-2 through the f32 kernels, whose sum is exact to f32).
+///
+/// They are measured against the matching tensor whose gradient does not cancel (same units,
+/// and what an indexing bug would be compared with): the pool's key weight, and the text keys'
+/// tensors of the same cross-attention.
+fn cancellation_floor(name: &str, tensors: &[(String, Vec<f32>)]) -> Option<f64> {
+    let reference = if let Some(prefix) = name.strip_suffix("k_proj.bias") {
+        format!("{prefix}k_proj.weight")
+    } else if name.contains("cross_attn.k_img.") || name.contains("cross_attn.norm_k_img.") {
+        name.replace("k_img.", "k.")
+    } else {
+        return None;
+    };
+    tensors
+        .iter()
+        .find(|(n, _)| *n == reference)
+        .map(|(_, w)| l2(w))
 }
 
 /// `param.*` (masters) and `adam.m.*` of an optimiser export, as named host vectors.

@@ -15,8 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-// Shared with tests/cuda_backend.rs, which uses more of it.
-#[allow(dead_code)]
+// Shared with tests/cuda_backend.rs (the module allows the parts this file does not use).
 #[path = "common/cuda_emu.rs"]
 mod cuda_emu;
 

@@ -170,7 +170,9 @@ fn build_into(dir: &Path, header: &Path, variant: Variant) -> Result<(), String>
                 s.spawn(move || {
                     let soname = format!("lib{stem}.so");
                     let mut cmd = Command::new(compiler());
-                    cmd.args(library_flags(variant))
+                    // (A sanitizer runtime preloaded into this process is not the compiler's.)
+                    cmd.env_remove("LD_PRELOAD")
+                        .args(library_flags(variant))
                         .arg(format!("-Wl,-soname,{soname}"));
                     if stem == "nvrtc" {
                         cmd.arg(format!("-DPRFL_EMU_HEADER=\"{}\"", header.display()))

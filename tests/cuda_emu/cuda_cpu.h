@@ -28,6 +28,7 @@
 #pragma once
 
 #include <cmath>
+#include <atomic>
 #include <cstdarg>
 #include <cstddef>
 #include <cstdint>
@@ -174,13 +175,33 @@ constexpr size_t kStackBytes = 512 * 1024;
 
 enum class Wait { None, Block, Warp, Done };
 
+// Runtime state that several fibers of a block read and write (barrier counts, wait states, the
+// current fiber). Stored as relaxed atomics only so that TSan, which sees every fiber as a
+// thread, does not report the runtime's own bookkeeping: the fibers run one at a time on one OS
+// thread, so no ordering is needed (and none is implied: the kernel's memory is ordered for
+// TSan only by the explicit release/acquire annotations of the barriers). Plain loads and
+// stores in the generated code.
+template <class T>
+struct Relaxed {
+    std::atomic<T> v;
+    Relaxed(T x = T()) : v(x) {}
+    operator T() const { return v.load(std::memory_order_relaxed); }
+    T operator->() const { return v.load(std::memory_order_relaxed); }
+    Relaxed& operator=(T x) {
+        v.store(x, std::memory_order_relaxed);
+        return *this;
+    }
+    T operator++() { return *this = T(*this + 1), T(*this); }
+    T operator--() { return *this = T(*this - 1), T(*this); }
+};
+
 struct Fiber {
     void* sp = nullptr;
     char* stack = nullptr;  // lowest address of the usable stack (a guard page lies below)
     uint3 tid;
     int lane = 0, warp = 0;
-    Wait wait = Wait::None;
-    unsigned wait_gen = 0;
+    Relaxed<Wait> wait{Wait::None};
+    Relaxed<unsigned> wait_gen{0};
 #ifdef PRFL_EMU_TSAN
     void* tsan = nullptr;
 #endif
@@ -190,10 +211,10 @@ struct Fiber {
 // lane can be at most one collective ahead of another, so alternating rows never overwrite a
 // value that a slower lane has still to read).
 struct Warp {
-    int size = 0;  // threads of the block in this warp
-    int live = 0;  // of them, not exited
-    int arrived = 0;
-    unsigned gen = 0;
+    int size = 0;           // threads of the block in this warp
+    Relaxed<int> live{0};   // of them, not exited
+    Relaxed<int> arrived{0};
+    Relaxed<unsigned> gen{0};
     alignas(16) unsigned char slot[2][kWarp][64];
 };
 
@@ -218,26 +239,43 @@ std::mutex g_launch_mutex;
 Fiber g_fibers[kMaxThreads];
 int g_fiber_stacks = 0;  // fibers with a stack so far (kept for later launches)
 Warp g_warps[kMaxThreads / kWarp];
-Fiber* g_cur = nullptr;
+Relaxed<Fiber*> g_cur{nullptr};
 dim3 g_block_idx, g_block_dim, g_grid_dim;
-int g_threads = 0, g_live = 0, g_bar_arrived = 0;
-unsigned g_bar_gen = 0;
+int g_threads = 0;
+Relaxed<int> g_live{0}, g_bar_arrived{0};
+Relaxed<unsigned> g_bar_gen{0};
 unsigned char* g_dyn_smem = nullptr;
 size_t g_dyn_smem_bytes = 0;
 void** g_params = nullptr;
 Thunk g_thunk = nullptr;
 void* g_sched_sp = nullptr;
-bool g_failed = false;
+Relaxed<bool> g_failed{false};
 char g_error[512];
 // Addresses used only as TSan synchronisation objects.
 char g_sync_block_start, g_sync_block_end, g_sync_barrier;
 #ifdef PRFL_EMU_TSAN
-void* g_sched_tsan = nullptr;
+Relaxed<void*> g_sched_tsan{nullptr};
 #endif
 #ifdef PRFL_EMU_ASAN
 const void* g_sched_stack_bottom = nullptr;
 size_t g_sched_stack_size = 0;
 #endif
+
+// The runtime's own functions (scheduling, barrier counts, exchanges of register values) are
+// not instrumented by TSan: they touch no kernel memory, their ordering is given to TSan by the
+// explicit annotations, and instrumenting them would only slow every collective down.
+#define PRFL_EMU_RUNTIME __attribute__((no_sanitize("thread")))
+
+// Copies to and from a warp's scratch, invisible to TSan. The scratch is the runtime's own
+// exchange buffer, ordered by the warp barrier (whose release/acquire annotations TSan does
+// see); instrumenting it would only make TSan's shadow bookkeeping the slowest part of a
+// collective (every lane reads the same cells). Kernel memory is never copied through here.
+PRFL_EMU_RUNTIME inline void scratch_copy(void* dst, const void* src,
+                                                                size_t n) {
+    unsigned char* d = static_cast<unsigned char*>(dst);
+    const unsigned char* s = static_cast<const unsigned char*>(src);
+    for (size_t i = 0; i < n; ++i) d[i] = s[i];
+}
 
 inline void tsan_release(void* a) {
 #ifdef PRFL_EMU_TSAN
@@ -271,7 +309,7 @@ inline void fail(const char* fmt, ...) {
 }
 
 // Fiber -> scheduler.
-inline void yield() {
+PRFL_EMU_RUNTIME inline void yield() {
     Fiber* f = g_cur;
 #ifdef PRFL_EMU_TSAN
     __tsan_switch_to_fiber(g_sched_tsan, 1 /* __tsan_switch_to_fiber_no_sync */);
@@ -287,18 +325,18 @@ inline void yield() {
     g_cur = f;
 }
 
-inline void warp_complete(Warp& w) {
+PRFL_EMU_RUNTIME inline void warp_complete(Warp& w) {
     w.arrived = 0;
     ++w.gen;
 }
 
-inline void block_barrier_complete() {
+PRFL_EMU_RUNTIME inline void block_barrier_complete() {
     g_bar_arrived = 0;
     ++g_bar_gen;
 }
 
 // __syncthreads: every live thread of the block arrives before any leaves.
-inline void syncthreads() {
+PRFL_EMU_RUNTIME inline void syncthreads() {
     tsan_release(&g_sync_barrier);
     const unsigned gen = g_bar_gen;
     if (++g_bar_arrived == g_live) {
@@ -313,14 +351,18 @@ inline void syncthreads() {
 
 // The calling lane's warp after every live lane has deposited `n` bytes of `mine`; returns the
 // scratch row holding all lanes' deposits (valid until the lane's next collective).
-inline const unsigned char* warp_exchange(unsigned mask, const void* mine, size_t n) {
+// `orders_memory`: whether the collective also orders the lanes' memory accesses for TSan. Only
+// __syncwarp does in CUDA; shuffles, mma and ldmatrix exchange registers and are no memory
+// barrier, so a kernel that relies on them to order shared memory is reported.
+PRFL_EMU_RUNTIME inline const unsigned char* warp_exchange(unsigned mask, const void* mine, size_t n,
+                                          bool orders_memory = false) {
     Fiber* f = g_cur;
     Warp& w = g_warps[f->warp];
     if (mask != 0xffffffffu) fail("warp collective with mask %#x (only full warps are emulated)", mask);
     if (w.size != kWarp) fail("warp collective in a partial warp of %d threads", w.size);
     const unsigned row = w.gen & 1u;
-    std::memcpy(w.slot[row][f->lane], mine, n);
-    tsan_release(&w);
+    scratch_copy(w.slot[row][f->lane], mine, n);
+    if (orders_memory) tsan_release(&w);
     const unsigned gen = w.gen;
     if (++w.arrived == w.live) {
         if (w.live != w.size) fail("warp collective after %d lanes of the warp exited", w.size - w.live);
@@ -330,7 +372,7 @@ inline const unsigned char* warp_exchange(unsigned mask, const void* mine, size_
         f->wait_gen = gen;
         yield();
     }
-    tsan_acquire(&w);
+    if (orders_memory) tsan_acquire(&w);
     return &w.slot[row][0][0];
 }
 
@@ -363,7 +405,9 @@ extern "C" __attribute__((visibility("hidden"))) void prfl_emu_fiber_main() {
     __builtin_trap();  // a finished fiber is never resumed
 }
 
-// The first `ret` of a fresh fiber lands here with the stack aligned as after a call.
+// The first `ret` of a fresh fiber lands here with the stack as at a function's entry
+// (rsp = 8 mod 16); the push realigns it for the call (rsp = 0 mod 16 at the call) and ends
+// the frame-pointer chain for unwinders.
 extern "C" void prfl_emu_fiber_entry();
 __asm__(R"(
     .text
@@ -372,6 +416,7 @@ __asm__(R"(
     .type prfl_emu_fiber_entry,@function
     .p2align 4
 prfl_emu_fiber_entry:
+    pushq $0
     call prfl_emu_fiber_main
     ud2
     .size prfl_emu_fiber_entry, .-prfl_emu_fiber_entry
@@ -414,6 +459,7 @@ inline void prepare(Fiber& f) {
 
 inline void resume(Fiber& f) {
     g_cur = &f;
+    void* const sp = f.sp;  // read as the scheduler, before TSan switches to the fiber
 #ifdef PRFL_EMU_TSAN
     __tsan_switch_to_fiber(f.tsan, 1);
 #endif
@@ -421,7 +467,7 @@ inline void resume(Fiber& f) {
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, f.stack, kStackBytes);
 #endif
-    prfl_emu_swap(&g_sched_sp, f.sp);
+    prfl_emu_swap(&g_sched_sp, sp);
 #ifdef PRFL_EMU_ASAN
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
@@ -508,18 +554,18 @@ inline void __syncthreads() { prfl_emu::syncthreads(); }
 
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
     const char none = 0;
-    prfl_emu::warp_exchange(mask, &none, 1);
+    prfl_emu::warp_exchange(mask, &none, 1, true);
 }
 
 template <class T>
-inline T prfl_emu_shfl_from(unsigned mask, T v, int (*src_of)(int lane, int arg, int width),
+PRFL_EMU_RUNTIME inline T prfl_emu_shfl_from(unsigned mask, T v, int (*src_of)(int lane, int arg, int width),
                             int arg, int width) {
     static_assert(sizeof(T) <= 64, "shuffle of a value wider than the scratch");
     const unsigned char* row = prfl_emu::warp_exchange(mask, &v, sizeof(T));
     const int lane = prfl_emu::g_cur->lane;
     const int src = src_of(lane, arg, width);
     T r;
-    std::memcpy(&r, row + (size_t)src * 64, sizeof(T));
+    prfl_emu::scratch_copy(&r, row + (size_t)src * 64, sizeof(T));
     return r;
 }
 
@@ -608,30 +654,33 @@ inline float prfl_emu_ex2_approx_ftz_f32(float a) {
 //                     a2: (groupID, 2 tig + 8 + {0,1})  a3: (groupID + 8, 2 tig + 8 + {0,1})
 //   B (16 x 8, col):  b0: (2 tig + {0,1}, groupID)      b1: (2 tig + 8 + {0,1}, groupID)
 //   C, D (16 x 8):    c0, c1: (groupID, 2 tig + {0,1})  c2, c3: (groupID + 8, 2 tig + {0,1})
-inline void prfl_emu_mma_m16n8k16_bf16(float* c, unsigned a0, unsigned a1, unsigned a2,
+// Registers only (no kernel memory): not instrumented by TSan, which would otherwise spend
+// most of an attention run on this function's locals.
+PRFL_EMU_RUNTIME inline void prfl_emu_mma_m16n8k16_bf16(float* c, unsigned a0, unsigned a1, unsigned a2,
                                        unsigned a3, unsigned b0, unsigned b1) {
     const unsigned mine[6] = {a0, a1, a2, a3, b0, b1};
     const unsigned char* row = prfl_emu::warp_exchange(0xffffffffu, mine, sizeof mine);
-    float A[16][16], B[16][8];
-    for (int l = 0; l < 32; ++l) {
-        unsigned r[6];
-        std::memcpy(r, row + (size_t)l * 64, sizeof r);
-        const int g = l >> 2, t = l & 3;
-        for (int h = 0; h < 2; ++h) {
-            const unsigned s = 16u * h;
-            A[g][2 * t + h] = prfl_emu_bf16_to_f32((unsigned short)(r[0] >> s));
-            A[g + 8][2 * t + h] = prfl_emu_bf16_to_f32((unsigned short)(r[1] >> s));
-            A[g][2 * t + 8 + h] = prfl_emu_bf16_to_f32((unsigned short)(r[2] >> s));
-            A[g + 8][2 * t + 8 + h] = prfl_emu_bf16_to_f32((unsigned short)(r[3] >> s));
-            B[2 * t + h][g] = prfl_emu_bf16_to_f32((unsigned short)(r[4] >> s));
-            B[2 * t + 8 + h][g] = prfl_emu_bf16_to_f32((unsigned short)(r[5] >> s));
-        }
-    }
     const int lane = prfl_emu::g_cur->lane, g = lane >> 2, t = lane & 3;
+    // What this lane's outputs need: rows g and g + 8 of A, held by lanes 4 g + tig as
+    // a0 / a2 (row g) and a1 / a3 (row g + 8); columns 2 t and 2 t + 1 of B, held by lanes
+    // 4 n + tig as b0 (k < 8) and b1 (k >= 8).
+    unsigned ar[4][4], br[2][4][2];
+    for (int tig = 0; tig < 4; ++tig) {
+        prfl_emu::scratch_copy(ar[tig], row + (size_t)(4 * g + tig) * 64, sizeof ar[tig]);
+        for (int j = 0; j < 2; ++j)
+            prfl_emu::scratch_copy(br[j][tig], row + (size_t)(4 * (2 * t + j) + tig) * 64 + 16,
+                                   sizeof br[j][tig]);
+    }
+    auto half = [](unsigned v, int h) { return prfl_emu_bf16_to_f32((unsigned short)(v >> (16 * h))); };
     for (int e = 0; e < 4; ++e) {
-        const int m = g + (e >> 1) * 8, n = 2 * t + (e & 1);
+        const int upper_row = e >> 1, j = e & 1;
         float acc = c[e];
-        for (int k = 0; k < 16; ++k) acc += A[m][k] * B[k][n];
+        for (int k = 0; k < 16; ++k) {
+            const int tig = (k & 7) >> 1, h = k & 1, upper = k >> 3;
+            const float av = half(ar[tig][upper_row + 2 * upper], h);
+            const float bv = half(br[j][tig][upper], h);
+            acc += av * bv;
+        }
         c[e] = acc;
     }
 }
@@ -651,7 +700,7 @@ inline void prfl_emu_ldmatrix_x4_trans(unsigned addr, unsigned& r0, unsigned& r1
         for (int h = 0; h < 2; ++h) {
             const int mrow = 2 * (lane & 3) + h, mcol = lane >> 2;
             unsigned a;
-            std::memcpy(&a, row + (size_t)(8 * i + mrow) * 64, sizeof a);
+            prfl_emu::scratch_copy(&a, row + (size_t)(8 * i + mrow) * 64, sizeof a);
             if ((a & 15u) != 0 || (size_t)a + 16 > prfl_emu::g_dyn_smem_bytes) {
                 prfl_emu::fail("ldmatrix row address %#x (lane %d) is not a 16-byte aligned row "
                                "inside the %zu bytes of dynamic shared memory",

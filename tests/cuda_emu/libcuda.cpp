@@ -680,20 +680,23 @@ CUresult cuModuleLoadData(void** mod, const void* image) {
         left -= (size_t)w;
     }
     close(fd);
+    // The file stays until the module is unloaded: sanitizer reports symbolise from it.
     void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    unlink(path.c_str());
     if (!h) {
         std::fprintf(stderr, "prfl-emu cuda: cannot load a module: %s\n", dlerror());
+        unlink(path.c_str());
         return CUDA_ERROR_INVALID_IMAGE;
     }
     if (!dlsym(h, "prfl_emu_launch") || !dlsym(h, "prfl_emu_kernel_count") ||
         !dlsym(h, "prfl_emu_kernel_name")) {
         dlclose(h);
+        unlink(path.c_str());
         return CUDA_ERROR_INVALID_IMAGE;
     }
     Module* m = new (std::nothrow) Module;
     if (!m) {
         dlclose(h);
+        unlink(path.c_str());
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     m->handle = h;
@@ -721,6 +724,7 @@ CUresult cuModuleUnload(void* mod) {
         }
     }
     dlclose(m->handle);
+    unlink(m->path.c_str());
     delete m;
     return CUDA_SUCCESS;
 }

@@ -11,10 +11,13 @@
 //   PRFL_EMU_HEADER    overrides the header path compiled in
 //   PRFL_EMU_FLAGS     overrides the variant's extra flags compiled in (e.g. -fsanitize=thread)
 //   PRFL_EMU_MUTATE    "<stem>::<find>::<replace>[;...]": literal substitutions applied to the
-//                      source named <stem>.cu before compiling (mutation tests). Each <find> must
-//                      occur exactly once in that source, otherwise the compile fails, so a
+//                      source named <stem>.cu before compiling (mutation tests); in find and
+//                      replace, \; is a semicolon, \n a newline, \\ a backslash. Each <find>
+//                      must occur exactly once in that source, otherwise the compile fails, so a
 //                      mutant can never silently be the unmodified source.
 //   PRFL_EMU_KEEP      keep the temporary build folder (debugging)
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,6 +35,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+extern char** environ;
 
 #ifndef PRFL_EMU_HEADER
 #error "build with -DPRFL_EMU_HEADER='\"/abs/path/cuda_cpu.h\"'"
@@ -82,32 +87,6 @@ std::string env_or(const char* name, const char* fallback) {
     return v && *v ? std::string(v) : std::string(fallback);
 }
 
-// `cmd` through the shell with stdout and stderr appended to `log`; the exit status.
-int run(const std::string& cmd, std::string& log) {
-    log += "$ " + cmd + "\n";
-    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-    if (!p) {
-        log += "cannot start the compiler: " + std::string(std::strerror(errno)) + "\n";
-        return -1;
-    }
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) log.append(buf, n);
-    const int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-std::string quote(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) {
-        if (c == '\'')
-            q += "'\\''";
-        else
-            q += c;
-    }
-    return q + "'";
-}
-
 bool read_file(const std::string& path, std::string& out) {
     std::ifstream f(path, std::ios::binary);
     if (!f) return false;
@@ -121,6 +100,55 @@ bool write_file(const std::string& path, const std::string& data) {
     return (bool)f;
 }
 
+// Runs argv[0] (searched in PATH) with stdout and stderr captured in `out_path` and appended to
+// `log`; the exit status (-1 when it did not run or did not exit). No shell, and the environment
+// without LD_PRELOAD: a sanitizer runtime preloaded into the test process must not be preloaded
+// into the compiler (a shell started under the TSan runtime crashes).
+int run(const std::vector<std::string>& argv, const std::string& out_path, std::string& log) {
+    std::string shown = "$";
+    for (const auto& a : argv) shown += " " + a;
+    log += shown + "\n";
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e)
+        if (std::strncmp(*e, "LD_PRELOAD=", 11) != 0) env.push_back(*e);
+    std::vector<char*> envp, args;
+    for (auto& e : env) envp.push_back(&e[0]);
+    envp.push_back(nullptr);
+    std::vector<std::string> argv_copy = argv;
+    for (auto& a : argv_copy) args.push_back(&a[0]);
+    args.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    pid_t pid = 0;
+    const int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+        log += "cannot start " + argv[0] + ": " + std::strerror(rc) + "\n";
+        return -1;
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0) {
+        if (errno != EINTR) {
+            log += "waitpid failed: " + std::string(std::strerror(errno)) + "\n";
+            return -1;
+        }
+    }
+    std::string out;
+    if (read_file(out_path, out)) log += out;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// Splits a flag string at white space (the flags contain no quoted spaces).
+std::vector<std::string> words(const std::string& s) {
+    std::vector<std::string> w;
+    std::istringstream in(s);
+    std::string t;
+    while (in >> t) w.push_back(t);
+    return w;
+}
+
 size_t count_of(const std::string& hay, const std::string& needle) {
     if (needle.empty()) return 0;
     size_t n = 0;
@@ -128,39 +156,73 @@ size_t count_of(const std::string& hay, const std::string& needle) {
     return n;
 }
 
+// PRFL_EMU_MUTATE's items: split at unescaped ';', each "<stem>::<find>::<replace>" with the
+// escapes \; (a semicolon), \n (a newline) and \\ (a backslash) decoded in find and replace.
+// Kernel code is full of semicolons, hence the escape. false on a malformed item.
+bool parse_mutations(const std::string& spec, std::vector<std::string>& stems,
+                     std::vector<std::string>& finds, std::vector<std::string>& repls,
+                     std::string& log) {
+    std::vector<std::string> items(1);
+    for (size_t i = 0; i < spec.size(); ++i) {
+        const char c = spec[i];
+        if (c == '\\' && i + 1 < spec.size()) {
+            items.back() += c;
+            items.back() += spec[++i];
+        } else if (c == ';') {
+            items.emplace_back();
+        } else {
+            items.back() += c;
+        }
+    }
+    auto unescape = [](const std::string& t) {
+        std::string o;
+        for (size_t i = 0; i < t.size(); ++i) {
+            if (t[i] == '\\' && i + 1 < t.size()) {
+                const char n = t[++i];
+                o += n == 'n' ? '\n' : n;
+            } else {
+                o += t[i];
+            }
+        }
+        return o;
+    };
+    for (const auto& item : items) {
+        if (item.empty()) continue;
+        const size_t a = item.find("::");
+        const size_t b = a == std::string::npos ? a : item.find("::", a + 2);
+        if (b == std::string::npos || a == 0) {
+            log += "PRFL_EMU_MUTATE: malformed item '" + item +
+                   "' (expected <stem>::<find>::<replace>)\n";
+            return false;
+        }
+        stems.push_back(item.substr(0, a));
+        finds.push_back(unescape(item.substr(a + 2, b - a - 2)));
+        repls.push_back(unescape(item.substr(b + 2)));
+    }
+    return true;
+}
+
 // Applies PRFL_EMU_MUTATE's substitutions that name this source; false (with the reason in the
 // log) when one is malformed or its text does not occur exactly once.
 bool apply_mutations(const std::string& stem, std::string& src, std::string& log) {
     const char* spec = std::getenv("PRFL_EMU_MUTATE");
     if (!spec || !*spec) return true;
-    std::string all(spec);
-    size_t start = 0;
-    while (start <= all.size()) {
-        size_t end = all.find(';', start);
-        if (end == std::string::npos) end = all.size();
-        const std::string item = all.substr(start, end - start);
-        start = end + 1;
-        if (item.empty()) continue;
-        const size_t a = item.find("::");
-        const size_t b = a == std::string::npos ? a : item.find("::", a + 2);
-        if (b == std::string::npos) {
-            log += "PRFL_EMU_MUTATE: malformed item '" + item +
-                   "' (expected <stem>::<find>::<replace>)\n";
-            return false;
-        }
-        if (item.substr(0, a) != stem) continue;
-        const std::string find = item.substr(a + 2, b - a - 2);
-        const std::string repl = item.substr(b + 2);
-        const size_t n = count_of(src, find);
+    std::vector<std::string> stems, finds, repls;
+    if (!parse_mutations(spec, stems, finds, repls, log)) return false;
+    for (size_t i = 0; i < stems.size(); ++i) {
+        if (stems[i] != stem) continue;
+        const size_t n = count_of(src, finds[i]);
         if (n != 1) {
-            log += "PRFL_EMU_MUTATE: '" + find + "' occurs " + std::to_string(n) + " times in " +
-                   stem + ".cu (it must occur exactly once)\n";
+            log += "PRFL_EMU_MUTATE: '" + finds[i] + "' occurs " + std::to_string(n) +
+                   " times in " + stem + ".cu (it must occur exactly once)\n";
+            std::fprintf(stderr, "prfl-emu nvrtc: mutant of %s.cu rejected: the text occurs %zu times\n",
+                         stem.c_str(), n);
             return false;
         }
-        src.replace(src.find(find), find.size(), repl);
-        log += "PRFL_EMU_MUTATE: applied '" + find + "' -> '" + repl + "' to " + stem + ".cu\n";
-        std::fprintf(stderr, "prfl-emu nvrtc: mutant of %s.cu: '%s' -> '%s'\n", stem.c_str(),
-                     find.c_str(), repl.c_str());
+        src.replace(src.find(finds[i]), finds[i].size(), repls[i]);
+        log += "PRFL_EMU_MUTATE: applied '" + finds[i] + "' -> '" + repls[i] + "' to " + stem +
+               ".cu\n";
+        std::fprintf(stderr, "prfl-emu nvrtc: mutant of %s.cu applied\n", stem.c_str());
     }
     return true;
 }
@@ -168,12 +230,13 @@ bool apply_mutations(const std::string& stem, std::string& src, std::string& log
 // The names of the source's kernels: preprocess with __global__ as a marker and collect the
 // identifier of every `MARK void name (`.
 bool kernel_names(const std::string& cxx, const std::string& header, const std::string& src_path,
-                  const std::string& out_path, std::vector<std::string>& names,
-                  std::string& log) {
-    const std::string cmd = quote(cxx) + " -E -P -std=c++17 -DPRFL_CUDA_CPU_EMU -DPRFL_EMU_SCAN" +
-                            " -include " + quote(header) + " -x c++ " + quote(src_path) + " -o " +
-                            quote(out_path);
-    if (run(cmd, log) != 0) return false;
+                  const std::string& out_path, const std::string& log_path,
+                  std::vector<std::string>& names, std::string& log) {
+    const std::vector<std::string> cmd = {
+        cxx,      "-E",   "-P",  "-std=c++17", "-DPRFL_CUDA_CPU_EMU", "-DPRFL_EMU_SCAN",
+        "-include", header, "-x", "c++",        src_path,              "-o",
+        out_path};
+    if (run(cmd, log_path, log) != 0) return false;
     std::string text;
     if (!read_file(out_path, text)) {
         log += "cannot read the preprocessed source\n";
@@ -220,6 +283,7 @@ nvrtcResult compile(Program& p) {
     const std::string src_path = dir + "/" + stem + ".cu";
     const std::string pre_path = dir + "/" + stem + ".ii";
     const std::string so_path = dir + "/" + stem + ".so";
+    const std::string log_path = dir + "/compiler.log";
     nvrtcResult rc = NVRTC_ERROR_COMPILATION;
     std::vector<std::string> names;
     do {
@@ -228,7 +292,7 @@ nvrtcResult compile(Program& p) {
             rc = NVRTC_ERROR_INTERNAL_ERROR;
             break;
         }
-        if (!kernel_names(cxx, header, src_path, pre_path, names, p.log)) break;
+        if (!kernel_names(cxx, header, src_path, pre_path, log_path, names, p.log)) break;
         if (names.empty()) {
             p.log += "no __global__ function found in " + p.name + "\n";
             break;
@@ -239,12 +303,16 @@ nvrtcResult compile(Program& p) {
             rc = NVRTC_ERROR_INTERNAL_ERROR;
             break;
         }
-        const std::string cmd = quote(cxx) +
-                                " -shared -fPIC -std=c++17 -O1 -g -ffp-contract=off"
-                                " -fno-fast-math -Wno-unknown-pragmas -DPRFL_CUDA_CPU_EMU -include " +
-                                quote(header) + " " + flags + " -x c++ " + quote(src_path) +
-                                " -o " + quote(so_path);
-        if (run(cmd, p.log) != 0) break;
+        std::vector<std::string> cmd = {cxx,     "-shared", "-fPIC", "-std=c++17", "-O1", "-g",
+                                        "-ffp-contract=off", "-fno-fast-math",
+                                        "-Wno-unknown-pragmas", "-DPRFL_CUDA_CPU_EMU",
+                                        "-include", header};
+        for (const auto& f : words(flags)) cmd.push_back(f);
+        for (const char* a : {"-x", "c++"}) cmd.push_back(a);
+        cmd.push_back(src_path);
+        cmd.push_back("-o");
+        cmd.push_back(so_path);
+        if (run(cmd, log_path, p.log) != 0) break;
         std::string image;
         if (!read_file(so_path, image) || image.empty()) {
             p.log += "the compiler wrote no shared object\n";
@@ -258,6 +326,7 @@ nvrtcResult compile(Program& p) {
         unlink(src_path.c_str());
         unlink(pre_path.c_str());
         unlink(so_path.c_str());
+        unlink(log_path.c_str());
         rmdir(dir.c_str());
     } else {
         p.log += "kept " + dir + "\n";

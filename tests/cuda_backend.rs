@@ -1573,15 +1573,16 @@ fn prfl_step<G: Backend>(g: &G, r: &mut Report) {
 /// show an error that grows with the length (the online softmax's rescaling over 128 key tiles,
 /// large grids). The backward of both paths reads the simple path's forward. Only with
 /// `PRFL_CUDA_LONG=1` (seconds on a GPU, far too slow on the emulated device); the GPU script
-/// sets it. `PRFL_CUDA_LONG_L` overrides the length (to try the test itself on the emulated
-/// device at a short one).
-fn attention_long(gpu: &Cuda, r: &mut Report) {
+/// sets it. On the emulated device without it, the same comparison runs at a short ragged
+/// length ([`EMULATED_LONG_L`]), so that the test itself is exercised on every CI run.
+/// `PRFL_CUDA_LONG_L` overrides the length either way.
+fn attention_long(gpu: &Cuda, r: &mut Report, default_l: usize) {
     use prfl::backend::cuda::attention::{AttnPath, AttnSaved};
     use prfl::backend::Qkv;
     let l = std::env::var("PRFL_CUDA_LONG_L")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(8192);
+        .unwrap_or(default_l);
     let (batch, heads, d) = (1, 2, 128);
     let shape = AttnShape {
         batch,
@@ -1676,15 +1677,24 @@ fn attention_long(gpu: &Cuda, r: &mut Report) {
     );
 }
 
+/// The long comparison's length on the emulated device: several key and query tiles of every
+/// kernel, with ragged tails.
+const EMULATED_LONG_L: usize = 333;
+
 #[test]
 fn attention_long_tensor_cores_vs_simple() {
-    if std::env::var("PRFL_CUDA_LONG").map_or(true, |v| v != "1") {
+    let long = std::env::var("PRFL_CUDA_LONG").is_ok_and(|v| v == "1");
+    let default_l = if long {
+        8192
+    } else if cuda_emu::Variant::from_env().is_some() {
+        EMULATED_LONG_L
+    } else {
         println!("skipping attention_long_tensor_cores_vs_simple: PRFL_CUDA_LONG=1 is not set");
         return;
-    }
+    };
     with_gpu("attention_long_tensor_cores_vs_simple", |gpu| {
         let mut r = Report::new("attention_long_tensor_cores_vs_simple");
-        attention_long(gpu, &mut r);
+        attention_long(gpu, &mut r, default_l);
         r.finish();
     });
 }

@@ -12,6 +12,10 @@ use prfl::synthetic::{generate_dataset, prompt_states, WorldConfig};
 use prfl::tensor::HostTensor;
 use prfl::testutil::tiny_wan;
 
+// The emulated CUDA device's build (shared with tests/cuda_backend.rs).
+#[path = "common/cuda_emu.rs"]
+mod cuda_emu;
+
 fn prfl(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_prfl"))
         .args(args)
@@ -180,11 +184,28 @@ fn bad_paths_and_inputs_fail_with_a_message() {
 }
 
 /// `prfl devices` never fails, and shows every CUDA library: NOT FOUND where it is absent, else
-/// its version and the file in use. With `PRFL_CUDA_LIB_DIR` (a folder of CUDA 13 libraries, e.g.
-/// the emulated device's), each must be that folder's copy, at version 13.
+/// its version and the file in use. With `PRFL_CUDA_LIB_DIR` (a folder of CUDA 13 libraries), or
+/// the emulated device's folder with `PRFL_CUDA_EMULATE`, each must be that folder's copy, at
+/// version 13, and a GPU is listed.
 #[test]
 fn devices_lists_each_cuda_library_with_its_file_and_version() {
-    let dir = std::env::var("PRFL_CUDA_LIB_DIR").ok();
+    let dir = match cuda_emu::Variant::from_env() {
+        Some(variant) => {
+            variant.unwrap_or_else(|e| panic!("{e}"));
+            let emu = cuda_emu::build(cuda_emu::Variant::Plain).unwrap_or_else(|e| {
+                panic!("PRFL_CUDA_EMULATE is set but the emulation does not build: {e}")
+            });
+            let dir = emu.lib_dir.to_string_lossy().into_owned();
+            let out = prfl(&["devices", "--cuda-lib-dir", &dir]);
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with("device") && l.contains("cuda:0")),
+                "the emulated GPU is not listed:\n{out}"
+            );
+            Some(dir)
+        }
+        None => std::env::var("PRFL_CUDA_LIB_DIR").ok(),
+    };
     let mut args = vec!["devices"];
     if let Some(d) = &dir {
         args.extend(["--cuda-lib-dir", d.as_str()]);

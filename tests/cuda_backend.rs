@@ -153,7 +153,25 @@ fn with_gpu(test: &str, f: impl FnOnce(&Cuda)) {
     match GPU.get_or_init(open_gpu) {
         Ok(m) => {
             let guard = m.lock().unwrap_or_else(|e| e.into_inner());
+            // On the emulated device, the stand-in cuBLAS(Lt) counts what it refused: a refused
+            // GEMM (or, unless the test forces the fallback, a refused cuBLASLt heuristic, which
+            // prfl would silently route to cublasGemmEx) fails the test that caused it. The GPU
+            // lock makes the difference this test's own.
+            let blas_dir = cuda_emu::Variant::from_env()
+                .and_then(|_| options().ok())
+                .and_then(|o| o.lib_dir);
+            let before = blas_dir.as_deref().map(|d| blas_stats(test, d));
             f(&guard);
+            if let (Some(dir), Some(before)) = (blas_dir.as_deref(), before) {
+                let calls = blas_stats(test, dir).since(&before);
+                let fallback_forced =
+                    std::env::var("PRFL_EMU_CUBLASLT_NO_ALGO").is_ok_and(|v| v == "1");
+                assert!(
+                    calls.lt_matmul_refused + calls.gemm_ex_refused + calls.sger_refused == 0
+                        && (fallback_forced || calls.lt_heuristic_refused == 0),
+                    "{test}: the stand-in cuBLAS(Lt) refused calls (its reasons are on stderr): {calls:?}"
+                );
+            }
         }
         Err(reason) if require() => {
             panic!("{test}: PRFL_CUDA_REQUIRE=1 but no usable CUDA device: {reason}")
@@ -162,6 +180,14 @@ fn with_gpu(test: &str, f: impl FnOnce(&Cuda)) {
             println!("skipping {test}: {reason}");
         }
     }
+}
+
+#[path = "common/cuda_emu_blas_stats.rs"]
+mod cuda_emu_blas_stats;
+
+fn blas_stats(test: &str, lib_dir: &std::path::Path) -> cuda_emu_blas_stats::BlasStats {
+    cuda_emu_blas_stats::read(lib_dir)
+        .unwrap_or_else(|e| panic!("{test}: the stand-in cuBLAS(Lt) counters: {e}"))
 }
 
 // ------------------------------------------------------------------------------------ reporting

@@ -86,7 +86,7 @@ const TOL_MODEL_GRAD_ALL: f64 = 3e-2;
 // ------------------------------------------------------------------------------------ the device
 
 #[path = "common/cuda_emu.rs"]
-mod cuda_emu;
+pub(crate) mod cuda_emu;
 
 /// Whether a missing device fails the test instead of skipping it: always on the emulated
 /// device.

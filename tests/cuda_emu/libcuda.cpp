@@ -152,6 +152,12 @@ bool elf_size(const void* image, size_t* size) {
     if (std::memcmp(b, ELFMAG, SELFMAG) != 0 || b[EI_CLASS] != ELFCLASS64) return false;
     Elf64_Ehdr eh;
     std::memcpy(&eh, b, sizeof eh);
+    // Headers that do not describe a plausible shared object are refused before anything they
+    // point at is read.
+    const size_t limit = (size_t)1 << 30;
+    if (eh.e_type != ET_DYN || eh.e_phentsize != sizeof(Elf64_Phdr) ||
+        eh.e_shentsize != sizeof(Elf64_Shdr) || eh.e_phoff > limit || eh.e_shoff > limit)
+        return false;
     size_t end = sizeof eh;
     auto grow = [&](size_t e) { end = e > end ? e : end; };
     grow((size_t)eh.e_phoff + (size_t)eh.e_phnum * eh.e_phentsize);

@@ -7,7 +7,8 @@
 //! the sanitizer runtime preloaded (the Rust test process itself is not instrumented; the
 //! stand-in libraries and every kernel module are).
 //!
-//! - clean runs: the op tests must pass with no sanitizer report;
+//! - clean runs: the op tests (and, under ASan, the model and trainer steps) must pass with no
+//!   sanitizer report;
 //! - mutants (`PRFL_EMU_MUTATE`, the kernel cache off): a dropped `__syncthreads` must be a TSan
 //!   data race, a dynamic shared-memory layout shifted past the end of the allocation and a row
 //!   guard off by one must be ASan heap-buffer-overflows, and a mutant whose text does not
@@ -173,6 +174,22 @@ fn sanitizer_tsan_kernels_have_no_data_race() {
 fn sanitizer_asan_ubsan_kernels_stay_in_bounds() {
     if enabled("sanitizer_asan_ubsan_kernels_stay_in_bounds") {
         assert_clean(Variant::Asan, &OP_TESTS);
+    }
+}
+
+/// The whole model (T2V and I2V, with recompute) and both trainers under ASan + UBSan: every
+/// kernel and GEMM of a real step (100 s here; too slow under TSan for CI).
+#[test]
+fn sanitizer_asan_ubsan_model_and_trainers_stay_in_bounds() {
+    if enabled("sanitizer_asan_ubsan_model_and_trainers_stay_in_bounds") {
+        assert_clean(
+            Variant::Asan,
+            &[
+                "whole_model_forward_backward",
+                "pavrm_training_step",
+                "prfl_training_step",
+            ],
+        );
     }
 }
 

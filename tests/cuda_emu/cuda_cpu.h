@@ -11,8 +11,10 @@
 //   threads because the suite launches thousands of grids of 256-thread blocks on two cores:
 //   waking 256 OS threads per block and per barrier would take minutes.
 // - The sanitizers see the fibers as threads: TSan through its fiber API with no implicit
-//   synchronisation at a switch (so a missing __syncthreads is a reported race), the barriers
-//   and collectives through __tsan_release/__tsan_acquire; ASan through the fiber-switch hooks.
+//   synchronisation at a switch (so a missing __syncthreads is a reported race), with
+//   happens-before only where CUDA orders memory: __syncthreads and __syncwarp
+//   (__tsan_release/__tsan_acquire); shuffles, mma and ldmatrix exchange registers only. ASan
+//   through the fiber-switch hooks.
 // - `__syncthreads` waits for every thread of the block that has not exited (as hardware
 //   does); warp collectives (`__shfl_*_sync`, mma, ldmatrix) are rendezvous of the 32 lanes
 //   on a per-warp barrier, exchanging values through a per-warp scratch. Threads that wait at

@@ -19,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 /// Which build of the emulation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,8 +204,22 @@ fn build_into(dir: &Path, header: &Path, variant: Variant) -> Result<(), String>
     }
 }
 
-/// Builds (or reuses) the emulation of `variant`. Errors carry the compiler's output.
+/// Builds (or reuses) the emulation of `variant`. Errors carry the compiler's output. The first
+/// answer per variant is kept for the life of the process: the libraries loaded from that
+/// folder stay the process's even if a source changes meanwhile (a later call must not name a
+/// rebuilt folder that nothing has loaded).
 pub fn build(variant: Variant) -> Result<Emulation, String> {
+    static BUILT: Mutex<Vec<(Variant, Result<Emulation, String>)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, r)) = built.iter().find(|(v, _)| *v == variant) {
+        return r.clone();
+    }
+    let r = build_uncached(variant);
+    built.push((variant, r.clone()));
+    r
+}
+
+fn build_uncached(variant: Variant) -> Result<Emulation, String> {
     let src = source_dir();
     let mut contents = Vec::new();
     for name in std::iter::once(HEADER).chain(LIBRARIES.iter().map(|&(_, f)| f)) {

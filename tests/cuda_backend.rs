@@ -150,6 +150,13 @@ fn open_gpu() -> Result<Mutex<Cuda>, String> {
 
 /// Runs `f` on the shared GPU, or skips (passes with a message) where there is none.
 fn with_gpu(test: &str, f: impl FnOnce(&Cuda)) {
+    // tests/cuda_emu_sanitizers.rs compiles this file in as a module to re-run its tests in
+    // sanitized child processes (which it marks); in that binary's own process they would only
+    // repeat this file's run, so they stand aside there.
+    if module_path!() != "cuda_backend" && std::env::var_os("PRFL_EMU_SANITIZER_CHILD").is_none() {
+        println!("skipping {test} here: tests/cuda_backend.rs runs it (this copy is for sanitized child runs)");
+        return;
+    }
     match GPU.get_or_init(open_gpu) {
         Ok(m) => {
             let guard = m.lock().unwrap_or_else(|e| e.into_inner());

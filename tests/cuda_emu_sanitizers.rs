@@ -16,7 +16,8 @@
 //!
 //! Slow (minutes): run only with `PRFL_CUDA_SANITIZERS=1`, e.g.
 //! `PRFL_CUDA_SANITIZERS=1 cargo test --test cuda_emu_sanitizers -- sanitizer_`
-//! (the `cuda_backend::*` tests compiled in here skip without `PRFL_CUDA_EMULATE`).
+//! (the `cuda_backend::*` tests compiled in here run only in the children, which carry
+//! `PRFL_EMU_SANITIZER_CHILD=1`; tests/cuda_backend.rs itself runs them once).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -91,6 +92,7 @@ fn run(variant: Variant, tests: &[&str], mutate: Option<&str>) -> Run {
     cmd.args(["--exact", "--test-threads", "1", "--nocapture"])
         .args(tests.iter().map(|t| format!("cuda_backend::{t}")))
         .env("PRFL_CUDA_EMULATE", variant.name())
+        .env("PRFL_EMU_SANITIZER_CHILD", "1")
         .env("LD_PRELOAD", runtime(variant))
         .env(
             "TSAN_OPTIONS",

@@ -18,6 +18,7 @@
 #include <elf.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -94,6 +95,12 @@ std::map<uintptr_t, size_t> g_device_allocs;
 std::map<uintptr_t, size_t> g_host_allocs;
 size_t g_allocated = 0;
 thread_local Context* t_current = nullptr;
+
+// A lost device (tests of what prfl does after a sticky error such as an illegal address or a
+// fallen-off-the-bus GPU): once `prfl_emu_lose_device` was called, every call that needs the
+// context answers CUDA_ERROR_LAUNCH_FAILED, frees and destroys included, as a real context does
+// after a sticky error. Error strings, versions and device queries keep working.
+std::atomic<bool> g_lost{false};
 
 double now_ms() {
     using namespace std::chrono;
@@ -387,7 +394,10 @@ CUresult cuCtxGetDevice(CUdevice* d) {
 }
 
 // Everything is synchronous: there is never outstanding work.
-CUresult cuCtxSynchronize() { return t_current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
+CUresult cuCtxSynchronize() {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
+    return t_current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
 
 CUresult cuCtxSetFlags(unsigned) { return t_current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
 
@@ -398,6 +408,7 @@ CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
 }
 
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (!free_bytes || !total) return CUDA_ERROR_INVALID_VALUE;
     if (!t_current) return CUDA_ERROR_INVALID_CONTEXT;
     std::lock_guard<std::mutex> lock(g_mutex);
@@ -409,12 +420,14 @@ CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
 // ------------------------------------------------------------------ memory
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (!t_current) return CUDA_ERROR_INVALID_CONTEXT;
     std::lock_guard<std::mutex> lock(g_mutex);
     return alloc_device(p, bytes);
 }
 
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* stream) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (!t_current) return CUDA_ERROR_INVALID_CONTEXT;
     std::lock_guard<std::mutex> lock(g_mutex);
     if (!valid_stream(stream)) return CUDA_ERROR_INVALID_HANDLE;
@@ -422,11 +435,13 @@ CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* stream) {
 }
 
 CUresult cuMemFree_v2(CUdeviceptr p) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     return free_device(p);
 }
 
 CUresult cuMemFreeAsync(CUdeviceptr p, void* stream) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     if (!valid_stream(stream)) return CUDA_ERROR_INVALID_HANDLE;
     return free_device(p);
@@ -453,10 +468,12 @@ CUresult cuMemPoolGetAttribute(void* pool, int, void* value) {
 }
 
 CUresult cuMemPoolTrimTo(void* pool, size_t) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     return pool == &g_pool ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 CUresult cuMemHostAlloc(void** pp, size_t bytes, unsigned) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (!pp || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     if (!t_current) return CUDA_ERROR_INVALID_CONTEXT;
     void* p = nullptr;
@@ -470,6 +487,7 @@ CUresult cuMemHostAlloc(void** pp, size_t bytes, unsigned) {
 CUresult cuMemAllocHost_v2(void** pp, size_t bytes) { return cuMemHostAlloc(pp, bytes, 0); }
 
 CUresult cuMemFreeHost(void* p) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     auto it = g_host_allocs.find((uintptr_t)p);
     if (it == g_host_allocs.end()) return CUDA_ERROR_INVALID_VALUE;
@@ -479,6 +497,7 @@ CUresult cuMemFreeHost(void* p) {
 }
 
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (n == 0) return CUDA_SUCCESS;
     std::lock_guard<std::mutex> lock(g_mutex);
     if (!src || !device_range(dst, n)) return CUDA_ERROR_INVALID_VALUE;
@@ -487,6 +506,7 @@ CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
 }
 
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (n == 0) return CUDA_SUCCESS;
     std::lock_guard<std::mutex> lock(g_mutex);
     if (!dst || !device_range(src, n)) return CUDA_ERROR_INVALID_VALUE;
@@ -495,6 +515,7 @@ CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
 }
 
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (n == 0) return CUDA_SUCCESS;
     std::lock_guard<std::mutex> lock(g_mutex);
     if (!device_range(dst, n) || !device_range(src, n)) return CUDA_ERROR_INVALID_VALUE;
@@ -503,6 +524,7 @@ CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
 }
 
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* stream) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         if (!valid_stream(stream)) return CUDA_ERROR_INVALID_HANDLE;
@@ -511,6 +533,7 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* 
 }
 
 CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void* stream) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         if (!valid_stream(stream)) return CUDA_ERROR_INVALID_HANDLE;
@@ -519,6 +542,7 @@ CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void* stream
 }
 
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, void* stream) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         if (!valid_stream(stream)) return CUDA_ERROR_INVALID_HANDLE;
@@ -527,6 +551,7 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, void* 
 }
 
 CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (n == 0) return CUDA_SUCCESS;
     std::lock_guard<std::mutex> lock(g_mutex);
     if (!device_range(dst, n)) return CUDA_ERROR_INVALID_VALUE;
@@ -535,6 +560,7 @@ CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
 }
 
 CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, void* stream) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         if (!valid_stream(stream)) return CUDA_ERROR_INVALID_HANDLE;
@@ -543,6 +569,7 @@ CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, void* strea
 }
 
 CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned v, size_t n) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (n == 0) return CUDA_SUCCESS;
     std::lock_guard<std::mutex> lock(g_mutex);
     if ((dst & 3) != 0 || n > SIZE_MAX / 4 || !device_range(dst, n * 4))
@@ -553,6 +580,7 @@ CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned v, size_t n) {
 }
 
 CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, void* stream) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         if (!valid_stream(stream)) return CUDA_ERROR_INVALID_HANDLE;
@@ -563,6 +591,7 @@ CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, void* stream) {
 // ------------------------------------------------------------------ streams and events
 
 CUresult cuStreamCreate(void** s, unsigned flags) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (!s || flags > 1) return CUDA_ERROR_INVALID_VALUE;
     if (!t_current) return CUDA_ERROR_INVALID_CONTEXT;
     Stream* st = new (std::nothrow) Stream;
@@ -577,6 +606,7 @@ CUresult cuStreamCreate(void** s, unsigned flags) {
 CUresult cuStreamCreateWithPriority(void** s, unsigned flags, int) { return cuStreamCreate(s, flags); }
 
 CUresult cuStreamDestroy_v2(void* s) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     Stream* st = static_cast<Stream*>(s);
     if (!g_streams.erase(st)) return CUDA_ERROR_INVALID_HANDLE;
@@ -585,13 +615,18 @@ CUresult cuStreamDestroy_v2(void* s) {
 }
 
 CUresult cuStreamSynchronize(void* s) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     return valid_stream(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }
 
-CUresult cuStreamQuery(void* s) { return cuStreamSynchronize(s); }
+CUresult cuStreamQuery(void* s) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
+    return cuStreamSynchronize(s);
+}
 
 CUresult cuStreamWaitEvent(void* s, void* e, unsigned) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     if (!valid_stream(s) || !g_events.count(static_cast<Event*>(e))) return CUDA_ERROR_INVALID_HANDLE;
     return CUDA_SUCCESS;
@@ -606,6 +641,7 @@ CUresult cuStreamIsCapturing(void* s, int* status) {
 }
 
 CUresult cuEventCreate(void** e, unsigned flags) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (!e || flags > 0xf) return CUDA_ERROR_INVALID_VALUE;
     if (!t_current) return CUDA_ERROR_INVALID_CONTEXT;
     Event* ev = new (std::nothrow) Event;
@@ -618,6 +654,7 @@ CUresult cuEventCreate(void** e, unsigned flags) {
 }
 
 CUresult cuEventDestroy_v2(void* e) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     Event* ev = static_cast<Event*>(e);
     if (!g_events.erase(ev)) return CUDA_ERROR_INVALID_HANDLE;
@@ -626,6 +663,7 @@ CUresult cuEventDestroy_v2(void* e) {
 }
 
 CUresult cuEventRecord(void* e, void* s) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     Event* ev = static_cast<Event*>(e);
     if (!g_events.count(ev) || !valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
@@ -634,14 +672,21 @@ CUresult cuEventRecord(void* e, void* s) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuEventRecordWithFlags(void* e, void* s, unsigned) { return cuEventRecord(e, s); }
+CUresult cuEventRecordWithFlags(void* e, void* s, unsigned) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
+    return cuEventRecord(e, s);
+}
 
 CUresult cuEventQuery(void* e) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     return g_events.count(static_cast<Event*>(e)) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }
 
-CUresult cuEventSynchronize(void* e) { return cuEventQuery(e); }
+CUresult cuEventSynchronize(void* e) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
+    return cuEventQuery(e);
+}
 
 CUresult cuEventElapsedTime(float* ms, void* start, void* end) {
     if (!ms) return CUDA_ERROR_INVALID_VALUE;
@@ -662,6 +707,7 @@ CUresult cuEventElapsedTime_v2(float* ms, void* start, void* end) {
 // ------------------------------------------------------------------ modules and launches
 
 CUresult cuModuleLoadData(void** mod, const void* image) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (!mod || !image) return CUDA_ERROR_INVALID_VALUE;
     if (!t_current) return CUDA_ERROR_INVALID_CONTEXT;
     size_t size = 0;
@@ -718,6 +764,7 @@ CUresult cuModuleLoadDataEx(void** mod, const void* image, unsigned, void*, void
 }
 
 CUresult cuModuleUnload(void* mod) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     Module* m = static_cast<Module*>(mod);
     if (!g_modules.erase(m)) return CUDA_ERROR_INVALID_HANDLE;
@@ -736,6 +783,7 @@ CUresult cuModuleUnload(void* mod) {
 }
 
 CUresult cuModuleGetFunction(void** f, void* mod, const char* name) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     if (!f || !name) return CUDA_ERROR_INVALID_VALUE;
     std::lock_guard<std::mutex> lock(g_mutex);
     Module* m = static_cast<Module*>(mod);
@@ -759,6 +807,7 @@ CUresult cuModuleGetFunction(void** f, void* mod, const char* name) {
 }
 
 CUresult cuFuncSetAttribute(void* f, int attrib, int value) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     std::lock_guard<std::mutex> lock(g_mutex);
     Function* fn = static_cast<Function*>(f);
     if (!g_functions.count(fn)) return CUDA_ERROR_INVALID_HANDLE;
@@ -801,6 +850,7 @@ CUresult cuFuncSetCacheConfig(void* f, int config) {
 
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                         unsigned bz, unsigned smem, void* stream, void** params, void** extra) {
+    if (g_lost) return CUDA_ERROR_LAUNCH_FAILED;
     Function* fn = static_cast<Function*>(f);
     LaunchFn launch = nullptr;
     int max_smem = 0;
@@ -846,6 +896,13 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
                      name.c_str(), gx, gy, gz, bx, by, bz, err);
         return CUDA_ERROR_LAUNCH_FAILED;
     }
+}
+
+
+// Test hook: the device is lost from now on (see g_lost). Returns 0.
+int prfl_emu_lose_device() {
+    g_lost = true;
+    return 0;
 }
 
 }  // extern "C"

@@ -189,12 +189,8 @@ fn bad_paths_and_inputs_fail_with_a_message() {
 /// version 13, and a GPU is listed.
 #[test]
 fn devices_lists_each_cuda_library_with_its_file_and_version() {
-    let dir = match cuda_emu::Variant::from_env() {
-        Some(variant) => {
-            variant.unwrap_or_else(|e| panic!("{e}"));
-            let emu = cuda_emu::build(cuda_emu::Variant::Plain).unwrap_or_else(|e| {
-                panic!("PRFL_CUDA_EMULATE is set but the emulation does not build: {e}")
-            });
+    let dir = match cuda_emu::plain_build_if_requested() {
+        Some(emu) => {
             let dir = emu.lib_dir.to_string_lossy().into_owned();
             let out = prfl(&["devices", "--cuda-lib-dir", &dir]);
             assert!(

@@ -163,10 +163,12 @@ fn with_gpu(test: &str, f: impl FnOnce(&Cuda)) {
             // On the emulated device, the stand-in cuBLAS(Lt) counts what it refused: a refused
             // GEMM (or, unless the test forces the fallback, a refused cuBLASLt heuristic, which
             // prfl would silently route to cublasGemmEx) fails the test that caused it. The GPU
-            // lock makes the difference this test's own.
+            // lock makes the difference this test's own. (`build` answers from its per-process
+            // record: the folder the open device loaded, no rebuild.)
             let blas_dir = cuda_emu::Variant::from_env()
-                .and_then(|_| options().ok())
-                .and_then(|o| o.lib_dir);
+                .and_then(Result::ok)
+                .and_then(|v| cuda_emu::build(v).ok())
+                .map(|emu| emu.lib_dir);
             let before = blas_dir.as_deref().map(|d| blas_stats(test, d));
             f(&guard);
             if let (Some(dir), Some(before)) = (blas_dir.as_deref(), before) {

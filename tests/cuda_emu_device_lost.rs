@@ -103,14 +103,10 @@ fn lose_device(lib_dir: &Path) {
 
 #[test]
 fn a_lost_device_answers_device_lost_and_destroy_returns() {
-    let Some(variant) = cuda_emu::Variant::from_env() else {
+    let Some(emu) = cuda_emu::plain_build_if_requested() else {
         println!("skipping: PRFL_CUDA_EMULATE is not set (this test needs the emulated device)");
         return;
     };
-    variant.unwrap_or_else(|e| panic!("{e}"));
-    let emu = cuda_emu::build(cuda_emu::Variant::Plain).unwrap_or_else(|e| {
-        panic!("PRFL_CUDA_EMULATE is set but the emulation does not build: {e}")
-    });
     std::env::set_var("PRFL_KERNEL_CACHE", &emu.kernel_cache);
 
     let lib_dir = CString::new(emu.lib_dir.to_str().expect("a UTF-8 path")).unwrap();

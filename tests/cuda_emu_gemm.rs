@@ -37,50 +37,27 @@ const SELFTEST_SOURCE: &str = "tests/cuda_emu/gemm_selftest.cpp";
 /// must stay warning-free under `-Wall -Wextra`).
 const COMMON_FLAGS: &[&str] = &["-std=c++17", "-g", "-Wall", "-Wextra", "-Werror"];
 
-#[derive(Clone, Copy)]
-enum Variant {
-    Plain,
-    Asan,
-    Tsan,
-}
+// The variants (their names and sanitizer flags) are the emulation harness's own.
+#[path = "common/cuda_emu.rs"]
+mod cuda_emu;
+use cuda_emu::Variant;
 
-impl Variant {
-    fn name(self) -> &'static str {
-        match self {
-            Variant::Plain => "plain",
-            Variant::Asan => "asan",
-            Variant::Tsan => "tsan",
-        }
-    }
-
-    fn sanitizer_flags(self) -> &'static [&'static str] {
-        match self {
-            Variant::Plain => &[],
-            Variant::Asan => &[
-                "-fsanitize=address,undefined",
-                "-fno-sanitize-recover=undefined",
-                "-fno-omit-frame-pointer",
-            ],
-            Variant::Tsan => &["-fsanitize=thread"],
-        }
-    }
-
-    /// Sanitizer settings for the run: stop at the first report, with an exit status of its own.
-    fn run_env(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Variant::Plain => &[],
-            Variant::Asan => &[
-                (
-                    "ASAN_OPTIONS",
-                    "detect_leaks=1:abort_on_error=0:exitcode=66",
-                ),
-                (
-                    "UBSAN_OPTIONS",
-                    "print_stacktrace=1:halt_on_error=1:exitcode=66",
-                ),
-            ],
-            Variant::Tsan => &[("TSAN_OPTIONS", "halt_on_error=1:exitcode=66")],
-        }
+/// Sanitizer settings for the self-test's run: stop at the first report, with an exit status of
+/// its own (leaks count here: the self-test owns every allocation it makes).
+fn run_env(variant: Variant) -> &'static [(&'static str, &'static str)] {
+    match variant {
+        Variant::Plain => &[],
+        Variant::Asan => &[
+            (
+                "ASAN_OPTIONS",
+                "detect_leaks=1:abort_on_error=0:exitcode=66",
+            ),
+            (
+                "UBSAN_OPTIONS",
+                "print_stacktrace=1:halt_on_error=1:exitcode=66",
+            ),
+        ],
+        Variant::Tsan => &[("TSAN_OPTIONS", "halt_on_error=1:exitcode=66")],
     }
 }
 
@@ -188,7 +165,7 @@ fn selftest(variant: Variant) {
     let mut cmd = Command::new(dir.join("gemm_selftest"));
     cmd.arg(dir.join("libcublasLt.so"))
         .arg(dir.join("libcublas.so"));
-    for (k, v) in variant.run_env() {
+    for (k, v) in run_env(variant) {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run gemm_selftest");

@@ -74,13 +74,7 @@ fn samples_build_and_run() {
     run.arg(root.join("samples/run.sh"))
         .current_dir(root)
         .env("PRFL_LIB_DIR", &lib_dir);
-    if let Some(variant) = cuda_emu::Variant::from_env() {
-        if let Err(e) = variant {
-            panic!("{e}");
-        }
-        let emu = cuda_emu::build(cuda_emu::Variant::Plain).unwrap_or_else(|e| {
-            panic!("PRFL_CUDA_EMULATE is set but the emulation does not build: {e}")
-        });
+    if let Some(emu) = cuda_emu::plain_build_if_requested() {
         run.env("PRFL_SAMPLES_CUDA_LIB_DIR", &emu.lib_dir)
             .env("PRFL_KERNEL_CACHE", &emu.kernel_cache);
     }

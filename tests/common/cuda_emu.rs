@@ -219,6 +219,19 @@ pub fn build(variant: Variant) -> Result<Emulation, String> {
     r
 }
 
+/// For tests that use the emulated device from a process with no sanitizer runtime preloaded (a
+/// sample, the CLI, a single-test binary): its plain build whenever `PRFL_CUDA_EMULATE` asks for
+/// emulation (any variant), `None` when it does not. Panics with the reason when the setting is
+/// not understood or the emulation does not build: asked for, it must not be skipped.
+pub fn plain_build_if_requested() -> Option<Emulation> {
+    if let Err(e) = Variant::from_env()? {
+        panic!("{e}");
+    }
+    Some(build(Variant::Plain).unwrap_or_else(|e| {
+        panic!("PRFL_CUDA_EMULATE is set but the emulation does not build: {e}")
+    }))
+}
+
 fn build_uncached(variant: Variant) -> Result<Emulation, String> {
     let src = source_dir();
     let mut contents = Vec::new();

@@ -162,21 +162,18 @@ pub unsafe fn file(which: Which) -> Option<PathBuf> {
 }
 
 /// `cuDriverGetVersion`. Safety: as [`file`].
-unsafe fn driver_version() -> Result<i32, CudaError> {
+pub(super) unsafe fn driver_version() -> Result<i32, CudaError> {
     let mut v = 0i32;
     // SAFETY: a plain query into a local.
     unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }.result()?;
     Ok(v)
 }
 
-/// `nvrtcVersion`. Safety: as [`file`].
+/// `nvrtcVersion` (through the compiler module's guarded query). Safety: as [`file`].
 unsafe fn nvrtc_version() -> Result<(i32, i32), CudaError> {
-    let (mut major, mut minor) = (0i32, 0i32);
-    // SAFETY: a plain query into locals.
-    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
-        .result()
-        .map_err(|e| CudaError::Compile(format!("nvrtcVersion failed: {e:?}")))?;
-    Ok((major, minor))
+    let (major, minor) =
+        super::compile::nvrtc_version().map_err(|e| CudaError::Compile(e.to_string()))?;
+    Ok((major as i32, minor as i32))
 }
 
 /// `cublasLtGetVersion`. Safety: as [`file`].

@@ -320,9 +320,8 @@ pub fn check_libraries(opts: &CudaOptions) -> Result<(), CudaError> {
 pub fn driver_version(opts: &CudaOptions) -> Result<(u32, u32), CudaError> {
     check_libraries(opts)?;
     no_panic("querying the CUDA driver version", || {
-        let mut v = 0i32;
-        // SAFETY: a plain query into a local.
-        unsafe { ds::cuDriverGetVersion(&mut v) }.result()?;
+        // SAFETY: the libraries were checked just above.
+        let v = unsafe { super::loaded::driver_version() }?;
         Ok(((v / 1000) as u32, ((v % 1000) / 10) as u32))
     })
 }

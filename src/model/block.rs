@@ -480,11 +480,11 @@ impl Block {
             dmods: &mut dmods,
         };
         be.gated_add_backward(&dx3, &a.y3, dims.modulated(), &a.mods, slot(d, 5), grads3);
-        let df1g = self.ffn2.backward(bp, &a.f1g, &dy3, n, true).unwrap();
+        let df1g = self.ffn2.backward(bp, &a.f1g, &dy3, n);
         drop(dy3);
         let df1 = activate_backward(be, &a.f1, &df1g, B::gelu_tanh_backward);
         drop(df1g);
-        let dm2 = self.ffn0.backward(bp, &a.m2, &df1, n, true).unwrap();
+        let dm2 = self.ffn0.backward(bp, &a.m2, &df1, n);
         drop(df1);
         let mut dln2 = be.zeros(n * d);
         let grads2 = ModulateGrads {
@@ -504,7 +504,7 @@ impl Block {
         if let Some(img) = &a.image {
             be.add_assign(&mut attn_sum, &img.out);
         }
-        let dattn = ca.o.backward(bp, &attn_sum, &dx2, n, true).unwrap();
+        let dattn = ca.o.backward(bp, &attn_sum, &dx2, n);
         drop(attn_sum);
         let nt = bsz * dims.text_len;
         let mut dcq = be.zeros(n * d);
@@ -529,8 +529,8 @@ impl Block {
             text_grads,
         );
         let dck_pre = ca.norm_k.backward(bp, &a.ck_pre, &a.ck_rstd, &dck, nt);
-        let mut dtext = ca.k.backward(bp, ctx.text, &dck_pre, nt, true).unwrap();
-        let dtext_v = ca.v.backward(bp, ctx.text, &dcv, nt, true).unwrap();
+        let mut dtext = ca.k.backward(bp, ctx.text, &dck_pre, nt);
+        let dtext_v = ca.v.backward(bp, ctx.text, &dcv, nt);
         be.add_assign(&mut dtext, &dtext_v);
         let dimage = match (&a.image, self.image_attn, ctx.image) {
             (Some(img), Some(ia), Some(image)) => {
@@ -558,8 +558,8 @@ impl Block {
                 );
                 be.add_assign(&mut dcq, &dq_img);
                 let dk_pre = ia.norm_k.backward(bp, &img.k_pre, &img.k_rstd, &dk, ni);
-                let mut dimg = ia.k.backward(bp, image, &dk_pre, ni, true).unwrap();
-                let dimg_v = ia.v.backward(bp, image, &dv, ni, true).unwrap();
+                let mut dimg = ia.k.backward(bp, image, &dk_pre, ni);
+                let dimg_v = ia.v.backward(bp, image, &dv, ni);
                 be.add_assign(&mut dimg, &dimg_v);
                 Some(dimg)
             }
@@ -567,7 +567,7 @@ impl Block {
         };
         drop(dattn);
         let dcq_pre = ca.norm_q.backward(bp, &a.cq_pre, &a.cq_rstd, &dcq, n);
-        let dln3 = ca.q.backward(bp, &a.ln3, &dcq_pre, n, true).unwrap();
+        let dln3 = ca.q.backward(bp, &a.ln3, &dcq_pre, n);
         let mut dx1 = self.norm3.backward(bp, &a.x1, &a.ln3_stats, &dln3, n);
         be.add_assign(&mut dx1, &dx2);
         drop(dx2);
@@ -580,7 +580,7 @@ impl Block {
             dmods: &mut dmods,
         };
         be.gated_add_backward(&dx1, &a.y1, dims.modulated(), &a.mods, slot(d, 2), grads1);
-        let dsa = sa.o.backward(bp, &a.sa_out, &dy1, n, true).unwrap();
+        let dsa = sa.o.backward(bp, &a.sa_out, &dy1, n);
         drop(dy1);
         let mut dq = be.zeros(n * d);
         let mut dk = be.zeros(n * d);
@@ -602,10 +602,10 @@ impl Block {
         be.rope(&mut dk, dims.rope(), &rope.cos, &rope.sin, true);
         let dq_pre = sa.norm_q.backward(bp, &a.q_pre, &a.q_rstd, &dq, n);
         let dk_pre = sa.norm_k.backward(bp, &a.k_pre, &a.k_rstd, &dk, n);
-        let mut dm1 = sa.q.backward(bp, &a.m1, &dq_pre, n, true).unwrap();
-        let dm1_k = sa.k.backward(bp, &a.m1, &dk_pre, n, true).unwrap();
+        let mut dm1 = sa.q.backward(bp, &a.m1, &dq_pre, n);
+        let dm1_k = sa.k.backward(bp, &a.m1, &dk_pre, n);
         be.add_assign(&mut dm1, &dm1_k);
-        let dm1_v = sa.v.backward(bp, &a.m1, &dv, n, true).unwrap();
+        let dm1_v = sa.v.backward(bp, &a.m1, &dv, n);
         be.add_assign(&mut dm1, &dm1_v);
         let mut dln1 = be.zeros(n * d);
         let grads1 = ModulateGrads {

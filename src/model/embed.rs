@@ -81,12 +81,12 @@ impl TimeEmbedding {
         n: usize,
     ) {
         let be = bp.be;
-        let de_act = self.proj.backward(bp, &a.e_act, de0, n, true).unwrap();
+        let de_act = self.proj.backward(bp, &a.e_act, de0, n);
         let de_silu = activate_backward(be, &a.e, &de_act, B::silu_backward);
         be.add_assign(&mut de, &de_silu);
-        let dh0_act = self.lin2.backward(bp, &a.h0_act, &de, n, true).unwrap();
+        let dh0_act = self.lin2.backward(bp, &a.h0_act, &de, n);
         let dh0 = activate_backward(be, &a.h0, &dh0_act, B::silu_backward);
-        self.lin0.backward(bp, &a.sinusoid, &dh0, n, false);
+        self.lin0.accumulate_param_grads(bp, &a.sinusoid, &dh0, n);
     }
 }
 
@@ -134,9 +134,9 @@ impl TextEmbedding {
         rows: usize,
     ) -> B::Buf {
         let be = bp.be;
-        let dh0_act = self.lin2.backward(bp, &a.h0_act, dout, rows, true).unwrap();
+        let dh0_act = self.lin2.backward(bp, &a.h0_act, dout, rows);
         let dh0 = activate_backward(be, &a.h0, &dh0_act, B::gelu_tanh_backward);
-        self.lin0.backward(bp, context, &dh0, rows, true).unwrap()
+        self.lin0.backward(bp, context, &dh0, rows)
     }
 }
 
@@ -204,9 +204,9 @@ impl ImageEmbedding {
     ) -> B::Buf {
         let be = bp.be;
         let dh3 = self.norm4.backward(bp, &a.h3, &a.n4_stats, dout, rows);
-        let dh1_act = self.lin3.backward(bp, &a.h1_act, &dh3, rows, true).unwrap();
+        let dh1_act = self.lin3.backward(bp, &a.h1_act, &dh3, rows);
         let dh1 = activate_backward(be, &a.h1, &dh1_act, B::gelu_erf_backward);
-        let dn0 = self.lin1.backward(bp, &a.n0, &dh1, rows, true).unwrap();
+        let dn0 = self.lin1.backward(bp, &a.n0, &dh1, rows);
         self.norm0.backward(bp, clip, &a.n0_stats, &dn0, rows)
     }
 }

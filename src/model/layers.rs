@@ -68,16 +68,48 @@ impl Linear {
     }
 
     /// Accumulates the weight and bias gradients (when the layer is trainable) and returns the
-    /// input gradient when `need_dx`.
+    /// input gradient `dx: [n, in]`.
     pub fn backward<B: Backend>(
         &self,
         bp: &mut Backprop<'_, B>,
         x: &B::Buf,
         dy: &B::Buf,
         n: usize,
-        need_dx: bool,
-    ) -> Option<B::Buf> {
-        let (be, ps) = (bp.be, bp.ps);
+    ) -> B::Buf {
+        self.accumulate_weight_grads(bp, x, dy, n);
+        let mut dx = bp.be.zeros(n * self.n_in);
+        bp.be
+            .linear_backward_input(dy, n, bp.ps.matrix(self.w), &mut dx);
+        if let Some(lo) = self.lora {
+            self.lora_backward(bp, &lo, x, dy, n, Some(&mut dx));
+        }
+        dx
+    }
+
+    /// The backward pass of a first layer, whose input needs no gradient (the timestep's
+    /// sinusoid): accumulates the parameter gradients only, skipping the `dx` product.
+    pub fn accumulate_param_grads<B: Backend>(
+        &self,
+        bp: &mut Backprop<'_, B>,
+        x: &B::Buf,
+        dy: &B::Buf,
+        n: usize,
+    ) {
+        self.accumulate_weight_grads(bp, x, dy, n);
+        if let Some(lo) = self.lora {
+            self.lora_backward(bp, &lo, x, dy, n, None);
+        }
+    }
+
+    /// `dW += dy^T x` and `db += sum dy` for whichever of the two are trainable.
+    fn accumulate_weight_grads<B: Backend>(
+        &self,
+        bp: &mut Backprop<'_, B>,
+        x: &B::Buf,
+        dy: &B::Buf,
+        n: usize,
+    ) {
+        let be = bp.be;
         let (dw, db) = bp.grads.pair_mut(self.w, self.b);
         if let Some(dw) = dw {
             be.linear_backward_weight(dy, x, self.shape(n), dw, db);
@@ -86,15 +118,6 @@ impl Linear {
             let mut scratch = be.zeros(self.n_out * self.n_in);
             be.linear_backward_weight(dy, x, self.shape(n), &mut scratch, Some(db));
         }
-        let mut dx = need_dx.then(|| {
-            let mut dx = be.zeros(n * self.n_in);
-            be.linear_backward_input(dy, n, ps.matrix(self.w), &mut dx);
-            dx
-        });
-        if let Some(lo) = self.lora {
-            self.lora_backward(bp, &lo, x, dy, n, dx.as_mut());
-        }
-        dx
     }
 
     /// The adapter's share of the backward pass: `dB += s dy^T h`, `dA += (s dy B)^T x` and

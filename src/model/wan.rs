@@ -522,7 +522,7 @@ impl<B: Backend> WanModel<B> {
             ps: &self.params,
             grads,
         };
-        let dm = head.lin.backward(&mut bp, &ha.m, &dout, n, true).unwrap();
+        let dm = head.lin.backward(&mut bp, &ha.m, &dout, n);
         let mut dln = be.zeros(n * d);
         let mut dmods = be.zeros(s.batch * 2 * d);
         let shape = ModShape {
@@ -637,10 +637,7 @@ impl<B: Backend> WanModel<B> {
         };
 
         // Patch embedding back to the latent grid, then split x from y.
-        let dtokens = self
-            .patch
-            .backward(&mut bp, &tape.tokens, &dh, n, true)
-            .unwrap();
+        let dtokens = self.patch.backward(&mut bp, &tape.tokens, &dh, n);
         let pshape = PatchShape {
             batch: s.batch,
             channels: c.in_dim,

@@ -157,14 +157,11 @@ impl RewardHead {
         let batch = acts.pool.batch();
         assert_eq!(be.len(dlogits), batch, "dlogits is not [batch]");
         let mut bp = Backprop { be, ps, grads };
-        let da1 = self.fc2.backward(&mut bp, &acts.a1, dlogits, batch, true);
-        let dh1 = activate_backward(be, &acts.h1, &da1.expect("need_dx"), B::relu_backward);
-        let da0 = self.fc1.backward(&mut bp, &acts.a0, &dh1, batch, true);
-        let dh0 = activate_backward(be, &acts.h0, &da0.expect("need_dx"), B::relu_backward);
-        let dpooled = self
-            .fc0
-            .backward(&mut bp, &acts.pooled, &dh0, batch, true)
-            .expect("need_dx");
+        let da1 = self.fc2.backward(&mut bp, &acts.a1, dlogits, batch);
+        let dh1 = activate_backward(be, &acts.h1, &da1, B::relu_backward);
+        let da0 = self.fc1.backward(&mut bp, &acts.a0, &dh1, batch);
+        let dh0 = activate_backward(be, &acts.h0, &da0, B::relu_backward);
+        let dpooled = self.fc0.backward(&mut bp, &acts.pooled, &dh0, batch);
         self.pool.backward(be, ps, bp.grads, &acts.pool, &dpooled)
     }
 }

@@ -213,8 +213,7 @@ impl AttnPool {
         }
         let dattn = self
             .out_proj
-            .backward(&mut bp, &acts.attn, &dper_query, batch * nq, true)
-            .expect("need_dx");
+            .backward(&mut bp, &acts.attn, &dper_query, batch * nq);
         drop(dper_query);
 
         let mut dq = be.zeros(batch * nq * d);
@@ -234,25 +233,23 @@ impl AttnPool {
         be.attention_backward(qkv, &acts.attn, &acts.lse, &dattn, shape, dqkv);
         drop(dattn);
 
-        let mut dx = self
-            .k_proj
-            .backward(&mut bp, &acts.x, &dk, n, true)
-            .expect("need_dx");
+        let mut dx = self.k_proj.backward(&mut bp, &acts.x, &dk, n);
         drop(dk);
-        let dx_v = self
-            .v_proj
-            .backward(&mut bp, &acts.x, &dv, n, true)
-            .expect("need_dx");
+        let dx_v = self.v_proj.backward(&mut bp, &acts.x, &dv, n);
         be.add_assign(&mut dx, &dx_v);
 
         // The per-sample query copies all came from the one projected query table.
         let mut dqp = be.zeros(nq * d);
         sum_over_batch(be, &dq, batch, nq * d, &mut dqp);
-        let need_dquery = bp.grads.get(self.query).is_some();
         let query = ps.vector(self.query);
-        if let Some(dquery_proj) = self.q_proj.backward(&mut bp, query, &dqp, nq, need_dquery) {
-            let dquery = bp.grads.get_mut(self.query).expect("checked above");
-            be.add_assign(dquery, &dquery_proj);
+        if bp.grads.get(self.query).is_some() {
+            let dquery_proj = self.q_proj.backward(&mut bp, query, &dqp, nq);
+            if let Some(dquery) = bp.grads.get_mut(self.query) {
+                be.add_assign(dquery, &dquery_proj);
+            }
+        } else {
+            // A frozen query table: only the projection's own parameters take a gradient.
+            self.q_proj.accumulate_param_grads(&mut bp, query, &dqp, nq);
         }
         dx
     }

@@ -51,13 +51,14 @@ use prfl::backend::{
     LinearShape, ModShape, ModSlot, ModulateGrads, NormAffine, PatchOrder, PatchShape, Qkv,
     RmsNormGrads, RopeShape, RowShape, ShiftScale,
 };
-use prfl::finetune::prfl::{PrflConfig, PrflTrainer};
+use prfl::finetune::prfl::{PrflTrainConfig, PrflTrainer};
 use prfl::finetune::sample::Cond;
 use prfl::model::init::random_weights;
 use prfl::model::lora::{init_lora, LoraConfig};
 use prfl::model::params::Grads;
 use prfl::model::wan::{Inputs, Mode, VideoShape, WanModel};
 use prfl::model::{ModelType, WanConfig};
+use prfl::optim::AdamWConfig;
 use prfl::reward::dataset::{Batch, BatchLatents};
 use prfl::reward::head::init_head_params;
 use prfl::reward::model::{RewardModel, RewardModelConfig};
@@ -1421,10 +1422,13 @@ fn pavrm_step<G: Backend>(g: &G, r: &mut Report) {
     let head = init_head_params(gen.dim, rcfg.heads, rcfg.queries, rcfg.hidden, 12);
     let tcfg = RewardTrainConfig {
         loss: RewardLoss::Ce,
-        backbone_lr: TRAIN_LR,
+        optim: AdamWConfig {
+            lr: TRAIN_LR,
+            eps: TRAIN_EPS,
+            max_grad_norm: Some(1.0),
+            ..RewardTrainConfig::default().optim
+        },
         head_lr: TRAIN_LR,
-        eps: TRAIN_EPS,
-        max_grad_norm: Some(1.0),
         recompute: true,
         seed: 3,
         ..RewardTrainConfig::default()
@@ -1511,7 +1515,7 @@ fn prfl_step<G: Backend>(g: &G, r: &mut Report) {
     };
     let adapters = init_lora(&gen, &lora, 24).unwrap();
     for with_lora in [false, true] {
-        let pcfg = PrflConfig {
+        let pcfg = PrflTrainConfig {
             steps: 6,
             solver: SolverKind::UniPc,
             // m = 2: a two-step rollout without gradients, then the step with them.
@@ -1520,12 +1524,15 @@ fn prfl_step<G: Backend>(g: &G, r: &mut Report) {
             margin: 2.0,
             sft: true,
             recompute: true,
-            lr: TRAIN_LR,
-            eps: TRAIN_EPS,
-            max_grad_norm: Some(1.0),
+            optim: AdamWConfig {
+                lr: TRAIN_LR,
+                eps: TRAIN_EPS,
+                max_grad_norm: Some(1.0),
+                ..PrflTrainConfig::default().optim
+            },
             lora: with_lora.then(|| lora.clone()),
             seed: 5,
-            ..PrflConfig::default()
+            ..PrflTrainConfig::default()
         };
         let (go, co) = both!(g, |be| {
             let mut generator = WanModel::new(be, gen.clone(), &gen_w, Some(DType::BF16)).unwrap();

@@ -4,13 +4,14 @@
 
 use prfl::backend::cpu::Cpu;
 use prfl::backend::Backend;
-use prfl::finetune::prfl::{PrflConfig, PrflTrainer};
+use prfl::finetune::prfl::{PrflTrainConfig, PrflTrainer};
 use prfl::finetune::sample::{sample, Cond, SamplingPlan};
 use prfl::model::init::random_weights;
 use prfl::model::lora::{init_lora, LoraConfig};
 use prfl::model::params::ParamData;
 use prfl::model::wan::{VideoShape, WanModel};
 use prfl::model::{ModelType, WanConfig};
+use prfl::optim::AdamWConfig;
 use prfl::reward::head::init_head_params;
 use prfl::reward::model::{RewardModel, RewardModelConfig};
 use prfl::schedule::rng::Rng;
@@ -65,16 +66,19 @@ fn noise(seed: u64) -> Vec<f32> {
     n
 }
 
-fn cfg(solver: SolverKind) -> PrflConfig {
-    PrflConfig {
+fn cfg(solver: SolverKind) -> PrflTrainConfig {
+    PrflTrainConfig {
         steps: 6,
         solver,
         sft: false,
         recompute: false,
         // A margin above every reachable score keeps the hinge active, so the loss is smooth.
         margin: 2.0,
-        lr: 1e-3,
-        ..PrflConfig::default()
+        optim: AdamWConfig {
+            lr: 1e-3,
+            ..PrflTrainConfig::default().optim
+        },
+        ..PrflTrainConfig::default()
     }
 }
 
@@ -173,7 +177,7 @@ fn lora_prfl_trains_only_adapters() {
         &Cpu,
         generator,
         reward(2),
-        PrflConfig {
+        PrflTrainConfig {
             lora: Some(lora),
             ..cfg(SolverKind::UniPc)
         },
@@ -207,8 +211,11 @@ fn prfl_raises_the_reward_of_fresh_samples() {
         &Cpu,
         generator,
         reward(8),
-        PrflConfig {
-            lr: 2e-3,
+        PrflTrainConfig {
+            optim: AdamWConfig {
+                lr: 2e-3,
+                ..cfg(SolverKind::UniPc).optim
+            },
             ..cfg(SolverKind::UniPc)
         },
     )

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use prfl::backend::cpu::Cpu;
 use prfl::backend::Backend;
-use prfl::finetune::prfl::{PrflConfig, PrflTrainer};
+use prfl::finetune::prfl::{PrflTrainConfig, PrflTrainer};
 use prfl::finetune::sample::{velocity, Cond, GridKind};
 use prfl::model::checkpoint::{read_safetensors, Checkpoint};
 use prfl::model::wan::{VideoShape, WanModel};
@@ -85,7 +85,7 @@ fn trainer(be: &Cpu, fx: &Fixture, m: usize, recompute: bool) -> PrflTrainer<Cpu
     let head = read_safetensors(&d.join("reward_head.safetensors")).unwrap();
     let reward = RewardModel::from_tensors(be, wan, &backbone, &head, rcfg, None).unwrap();
 
-    let cfg = PrflConfig {
+    let cfg = PrflTrainConfig {
         steps: u(&fx.meta["steps"]),
         shift: fx.meta["shift"].as_f64().unwrap(),
         solver: SolverKind::UniPc,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use prfl::backend::cpu::Cpu;
 use prfl::model::init::random_weights;
 use prfl::model::{ModelType, WanConfig};
+use prfl::optim::AdamWConfig;
 use prfl::reward::dataset::{write_clip, Batch, BatchLatents, Conditioning, Dataset, TokenStates};
 use prfl::reward::head::init_head_params;
 use prfl::reward::model::{RewardModel, RewardModelConfig};
@@ -42,7 +43,10 @@ fn reward_model(world: &WorldConfig, seed: u64) -> RewardModel<Cpu> {
 fn train_cfg(loss: RewardLoss) -> RewardTrainConfig {
     RewardTrainConfig {
         loss,
-        backbone_lr: 3e-3,
+        optim: AdamWConfig {
+            lr: 3e-3,
+            ..RewardTrainConfig::default().optim
+        },
         head_lr: 3e-3,
         recompute: false,
         seed: 1,

@@ -15,9 +15,10 @@ use super::generator::{text_cond, video_shape};
 use super::observer::Observer;
 use super::results::{smooth, PrflResults};
 use crate::backend::Backend;
-use crate::finetune::prfl::{PrflConfig, PrflTrainer};
+use crate::finetune::prfl::{PrflTrainConfig, PrflTrainer};
 use crate::finetune::sample::GridKind;
 use crate::model::wan::WanModel;
+use crate::optim::AdamWConfig;
 use crate::reward::dataset::BatchLatents;
 use crate::reward::model::RewardModel;
 use crate::schedule::Rng;
@@ -43,7 +44,7 @@ pub fn finetune<B: Backend>(
         be,
         generator,
         reward,
-        PrflConfig {
+        PrflTrainConfig {
             steps: s.steps,
             shift: s.shift,
             solver: s.solver,
@@ -52,10 +53,13 @@ pub fn finetune<B: Backend>(
             scale: reward_scale,
             // The SFT term is added below, inside the same optimiser step.
             sft: false,
-            lr: p.lr,
+            optim: AdamWConfig {
+                lr: p.lr,
+                ..PrflTrainConfig::default().optim
+            },
             recompute: false,
             seed: cfg.seed ^ 0x9F1,
-            ..PrflConfig::default()
+            ..PrflTrainConfig::default()
         },
     )?;
     // The same data stream for the run and its control.

@@ -13,6 +13,7 @@ use crate::finetune::pretrain::{PretrainConfig, PretrainTrainer};
 use crate::finetune::sample::{sample, Cond, SamplingPlan};
 use crate::model::init::random_weights;
 use crate::model::wan::{VideoShape, WanModel};
+use crate::optim::AdamWConfig;
 use crate::reward::dataset::BatchLatents;
 use crate::schedule::Rng;
 use crate::synthetic::{mixed_clip_batch, WorldConfig};
@@ -62,8 +63,11 @@ pub fn pretrain<B: Backend>(
         generator,
         PretrainConfig {
             shift: p.shift,
-            lr: p.lr,
-            warmup_steps: p.warmup,
+            optim: AdamWConfig {
+                lr: p.lr,
+                warmup_steps: p.warmup,
+                ..PretrainConfig::default().optim
+            },
             seed: cfg.seed ^ 0x9E37,
             ..PretrainConfig::default()
         },

@@ -22,6 +22,7 @@ use super::results::{smooth, AccuracyRow, RewardResults};
 use super::stats::Proportion;
 use crate::backend::Backend;
 use crate::model::wan::WanModel;
+use crate::optim::AdamWConfig;
 use crate::reward::dataset::{Batch, BatchLatents};
 use crate::reward::head::init_head_params;
 use crate::reward::metrics::{roc_auc, THRESHOLD};
@@ -64,7 +65,10 @@ pub fn train_reward<B: Backend>(
     let train_cfg = RewardTrainConfig {
         loss: RewardLoss::Bt,
         shift: r.shift,
-        backbone_lr: r.backbone_lr,
+        optim: AdamWConfig {
+            lr: r.backbone_lr,
+            ..RewardTrainConfig::default().optim
+        },
         head_lr: r.head_lr,
         recompute: false,
         seed: cfg.seed ^ 0x5C0E,

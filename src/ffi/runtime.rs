@@ -37,7 +37,7 @@ use crate::backend::Backend;
 use crate::finetune::early_reject::{
     best_first, sample_candidates, sample_with_early_rejection, Candidates, RejectStage,
 };
-use crate::finetune::prfl::{PrflConfig as FinetuneConfig, PrflTrainer};
+use crate::finetune::prfl::{PrflTrainConfig as FinetuneConfig, PrflTrainer};
 use crate::finetune::sample::{Cond, SamplingPlan};
 use crate::model::lora::init_lora;
 use crate::model::wan::{Inputs, VideoShape, WanModel};
@@ -344,7 +344,10 @@ impl Runtime {
         RewardTrainConfig {
             loss: self.cfg.reward_loss,
             shift: self.cfg.shift as f64,
-            backbone_lr: self.cfg.reward_backbone_lr,
+            optim: crate::optim::AdamWConfig {
+                lr: self.cfg.reward_backbone_lr,
+                ..RewardTrainConfig::default().optim
+            },
             head_lr: self.cfg.reward_head_lr,
             recompute: self.cfg.recompute,
             seed: self.cfg.seed,
@@ -356,7 +359,10 @@ impl Runtime {
         FinetuneConfig {
             steps: self.cfg.prfl_steps,
             shift: self.cfg.shift as f64,
-            lr: self.cfg.prfl_lr,
+            optim: crate::optim::AdamWConfig {
+                lr: self.cfg.prfl_lr,
+                ..FinetuneConfig::default().optim
+            },
             recompute: self.cfg.recompute,
             lora: self.cfg.lora.clone(),
             seed: self.cfg.seed,

@@ -18,10 +18,13 @@ use crate::backend::Backend;
 use crate::model::params::Grads;
 use crate::model::wan::{Mode, VideoShape, WanModel};
 use crate::optim::adamw::{AdamW, AdamWConfig, StepReport};
+use crate::optim::flat_keys::{self, OptimKeys};
+use crate::optim::train_loop::TrainLoop;
 use crate::schedule::levels::{LevelDistribution, TrainingLevels};
 use crate::schedule::rng::Rng;
 use crate::{Error, Result};
 
+/// Pre-training settings. As TOML/JSON the AdamW keys (`lr`, `betas`, ...) sit at this level.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PretrainConfig {
@@ -29,12 +32,13 @@ pub struct PretrainConfig {
     pub shift: f64,
     /// `None`: uniform level draws; `Some((mean, std))`: logit-normal.
     pub logit_normal: Option<(f64, f64)>,
-    pub lr: f32,
-    pub betas: (f32, f32),
-    pub weight_decay: f32,
-    pub eps: f32,
-    pub max_grad_norm: Option<f32>,
-    pub warmup_steps: u64,
+    /// AdamW over every generator parameter (default learning rate 1e-4).
+    #[serde(
+        flatten,
+        serialize_with = "flat_keys::serialize::<PretrainConfig, _>",
+        deserialize_with = "flat_keys::deserialize::<PretrainConfig, _>"
+    )]
+    pub optim: AdamWConfig,
     /// Micro-batches per optimiser step.
     pub accumulation: usize,
     /// Per-block activation recompute (gradient checkpointing).
@@ -47,16 +51,20 @@ impl Default for PretrainConfig {
         PretrainConfig {
             shift: 5.0,
             logit_normal: None,
-            lr: 1e-4,
-            betas: (0.9, 0.999),
-            weight_decay: 0.01,
-            eps: 1e-8,
-            max_grad_norm: Some(1.0),
-            warmup_steps: 0,
+            optim: AdamWConfig {
+                lr: 1e-4,
+                ..AdamWConfig::default()
+            },
             accumulation: 1,
             recompute: false,
             seed: 0,
         }
+    }
+}
+
+impl OptimKeys for PretrainConfig {
+    fn optim_defaults() -> AdamWConfig {
+        PretrainConfig::default().optim
     }
 }
 
@@ -76,39 +84,22 @@ pub struct PretrainStepStats {
 pub struct PretrainTrainer<B: Backend> {
     pub generator: WanModel<B>,
     pub cfg: PretrainConfig,
-    opt: AdamW<B>,
-    grads: Grads<B>,
+    train: TrainLoop<B>,
     levels: TrainingLevels,
-    rng: Rng,
-    micro: usize,
-    /// A non-finite loss occurred in the current accumulation window: its update is skipped.
-    poisoned: bool,
 }
 
 impl<B: Backend> PretrainTrainer<B> {
+    /// A trainer over the full `generator` (every block and the head).
     pub fn new(be: &B, generator: WanModel<B>, cfg: PretrainConfig) -> Result<Self> {
-        if cfg.accumulation == 0 {
-            return Err(Error::Config("accumulation must be at least 1".into()));
-        }
         if !generator.has_head() || generator.num_blocks() != generator.cfg.num_layers {
             return Err(Error::Config(
                 "pre-training needs the full generator (every block and the head)".into(),
             ));
         }
         let grads = Grads::new(be, &generator.params, |_| true);
-        let opt = AdamW::new(
-            be,
-            &generator.params,
-            &grads,
-            AdamWConfig {
-                lr: cfg.lr,
-                betas: cfg.betas,
-                eps: cfg.eps,
-                weight_decay: cfg.weight_decay,
-                max_grad_norm: cfg.max_grad_norm,
-                warmup_steps: cfg.warmup_steps,
-            },
-        )?;
+        let opt = AdamW::new(be, &generator.params, &grads, cfg.optim)?;
+        let rng = Rng::seed_from_u64(cfg.seed);
+        let train = TrainLoop::new(opt, grads, rng, cfg.accumulation)?;
         let levels = TrainingLevels::new(cfg.shift);
         let levels = match cfg.logit_normal {
             Some((mean, std)) => {
@@ -117,19 +108,16 @@ impl<B: Backend> PretrainTrainer<B> {
             None => levels,
         };
         Ok(PretrainTrainer {
-            rng: Rng::seed_from_u64(cfg.seed),
+            train,
             levels,
-            opt,
-            grads,
             generator,
             cfg,
-            micro: 0,
-            poisoned: false,
         })
     }
 
+    /// The optimiser (step count, state size).
     pub fn optimizer(&self) -> &AdamW<B> {
-        &self.opt
+        self.train.optimizer()
     }
 
     /// One micro-batch of clean latents `x0` (host data, `[B, C, F, H, W]`): noise, forward,
@@ -147,45 +135,25 @@ impl<B: Backend> PretrainTrainer<B> {
         } else {
             Mode::Train
         };
+        let (grads, rng) = self.train.grads_and_rng();
         let loss = flow_matching_micro(
             be,
             &self.generator,
-            &mut self.grads,
+            grads,
             &self.levels,
-            &mut self.rng,
+            rng,
             CleanBatch { shape, cond, x0 },
             mode,
         )?;
-        if !loss.is_finite() {
-            self.poisoned = true;
-        }
-        self.micro += 1;
-        let update = (self.micro == self.cfg.accumulation).then(|| self.apply(be));
+        let update = self
+            .train
+            .after_micro_step(be, &mut self.generator.params, loss);
         Ok(PretrainStepStats {
-            step: self.opt.step_count(),
+            step: self.train.optimizer().step_count(),
             loss,
             update,
             seconds: start.elapsed().as_secs_f64(),
         })
-    }
-
-    /// Closes the accumulation window: an AdamW step unless something was non-finite.
-    fn apply(&mut self, be: &B) -> StepReport {
-        let micro = std::mem::take(&mut self.micro);
-        let report = if std::mem::take(&mut self.poisoned) {
-            StepReport {
-                grad_norm: f64::NAN,
-                clip_coef: 0.0,
-                skipped_nonfinite: true,
-                step: self.opt.step_count(),
-                lr: 0.0,
-            }
-        } else {
-            self.opt
-                .step(be, &mut self.generator.params, &self.grads, micro)
-        };
-        self.grads.zero(be);
-        report
     }
 
     /// The trained generator (the optimiser state is dropped).

@@ -21,9 +21,9 @@ use crate::model::lora::LoraConfig;
 use crate::model::params::Grads;
 use crate::model::wan::{Mode, VideoShape, WanModel};
 use crate::optim::adamw::{AdamW, AdamWConfig, StepReport};
-use crate::optim::checkpoint::{
-    load_training_checkpoint, save_training_checkpoint, TrainingKind, TrainingMeta,
-};
+use crate::optim::checkpoint::TrainingKind;
+use crate::optim::flat_keys::{self, OptimKeys};
+use crate::optim::train_loop::TrainLoop;
 use crate::reward::loss::sigmoid;
 use crate::reward::model::RewardModel;
 use crate::schedule::levels::TrainingLevels;
@@ -32,9 +32,11 @@ use crate::schedule::SolverKind;
 use crate::tensor::HostTensor;
 use crate::{Error, Result};
 
+/// PRFL fine-tuning settings (the CLI's `[prfl]` table; the AdamW keys `lr`, `betas`, ... sit at
+/// this level).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct PrflConfig {
+pub struct PrflTrainConfig {
     /// Sampling steps N of the rollout grid (Wan reference grid, sigma_max 0.999).
     pub steps: usize,
     pub shift: f64,
@@ -47,12 +49,14 @@ pub struct PrflConfig {
     pub scale: f32,
     /// Run the supervised flow-matching step before each PRFL step (as the reference does).
     pub sft: bool,
-    pub lr: f32,
-    pub betas: (f32, f32),
-    pub weight_decay: f32,
-    pub eps: f32,
-    pub max_grad_norm: Option<f32>,
-    pub warmup_steps: u64,
+    /// AdamW over the trainable generator parameters (default learning rate 5e-6).
+    #[serde(
+        flatten,
+        serialize_with = "flat_keys::serialize::<PrflTrainConfig, _>",
+        deserialize_with = "flat_keys::deserialize::<PrflTrainConfig, _>"
+    )]
+    pub optim: AdamWConfig,
+    /// Micro-steps per optimiser step.
     pub accumulation: usize,
     pub recompute: bool,
     /// Train LoRA adapters (base frozen) instead of every weight.
@@ -60,9 +64,9 @@ pub struct PrflConfig {
     pub seed: u64,
 }
 
-impl Default for PrflConfig {
+impl Default for PrflTrainConfig {
     fn default() -> Self {
-        PrflConfig {
+        PrflTrainConfig {
             steps: 40,
             shift: 5.0,
             solver: SolverKind::UniPc,
@@ -71,17 +75,21 @@ impl Default for PrflConfig {
             margin: 2.0,
             scale: 0.1,
             sft: true,
-            lr: 5e-6,
-            betas: (0.9, 0.999),
-            weight_decay: 0.01,
-            eps: 1e-8,
-            max_grad_norm: Some(1.0),
-            warmup_steps: 0,
+            optim: AdamWConfig {
+                lr: 5e-6,
+                ..AdamWConfig::default()
+            },
             accumulation: 1,
             recompute: true,
             lora: None,
             seed: 0,
         }
+    }
+}
+
+impl OptimKeys for PrflTrainConfig {
+    fn optim_defaults() -> AdamWConfig {
+        PrflTrainConfig::default().optim
     }
 }
 
@@ -103,19 +111,17 @@ pub struct PrflStepStats {
     pub tape_bytes: usize,
 }
 
+/// Fine-tunes a generator against a frozen reward model (full or LoRA), interleaved with the
+/// supervised flow-matching step.
 pub struct PrflTrainer<B: Backend> {
     pub generator: WanModel<B>,
     pub reward: RewardModel<B>,
-    pub cfg: PrflConfig,
+    pub cfg: PrflTrainConfig,
     plan: SamplingPlan,
-    opt: AdamW<B>,
-    grads: Grads<B>,
+    train: TrainLoop<B>,
     /// The reward model is frozen: no parameter gradients, only its input gradient.
     reward_grads: Grads<B>,
     levels: TrainingLevels,
-    rng: Rng,
-    micro: usize,
-    poisoned: bool,
 }
 
 impl<B: Backend> PrflTrainer<B> {
@@ -125,11 +131,8 @@ impl<B: Backend> PrflTrainer<B> {
         be: &B,
         generator: WanModel<B>,
         reward: RewardModel<B>,
-        cfg: PrflConfig,
+        cfg: PrflTrainConfig,
     ) -> Result<Self> {
-        if cfg.accumulation == 0 {
-            return Err(Error::Config("accumulation must be at least 1".into()));
-        }
         if reward.backbone.cfg.dim != generator.cfg.dim
             || reward.backbone.cfg.in_dim != generator.cfg.in_dim
         {
@@ -138,11 +141,13 @@ impl<B: Backend> PrflTrainer<B> {
             ));
         }
         let plan = SamplingPlan::new(cfg.grid, cfg.steps, cfg.shift, cfg.solver)?;
-        let lo_hi = cfg.mid_range.unwrap_or((0, cfg.steps - 2));
-        if lo_hi.0 > lo_hi.1 || lo_hi.1 > cfg.steps - 2 {
+        let last_mid = cfg.steps.checked_sub(2).ok_or_else(|| {
+            Error::Config(format!("a rollout of {} steps has no mid step", cfg.steps))
+        })?;
+        let lo_hi = cfg.mid_range.unwrap_or((0, last_mid));
+        if lo_hi.0 > lo_hi.1 || lo_hi.1 > last_mid {
             return Err(Error::Config(format!(
-                "mid_range {lo_hi:?} must lie within [0, {}]",
-                cfg.steps - 2
+                "mid_range {lo_hi:?} must lie within [0, {last_mid}]"
             )));
         }
         let lora = cfg.lora.is_some();
@@ -153,31 +158,16 @@ impl<B: Backend> PrflTrainer<B> {
             ));
         }
         let reward_grads = Grads::new(be, &reward.backbone.params, |_| false);
-        let opt = AdamW::new(
-            be,
-            &generator.params,
-            &grads,
-            AdamWConfig {
-                lr: cfg.lr,
-                betas: cfg.betas,
-                eps: cfg.eps,
-                weight_decay: cfg.weight_decay,
-                max_grad_norm: cfg.max_grad_norm,
-                warmup_steps: cfg.warmup_steps,
-            },
-        )?;
+        let opt = AdamW::new(be, &generator.params, &grads, cfg.optim)?;
+        let rng = Rng::seed_from_u64(cfg.seed);
         Ok(PrflTrainer {
             levels: TrainingLevels::new(cfg.shift),
-            rng: Rng::seed_from_u64(cfg.seed),
+            train: TrainLoop::new(opt, grads, rng, cfg.accumulation)?,
             plan,
-            opt,
-            grads,
             reward_grads,
             generator,
             reward,
             cfg,
-            micro: 0,
-            poisoned: false,
         })
     }
 
@@ -185,24 +175,29 @@ impl<B: Backend> PrflTrainer<B> {
         &self.plan
     }
 
+    /// The optimiser (step count, state size).
     pub fn optimizer(&self) -> &AdamW<B> {
-        &self.opt
+        self.train.optimizer()
     }
 
+    /// The optimiser, mutably.
     pub fn optimizer_mut(&mut self) -> &mut AdamW<B> {
-        &mut self.opt
+        self.train.optimizer_mut()
     }
 
+    /// The random stream (mid steps, rollout noise, SFT levels).
     pub fn rng(&self) -> &Rng {
-        &self.rng
+        self.train.rng()
     }
 
+    /// Replaces the random stream.
     pub fn set_rng(&mut self, rng: Rng) {
-        self.rng = rng;
+        self.train.set_rng(rng);
     }
 
+    /// The generator gradients accumulated in the current window.
     pub fn grads(&self) -> &Grads<B> {
-        &self.grads
+        self.train.grads()
     }
 
     fn mode(&self) -> Mode {
@@ -215,8 +210,13 @@ impl<B: Backend> PrflTrainer<B> {
 
     /// Draws the mid step m.
     pub fn draw_mid_step(&mut self) -> usize {
-        let (lo, hi) = self.cfg.mid_range.unwrap_or((0, self.cfg.steps - 2));
-        lo + ((self.rng.uniform_f64() * (hi - lo + 1) as f64) as usize).min(hi - lo)
+        // `new` checked that the range lies within `[0, steps - 2]`.
+        let (lo, hi) = self
+            .cfg
+            .mid_range
+            .unwrap_or((0, self.cfg.steps.saturating_sub(2)));
+        let u = self.train.rng_mut().uniform_f64();
+        lo + ((u * (hi - lo + 1) as f64) as usize).min(hi - lo)
     }
 
     /// Rolls out from `noise` for `m` solver steps without gradients; returns `x_m` and the
@@ -299,7 +299,8 @@ impl<B: Backend> PrflTrainer<B> {
             drop(rtape);
             let mut dv = g.x;
             be.scale(coef, &mut dv);
-            self.generator.backward(be, &tape, &dv, &mut self.grads)?;
+            self.generator
+                .backward(be, &tape, &dv, self.train.grads_mut())?;
         }
         Ok((loss, mean, tape_bytes))
     }
@@ -314,18 +315,17 @@ impl<B: Backend> PrflTrainer<B> {
         x0: &[f32],
     ) -> Result<f64> {
         let mode = self.mode();
+        let (grads, rng) = self.train.grads_and_rng();
         let loss = flow_matching_micro(
             be,
             &self.generator,
-            &mut self.grads,
+            grads,
             &self.levels,
-            &mut self.rng,
+            rng,
             CleanBatch { shape, cond, x0 },
             mode,
         )?;
-        if !loss.is_finite() {
-            self.poisoned = true;
-        }
+        self.train.note_loss(loss);
         Ok(loss)
     }
 
@@ -342,28 +342,22 @@ impl<B: Backend> PrflTrainer<B> {
         let sft_loss = match (self.cfg.sft, x0) {
             (true, Some(x0)) => {
                 let l = self.sft_micro(be, shape, cond, x0)?;
-                self.apply(be, 1);
+                self.train.step_now(be, &mut self.generator.params, 1);
                 Some(l)
             }
             _ => None,
         };
         let m = self.draw_mid_step();
         let mut noise = vec![0.0f32; shape.batch * self.generator.cfg.out_dim * shape.voxels()];
-        self.rng.fill_normal(&mut noise);
+        self.train.rng_mut().fill_normal(&mut noise);
         let (x_m, sampler) = self.rollout(be, shape, cond, be.upload(&noise), m)?;
         let reward_timestep = sampler.timestep(m + 1);
         let (loss, reward, tape_bytes) = self.prfl_loss_at(be, shape, cond, &x_m, sampler, true)?;
-        if !loss.is_finite() {
-            self.poisoned = true;
-        }
-        self.micro += 1;
-        let update = (self.micro == self.cfg.accumulation).then(|| {
-            let k = self.micro;
-            self.micro = 0;
-            self.apply(be, k)
-        });
+        let update = self
+            .train
+            .after_micro_step(be, &mut self.generator.params, loss);
         Ok(PrflStepStats {
-            step: self.opt.step_count(),
+            step: self.train.optimizer().step_count(),
             mid_step: m,
             reward_timestep,
             reward,
@@ -375,59 +369,37 @@ impl<B: Backend> PrflTrainer<B> {
         })
     }
 
-    fn apply(&mut self, be: &B, micro: usize) -> StepReport {
-        let poisoned = std::mem::take(&mut self.poisoned);
-        self.opt.close_window(
-            be,
-            &mut self.generator.params,
-            &mut self.grads,
-            micro,
-            poisoned,
-        )
-    }
-
     /// Writes a training checkpoint (one atomic file): trainable weights (adapters under LoRA),
     /// AdamW moments, the iteration, the random stream and the configuration.
     pub fn save_checkpoint(&self, be: &B, path: &std::path::Path, iteration: u64) -> Result<()> {
-        if self.micro != 0 {
-            return Err(Error::InvalidInput(format!(
-                "cannot checkpoint in the middle of an accumulation window ({} of {} micro-steps)",
-                self.micro, self.cfg.accumulation
-            )));
-        }
-        let tensors = self.opt.export_state(be, &self.generator.params);
-        let meta = TrainingMeta {
-            step: iteration,
-            rng: self.rng.state(),
-            kind: TrainingKind::Prfl,
-            config: serde_json::json!({ "prfl": self.cfg, "wan": self.generator.cfg }),
-        };
-        save_training_checkpoint(path, &tensors, &meta.to_json())
+        let config = serde_json::json!({ "prfl": self.cfg, "wan": self.generator.cfg });
+        self.train.save_checkpoint(
+            be,
+            &self.generator.params,
+            path,
+            TrainingKind::Prfl,
+            iteration,
+            config,
+        )
     }
 
     /// Restores [`PrflTrainer::save_checkpoint`]'s file into this trainer (same configuration);
     /// returns the saved iteration.
     pub fn resume(&mut self, be: &B, path: &std::path::Path) -> Result<u64> {
-        let (tensors, meta) = load_training_checkpoint(path)?;
-        let meta = TrainingMeta::from_json(&meta)?;
-        if meta.kind != TrainingKind::Prfl {
-            return Err(Error::checkpoint(path, "not a PRFL training checkpoint"));
-        }
-        let rng = Rng::from_state(&meta.rng)?;
-        self.opt
-            .import_state(be, &mut self.generator.params, &tensors)?;
-        self.rng = rng;
-        self.micro = 0;
-        self.poisoned = false;
-        self.grads.zero(be);
-        Ok(meta.step)
+        self.train.resume(
+            be,
+            &mut self.generator.params,
+            path,
+            TrainingKind::Prfl,
+            |_| Ok(()),
+        )
     }
 
     /// The trainable generator parameters (adapters under LoRA) as host tensors.
     pub fn trainable_tensors(&self, be: &B) -> BTreeMap<String, HostTensor> {
         let ps = &self.generator.params;
         (0..ps.len())
-            .filter(|&i| self.grads.get(i).is_some())
+            .filter(|&i| self.train.grads().get(i).is_some())
             .map(|i| (ps.name(i).to_string(), ps.to_host(be, i)))
             .collect()
     }

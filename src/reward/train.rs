@@ -16,9 +16,9 @@ use crate::backend::Backend;
 use crate::model::params::Grads;
 use crate::model::wan::{Inputs, Mode, VideoShape};
 use crate::optim::adamw::{AdamW, AdamWConfig, StepReport};
-use crate::optim::checkpoint::{
-    load_training_checkpoint, save_training_checkpoint, TrainingKind, TrainingMeta,
-};
+use crate::optim::checkpoint::{TrainingKind, TrainingMeta};
+use crate::optim::flat_keys::{self, OptimKeys};
+use crate::optim::train_loop::TrainLoop;
 use crate::schedule::levels::{LevelDistribution, TrainingLevels};
 use crate::schedule::rng::Rng;
 use crate::{Error, Result};
@@ -33,6 +33,8 @@ pub enum RewardLoss {
     Bt,
 }
 
+/// Reward-model training settings. As TOML/JSON (the CLI's `[train]` table) the AdamW keys sit
+/// at this level, the backbone's learning rate under `backbone_lr`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RewardTrainConfig {
@@ -41,13 +43,15 @@ pub struct RewardTrainConfig {
     pub shift: f64,
     /// `None`: uniform level draws; `Some((mean, std))`: logit-normal.
     pub logit_normal: Option<(f64, f64)>,
-    pub backbone_lr: f32,
+    /// AdamW; `optim.lr` (key `backbone_lr`) is the backbone's learning rate.
+    #[serde(
+        flatten,
+        serialize_with = "flat_keys::serialize::<RewardTrainConfig, _>",
+        deserialize_with = "flat_keys::deserialize::<RewardTrainConfig, _>"
+    )]
+    pub optim: AdamWConfig,
+    /// The head's (`pool.*`, `mlp.*`) learning rate.
     pub head_lr: f32,
-    pub betas: (f32, f32),
-    pub weight_decay: f32,
-    pub eps: f32,
-    pub max_grad_norm: Option<f32>,
-    pub warmup_steps: u64,
     /// Micro-batches per optimiser step.
     pub accumulation: usize,
     /// Per-block activation recompute.
@@ -61,13 +65,11 @@ impl Default for RewardTrainConfig {
             loss: RewardLoss::Ce,
             shift: 5.0,
             logit_normal: None,
-            backbone_lr: 1e-6,
+            optim: AdamWConfig {
+                lr: 1e-6,
+                ..AdamWConfig::default()
+            },
             head_lr: 1e-4,
-            betas: (0.9, 0.999),
-            weight_decay: 0.01,
-            eps: 1e-8,
-            max_grad_norm: Some(1.0),
-            warmup_steps: 0,
             accumulation: 1,
             recompute: true,
             seed: 0,
@@ -75,7 +77,16 @@ impl Default for RewardTrainConfig {
     }
 }
 
+impl OptimKeys for RewardTrainConfig {
+    const LR_KEY: &'static str = "backbone_lr";
+
+    fn optim_defaults() -> AdamWConfig {
+        RewardTrainConfig::default().optim
+    }
+}
+
 impl RewardTrainConfig {
+    /// The noise levels training draws from.
     pub fn levels(&self) -> TrainingLevels {
         let levels = TrainingLevels::new(self.shift);
         match self.logit_normal {
@@ -86,15 +97,9 @@ impl RewardTrainConfig {
         }
     }
 
-    fn adamw(&self) -> AdamWConfig {
-        AdamWConfig {
-            lr: self.backbone_lr,
-            betas: self.betas,
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-            max_grad_norm: self.max_grad_norm,
-            warmup_steps: self.warmup_steps,
-        }
+    /// The backbone's learning rate (`optim.lr`).
+    pub fn backbone_lr(&self) -> f32 {
+        self.optim.lr
     }
 }
 
@@ -114,16 +119,12 @@ pub struct RewardStepStats {
     pub seconds: f64,
 }
 
+/// Trains a [`RewardModel`]'s trainable parameters on labelled clips (`ce`) or pairs (`bt`).
 pub struct RewardTrainer<B: Backend> {
     pub model: RewardModel<B>,
     pub cfg: RewardTrainConfig,
-    opt: AdamW<B>,
-    grads: Grads<B>,
-    rng: Rng,
+    train: TrainLoop<B>,
     levels: TrainingLevels,
-    micro: usize,
-    /// A non-finite loss occurred in the current accumulation window.
-    poisoned: bool,
 }
 
 /// Model inputs for `[B]` latents that share text/image conditioning layout.
@@ -202,107 +203,93 @@ fn prepare<B: Backend>(
 }
 
 impl<B: Backend> RewardTrainer<B> {
+    /// A trainer over `model`'s trainable parameters: the head at `cfg.head_lr`, the backbone
+    /// at `cfg.optim.lr`.
     pub fn new(be: &B, model: RewardModel<B>, cfg: RewardTrainConfig) -> Result<Self> {
-        if cfg.accumulation == 0 {
-            return Err(Error::Config("accumulation must be at least 1".into()));
-        }
         let grads = Grads::new(be, &model.backbone.params, |n| model.cfg.is_trainable(n));
-        let head_lr = cfg.head_lr;
-        let backbone_lr = cfg.backbone_lr;
-        let opt = AdamW::with_lr(be, &model.backbone.params, &grads, cfg.adamw(), |n| {
+        let (head_lr, backbone_lr) = (cfg.head_lr, cfg.optim.lr);
+        let opt = AdamW::with_lr(be, &model.backbone.params, &grads, cfg.optim, |n| {
             if n.starts_with("pool.") || n.starts_with("mlp.") {
                 head_lr
             } else {
                 backbone_lr
             }
         })?;
+        let rng = Rng::seed_from_u64(cfg.seed);
         Ok(RewardTrainer {
-            rng: Rng::seed_from_u64(cfg.seed),
+            train: TrainLoop::new(opt, grads, rng, cfg.accumulation)?,
             levels: cfg.levels(),
             model,
             cfg,
-            opt,
-            grads,
-            micro: 0,
-            poisoned: false,
         })
     }
 
+    /// The optimiser (step count, state size).
     pub fn optimizer(&self) -> &AdamW<B> {
-        &self.opt
+        self.train.optimizer()
     }
 
+    /// The optimiser, mutably.
     pub fn optimizer_mut(&mut self) -> &mut AdamW<B> {
-        &mut self.opt
+        self.train.optimizer_mut()
     }
 
+    /// The random stream (noise, levels, pair order).
     pub fn rng(&self) -> &Rng {
-        &self.rng
+        self.train.rng()
     }
 
+    /// Replaces the random stream.
     pub fn set_rng(&mut self, rng: Rng) {
-        self.rng = rng;
+        self.train.set_rng(rng);
     }
 
     /// Writes a training checkpoint (one atomic file): trainable weights, AdamW moments, the step,
     /// the random stream and the configurations. Only between optimiser steps, so that a resumed
     /// run continues exactly.
     pub fn save_checkpoint(&self, be: &B, path: &std::path::Path, iteration: u64) -> Result<()> {
-        if self.micro != 0 {
-            return Err(Error::InvalidInput(format!(
-                "cannot checkpoint in the middle of an accumulation window ({} of {} micro-batches)",
-                self.micro, self.cfg.accumulation
-            )));
-        }
-        let tensors = self.opt.export_state(be, &self.model.backbone.params);
-        let meta = TrainingMeta {
-            step: iteration,
-            rng: self.rng.state(),
-            kind: TrainingKind::Reward,
-            config: serde_json::json!({
-                "model": self.model.cfg,
-                "train": self.cfg,
-                "wan": self.model.backbone.cfg,
-            }),
-        };
-        save_training_checkpoint(path, &tensors, &meta.to_json())
+        let config = serde_json::json!({
+            "model": self.model.cfg,
+            "train": self.cfg,
+            "wan": self.model.backbone.cfg,
+        });
+        self.train.save_checkpoint(
+            be,
+            &self.model.backbone.params,
+            path,
+            TrainingKind::Reward,
+            iteration,
+            config,
+        )
     }
 
     /// Restores a checkpoint written by [`RewardTrainer::save_checkpoint`] into this trainer
     /// (built with the same configuration); returns the saved iteration count.
     pub fn resume(&mut self, be: &B, path: &std::path::Path) -> Result<u64> {
-        let (tensors, meta) = load_training_checkpoint(path)?;
-        let meta = TrainingMeta::from_json(&meta)?;
-        if meta.kind != TrainingKind::Reward {
-            return Err(Error::checkpoint(
-                path,
-                "not a reward-model training checkpoint",
-            ));
-        }
-        let saved: RewardModelConfig = serde_json::from_value(meta.config["model"].clone())
-            .map_err(|e| Error::checkpoint(path, format!("config.model: {e}")))?;
-        if saved != self.model.cfg {
-            return Err(Error::checkpoint(
-                path,
-                format!(
-                    "written for reward model {saved:?}, this trainer has {:?}",
-                    self.model.cfg
-                ),
-            ));
-        }
-        let rng = Rng::from_state(&meta.rng)?;
-        self.opt
-            .import_state(be, &mut self.model.backbone.params, &tensors)?;
-        self.rng = rng;
-        self.micro = 0;
-        self.poisoned = false;
-        self.grads.zero(be);
-        Ok(meta.step)
+        let ours = &self.model.cfg;
+        let check = |meta: &TrainingMeta| {
+            let saved: RewardModelConfig = serde_json::from_value(meta.config["model"].clone())
+                .map_err(|e| Error::checkpoint(path, format!("config.model: {e}")))?;
+            if saved != *ours {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("written for reward model {saved:?}, this trainer has {ours:?}"),
+                ));
+            }
+            Ok(())
+        };
+        self.train.resume(
+            be,
+            &mut self.model.backbone.params,
+            path,
+            TrainingKind::Reward,
+            check,
+        )
     }
 
     /// Micro-batches accumulated towards the next optimiser step.
     pub fn pending_micro_batches(&self) -> usize {
-        self.micro
+        self.train.pending_micro_batches()
     }
 
     /// One micro-batch: noise, forward, loss, backward; an optimiser step once `accumulation`
@@ -321,9 +308,10 @@ impl<B: Backend> RewardTrainer<B> {
                 let mut x = vec![0.0f32; latents.len()];
                 let mut t = Vec::with_capacity(n);
                 let mut eps = vec![0.0f32; per];
+                let rng = self.train.rng_mut();
                 for b in 0..n {
-                    let level = self.levels.draw(&mut self.rng);
-                    self.rng.fill_normal(&mut eps);
+                    let level = self.levels.draw(rng);
+                    rng.fill_normal(&mut eps);
                     noise_into(&latents[b * per..(b + 1) * per], &eps, level.sigma, &mut x[b * per..(b + 1) * per]);
                     t.push(level.timestep);
                 }
@@ -336,10 +324,11 @@ impl<B: Backend> RewardTrainer<B> {
                 let mut a_wins = Vec::with_capacity(n);
                 let mut eps = vec![0.0f32; per];
                 let half = n * per;
+                let rng = self.train.rng_mut();
                 for b in 0..n {
-                    let level = self.levels.draw(&mut self.rng);
-                    self.rng.fill_normal(&mut eps);
-                    let first_is_win = self.rng.uniform_f64() < 0.5;
+                    let level = self.levels.draw(rng);
+                    rng.fill_normal(&mut eps);
+                    let first_is_win = rng.uniform_f64() < 0.5;
                     let (fst, snd) = if first_is_win { (win, lose) } else { (lose, win) };
                     let r = b * per..(b + 1) * per;
                     noise_into(&fst[r.clone()], &eps, level.sigma, &mut x[r.clone()]);
@@ -381,18 +370,21 @@ impl<B: Backend> RewardTrainer<B> {
             }
         };
         let nonfinite_loss = !loss.is_finite();
-        if nonfinite_loss {
-            self.poisoned = true;
-        } else {
+        if !nonfinite_loss {
+            // Only a training-mode forward (every mode here) returns a tape.
+            let tape = tape.ok_or_else(|| {
+                Error::InvalidInput("the reward model's forward kept no tape".into())
+            })?;
             let dl = be.upload(&dlogits);
             self.model
-                .backward(be, &tape.expect("training mode"), &dl, &mut self.grads)?;
+                .backward(be, &tape, &dl, self.train.grads_mut())?;
         }
-        self.micro += 1;
         let mean_timestep = inputs.t.iter().map(|&t| t as f64).sum::<f64>() / inputs.t.len() as f64;
-        let update = (self.micro == self.cfg.accumulation).then(|| self.apply(be));
+        let update = self
+            .train
+            .after_micro_step(be, &mut self.model.backbone.params, loss);
         Ok(RewardStepStats {
-            step: self.opt.step_count(),
+            step: self.train.optimizer().step_count(),
             loss,
             accuracy: acc,
             mean_timestep,
@@ -400,19 +392,6 @@ impl<B: Backend> RewardTrainer<B> {
             nonfinite_loss,
             seconds: start.elapsed().as_secs_f64(),
         })
-    }
-
-    /// Closes the accumulation window: an AdamW step unless a loss or gradient was non-finite.
-    fn apply(&mut self, be: &B) -> StepReport {
-        let micro = std::mem::take(&mut self.micro);
-        let poisoned = std::mem::take(&mut self.poisoned);
-        self.opt.close_window(
-            be,
-            &mut self.model.backbone.params,
-            &mut self.grads,
-            micro,
-            poisoned,
-        )
     }
 }
 

@@ -72,7 +72,7 @@ use prfl::backend::cpu::Cpu;
 use prfl::backend::cuda::{Cuda, CudaOptions};
 use prfl::backend::device::{Device, DeviceSpec};
 use prfl::backend::Backend;
-use prfl::finetune::prfl::{PrflConfig, PrflTrainer};
+use prfl::finetune::prfl::{PrflTrainConfig, PrflTrainer};
 use prfl::finetune::sample::Cond;
 use prfl::model::init::random_weights;
 use prfl::model::lora::{init_lora, LoraConfig};
@@ -720,12 +720,12 @@ mod steps {
                             .attach_lora(be, l, &adapters)
                             .map_err(|e| e.to_string())?;
                     }
-                    let pcfg = PrflConfig {
+                    let pcfg = PrflTrainConfig {
                         mid_range: Some((0, 0)),
                         sft: false,
                         recompute: true,
                         lora,
-                        ..PrflConfig::default()
+                        ..PrflTrainConfig::default()
                     };
                     let mut tr = PrflTrainer::new(be, generator, reward_model(be)?, pcfg)
                         .map_err(|e| e.to_string())?;

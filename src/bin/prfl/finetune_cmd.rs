@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use prfl::backend::device::Device;
 use prfl::backend::Backend;
-use prfl::finetune::prfl::{PrflConfig, PrflTrainer};
+use prfl::finetune::prfl::{PrflTrainConfig, PrflTrainer};
 use prfl::finetune::sample::{sample, Cond, Guidance, SamplingPlan};
 use prfl::model::checkpoint::{read_safetensors, save_checkpoint, write_safetensors, Checkpoint};
 use prfl::model::lora::{init_lora, load_peft, merge_lora, save_peft};
@@ -51,7 +51,7 @@ pub struct FinetuneConfig {
     #[serde(default)]
     pub weight_dtype: Option<String>,
     #[serde(default)]
-    pub prfl: PrflConfig,
+    pub prfl: PrflTrainConfig,
 }
 
 fn one() -> usize {

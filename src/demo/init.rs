@@ -48,6 +48,7 @@ pub fn wan_init(cfg: &WanConfig, seed: u64) -> BTreeMap<String, HostTensor> {
                 data.iter_mut()
                     .for_each(|v| *v = bound * (2.0 * rng.uniform_f32() - 1.0));
             }
+            // `data` holds `n = p.numel()` values, the product of `p.shape`.
             let t = HostTensor::from_f32(p.shape, data).expect("shape matches data");
             (p.name, t)
         })

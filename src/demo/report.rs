@@ -107,10 +107,9 @@ pub fn write_report(dir: &Path, cfg: &DemoConfig, r: &DemoResults) -> Result<Str
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
     };
     let json = serde_json::json!({ "config": cfg, "results": r, "claims": claims(r) });
-    write(
-        "summary.json",
-        &serde_json::to_string_pretty(&json).expect("plain data serialises"),
-    )?;
+    let summary = serde_json::to_string_pretty(&json)
+        .map_err(|e| Error::InvalidInput(format!("summary.json: {e}")))?;
+    write("summary.json", &summary)?;
     write("summary.md", &table)?;
     write("accuracy.svg", &accuracy_chart(r))?;
     write("training.svg", &training_chart(r))?;

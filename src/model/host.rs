@@ -174,7 +174,10 @@ pub fn run_forward<B: Backend>(
         for id in 0..model.params.len() {
             let name = model.params.name(id);
             let stored = ckpt.stored_name(name).unwrap_or(name).to_string();
-            let data = be.download(grads.get(id).expect("all parameters are trainable here"));
+            let grad = grads
+                .get(id)
+                .ok_or_else(|| Error::InvalidInput(format!("no gradient was kept for `{name}`")))?;
+            let data = be.download(grad);
             let shape = model.params.shape(id).to_vec();
             out.insert(format!("grad.{stored}"), HostTensor::from_f32(shape, data)?);
         }

@@ -29,6 +29,7 @@ pub fn random_weights(cfg: &WanConfig, seed: u64) -> BTreeMap<String, HostTensor
             let mut data = vec![0.0f32; n];
             rng.fill_normal(&mut data);
             data.iter_mut().for_each(|v| *v = base + *v * std);
+            // `data` holds `n = p.numel()` values, the product of `p.shape`.
             let t = HostTensor::from_f32(p.shape, data).expect("shape matches data");
             (p.name, t)
         })

@@ -308,7 +308,7 @@ impl<B: Backend> WanModel<B> {
                 }
             )));
         }
-        let (out, tape) = self.run(be, inp, mode, self.blocks.len(), true)?;
+        let (out, tape) = self.run(be, inp, mode, self.blocks.len(), self.head.as_ref())?;
         Ok((out, tape))
     }
 
@@ -326,7 +326,7 @@ impl<B: Backend> WanModel<B> {
                 self.blocks.len()
             )));
         }
-        self.run(be, inp, mode, k, false)
+        self.run(be, inp, mode, k, None)
     }
 
     fn run(
@@ -335,7 +335,7 @@ impl<B: Backend> WanModel<B> {
         inp: &Inputs<'_, B>,
         mode: Mode,
         n_blocks: usize,
-        with_head: bool,
+        head: Option<&Head>,
     ) -> Result<(B::Buf, Option<Tape<B>>)> {
         self.check_inputs(be, inp)?;
         let s = inp.shape;
@@ -389,16 +389,16 @@ impl<B: Backend> WanModel<B> {
                 });
                 let (out, acts) = block.forward(be, &self.params, h, &time.e0, &ctx, dims);
                 h = out;
-                match mode {
-                    Mode::Train => saved.push(SavedBlock::Full(acts)),
-                    Mode::TrainRecompute => saved.push(SavedBlock::Input(input_copy.unwrap())),
-                    Mode::Inference => drop(acts),
+                match (mode, input_copy) {
+                    (Mode::Train, _) => saved.push(SavedBlock::Full(acts)),
+                    (Mode::TrainRecompute, Some(input)) => saved.push(SavedBlock::Input(input)),
+                    // Inference keeps nothing (and the copy exists only under recompute).
+                    _ => drop(acts),
                 }
             }
         }
 
-        let (out, head_acts) = if with_head {
-            let head = self.head.as_ref().expect("checked by forward");
+        let (out, head_acts) = if let Some(head) = head {
             let d = c.dim;
             let mut mods = be.zeros(s.batch * 2 * d);
             be.broadcast_add(

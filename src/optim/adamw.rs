@@ -346,6 +346,8 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
+/// The gradient of a slot's parameter. Both callers run after `check_trainable_set`, which
+/// asserts that every slot's parameter has one.
 fn grad_of<B: Backend>(grads: &Grads<B>, id: usize) -> &B::Buf {
     grads.get(id).expect("checked by check_trainable_set")
 }

@@ -88,3 +88,105 @@ impl<'de, K: OptimKeys> Visitor<'de> for OverDefaults<K> {
         Ok(cfg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::finetune::pretrain::PretrainConfig;
+    use crate::finetune::prfl::PrflTrainConfig;
+    use crate::optim::AdamWConfig;
+    use crate::reward::train::{RewardLoss, RewardTrainConfig};
+
+    /// The README's `[train]` table.
+    const README_TRAIN: &str = r#"
+loss = "ce"                        # or "bt" (win/lose pairs)
+backbone_lr = 1e-6
+head_lr = 1e-4
+accumulation = 1
+max_grad_norm = 1.0
+shift = 5.0
+# logit_normal = [0.0, 1.0]        # level draws: uniform by default
+recompute = true                   # per-block activation recompute
+seed = 0
+"#;
+
+    /// The README's `[prfl]` table (its `[prfl.lora]` sub-table included).
+    const README_PRFL: &str = r#"
+steps = 40
+margin = 2.0
+scale = 0.1
+sft = true
+lr = 5e-6
+accumulation = 5
+
+[lora]
+rank = 128
+alpha = 128.0
+targets = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+           "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o"]
+"#;
+
+    #[test]
+    fn readme_tables_parse_into_the_embedded_optimiser() {
+        let t: RewardTrainConfig = toml::from_str(README_TRAIN).unwrap();
+        assert_eq!(t, RewardTrainConfig::default());
+        let p: PrflTrainConfig = toml::from_str(README_PRFL).unwrap();
+        assert_eq!(p.optim, PrflTrainConfig::default().optim);
+        assert_eq!((p.accumulation, p.lora.unwrap().rank), (5, 128));
+    }
+
+    #[test]
+    fn missing_keys_take_each_trainers_defaults() {
+        let p: PrflTrainConfig = toml::from_str("margin = 1.5").unwrap();
+        assert_eq!(p.optim.lr, 5e-6);
+        assert_eq!(p.margin, 1.5);
+        let g: PretrainConfig = toml::from_str("seed = 3").unwrap();
+        assert_eq!(g.optim.lr, 1e-4);
+        let r: RewardTrainConfig = toml::from_str("head_lr = 1e-3").unwrap();
+        assert_eq!((r.optim.lr, r.head_lr), (1e-6, 1e-3));
+        // Only the learning rate's default differs between the trainers.
+        for cfg in [p.optim, g.optim, r.optim] {
+            let want = AdamWConfig {
+                lr: cfg.lr,
+                ..AdamWConfig::default()
+            };
+            assert_eq!(cfg, want);
+        }
+    }
+
+    #[test]
+    fn keys_are_read_and_written_flat() {
+        let text = "loss = \"bt\"\nbackbone_lr = 2e-5\nhead_lr = 3e-4\nbetas = [0.8, 0.95]\n\
+                    eps = 1e-6\nweight_decay = 0.0\nmax_grad_norm = 0.5\nwarmup_steps = 7\n";
+        let r: RewardTrainConfig = toml::from_str(text).unwrap();
+        assert_eq!(r.loss, RewardLoss::Bt);
+        let want = AdamWConfig {
+            lr: 2e-5,
+            betas: (0.8, 0.95),
+            eps: 1e-6,
+            weight_decay: 0.0,
+            max_grad_norm: Some(0.5),
+            warmup_steps: 7,
+        };
+        assert_eq!((r.optim, r.head_lr), (want, 3e-4));
+        // A training checkpoint stores the configuration as JSON: the same flat keys, and a
+        // disabled clip (`null`) survives the round trip.
+        let mut r = r;
+        r.optim.max_grad_norm = None;
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["backbone_lr"], serde_json::json!(2e-5f32));
+        assert!(json.get("lr").is_none() && json.get("optim").is_none());
+        assert_eq!(json["max_grad_norm"], serde_json::Value::Null);
+        let back: RewardTrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+        let p = PrflTrainConfig::default();
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["lr"], serde_json::json!(5e-6f32));
+        assert_eq!(serde_json::from_value::<PrflTrainConfig>(json).unwrap(), p);
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error() {
+        let e = toml::from_str::<PrflTrainConfig>("lr = \"fast\"").unwrap_err();
+        assert!(e.to_string().contains("fast"), "{e}");
+    }
+}

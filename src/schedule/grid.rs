@@ -120,7 +120,7 @@ impl SamplingGrid {
         if sigmas.iter().chain(&timesteps).any(|v| !v.is_finite()) {
             return bad("non-finite value".into());
         }
-        if sigmas[0] > 1.0 || *sigmas.last().unwrap() != 0.0 {
+        if sigmas[0] > 1.0 || sigmas.last() != Some(&0.0) {
             return bad(format!(
                 "sigmas must start <= 1 and end at 0, got {sigmas:?}"
             ));

@@ -136,6 +136,8 @@ impl<B: Backend> Sampler<B> {
         let corrected = match coeffs.corrector {
             None => clone_buf(backend, x),
             Some(c) => {
+                // The corrector runs only at steps i >= 1, and step i - 1 (below) set both the
+                // last sample and m_{i-1}; `reset` clears them together with the index.
                 let last = self
                     .last_sample
                     .as_ref()

@@ -214,3 +214,117 @@ impl<B: Backend> TrainLoop<B> {
         Ok(meta.step)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::optim::AdamWConfig;
+    use crate::tensor::HostTensor;
+
+    fn store() -> ParamStore<Cpu> {
+        let host: BTreeMap<String, HostTensor> = [(
+            "p.bias".to_string(),
+            HostTensor::from_f32(vec![2], vec![1.0, -1.0]).unwrap(),
+        )]
+        .into();
+        ParamStore::from_host(&Cpu, &host, None)
+    }
+
+    fn train_loop(params: &ParamStore<Cpu>, accumulation: usize) -> Result<TrainLoop<Cpu>> {
+        let grads = Grads::new(&Cpu, params, |_| true);
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            ..AdamWConfig::default()
+        };
+        let opt = AdamW::new(&Cpu, params, &grads, cfg)?;
+        TrainLoop::new(opt, grads, Rng::seed_from_u64(4), accumulation)
+    }
+
+    fn add_grad(tl: &mut TrainLoop<Cpu>) {
+        let g = tl.grads_mut().get_mut(0).unwrap();
+        g.iter_mut().for_each(|v| *v += 0.5);
+    }
+
+    #[test]
+    fn windows_close_after_accumulation_and_poisoned_ones_are_skipped() {
+        let mut params = store();
+        assert!(train_loop(&params, 0).is_err());
+        let mut tl = train_loop(&params, 2).unwrap();
+        add_grad(&mut tl);
+        assert!(tl.after_micro_step(&Cpu, &mut params, 0.5).is_none());
+        assert_eq!(tl.pending_micro_batches(), 1);
+        add_grad(&mut tl);
+        let r = tl.after_micro_step(&Cpu, &mut params, 0.25).unwrap();
+        assert!(!r.skipped_nonfinite && r.step == 1);
+        assert_eq!(tl.pending_micro_batches(), 0);
+        assert_eq!(tl.grads().get(0).unwrap(), &vec![0.0; 2]);
+        let after_one = params.to_host(&Cpu, 0).to_f32();
+        assert_ne!(after_one, vec![1.0, -1.0]);
+
+        // A non-finite loss anywhere in the window skips its step and changes nothing.
+        add_grad(&mut tl);
+        assert!(tl.after_micro_step(&Cpu, &mut params, f64::NAN).is_none());
+        add_grad(&mut tl);
+        let r = tl.after_micro_step(&Cpu, &mut params, 1.0).unwrap();
+        assert!(r.skipped_nonfinite && r.step == 1);
+        assert_eq!(params.to_host(&Cpu, 0).to_f32(), after_one);
+        assert_eq!(tl.grads().get(0).unwrap(), &vec![0.0; 2]);
+
+        // `step_now` closes a window early without moving the micro-batch count.
+        add_grad(&mut tl);
+        assert!(tl.after_micro_step(&Cpu, &mut params, 1.0).is_none());
+        let r = tl.step_now(&Cpu, &mut params, 1);
+        assert!(!r.skipped_nonfinite && r.step == 2);
+        assert_eq!(tl.pending_micro_batches(), 1);
+    }
+
+    #[test]
+    fn checkpoints_restore_the_loop_between_windows_only() {
+        let dir = std::env::temp_dir().join(format!("prfl-train-loop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ckpt.safetensors");
+        let mut params = store();
+        let mut a = train_loop(&params, 2).unwrap();
+        add_grad(&mut a);
+        a.after_micro_step(&Cpu, &mut params, 1.0);
+        let config = serde_json::json!({});
+        let mid = a.save_checkpoint(&Cpu, &params, &path, TrainingKind::Prfl, 3, config.clone());
+        assert!(mid
+            .unwrap_err()
+            .to_string()
+            .contains("1 of 2 micro-batches"));
+        add_grad(&mut a);
+        a.after_micro_step(&Cpu, &mut params, 1.0).unwrap();
+        a.rng_mut().uniform_f64();
+        a.save_checkpoint(&Cpu, &params, &path, TrainingKind::Prfl, 3, config)
+            .unwrap();
+
+        let mut fresh = store();
+        let mut b = train_loop(&fresh, 2).unwrap();
+        let e = b
+            .resume(&Cpu, &mut fresh, &path, TrainingKind::Reward, |_| Ok(()))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not a reward-model training checkpoint"),
+            "{e}"
+        );
+        let refused = b.resume(&Cpu, &mut fresh, &path, TrainingKind::Prfl, |_| {
+            Err(Error::Config("no".into()))
+        });
+        assert!(refused.is_err() && b.optimizer().step_count() == 0);
+        let it = b
+            .resume(&Cpu, &mut fresh, &path, TrainingKind::Prfl, |_| Ok(()))
+            .unwrap();
+        assert_eq!((it, b.optimizer().step_count()), (3, 1));
+        assert_eq!(b.rng().state(), a.rng().state());
+        assert_eq!(
+            fresh.to_host(&Cpu, 0).to_f32(),
+            params.to_host(&Cpu, 0).to_f32()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -460,7 +460,13 @@ mod tests {
 
     /// A tiny two-tensor file with metadata, as bytes.
     fn sample() -> (Vec<u8>, HostTensor, HostTensor) {
-        let dir = std::env::temp_dir().join(format!("prfl-st-sample-{}", std::process::id()));
+        // One directory per call: tests run in parallel.
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "prfl-st-sample-{}-{}",
+            std::process::id(),
+            CALLS.fetch_add(1, Ordering::Relaxed)
+        ));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.safetensors");
         let a = HostTensor::new(vec![3], Storage::from_f32(&[1.0, 2.0, 3.0], DType::BF16)).unwrap();
@@ -519,7 +525,10 @@ mod tests {
             assert!(matches!(st.read("c"), Err(Error::MissingTensor(_))));
             // F32 first (descending element size), each aligned to its element size.
             let e = &st.tensors()[0];
-            assert_eq!((e.name.as_str(), e.dtype, e.range.start % 8), ("b", Some(DType::F32), 0));
+            assert_eq!(
+                (e.name.as_str(), e.dtype, e.range.start % 8),
+                ("b", Some(DType::F32), 0)
+            );
         }
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -537,7 +546,10 @@ mod tests {
         assert!(msg(&bytes[..5]).starts_with("truncated: 5 bytes"));
         assert!(msg(&bytes[..20]).contains("the header claims"));
         let m = msg(&bytes[..bytes.len() - 2]);
-        assert!(m.starts_with("truncated") && m.contains("past the end"), "{m}");
+        assert!(
+            m.starts_with("truncated") && m.contains("past the end"),
+            "{m}"
+        );
         let mut long = bytes.clone();
         long.extend_from_slice(&[0; 4]);
         assert!(msg(&long).contains("4 bytes follow"), "{}", msg(&long));
@@ -545,8 +557,10 @@ mod tests {
         garbage[8..16].copy_from_slice(b"########");
         assert!(msg(&garbage).starts_with("corrupt or not a safetensors file"));
         // An unknown dtype: serde's reason is kept.
-        let text = String::from_utf8_lossy(&bytes).replace("\"BF16\"", "\"QQ16\"");
-        let m = msg(text.as_bytes());
+        let at = bytes.windows(6).position(|w| w == b"\"BF16\"").unwrap();
+        let mut unknown = bytes.clone();
+        unknown[at + 1..at + 3].copy_from_slice(b"QQ");
+        let m = msg(&unknown);
         assert!(m.contains("QQ16"), "{m}");
     }
 

@@ -69,16 +69,16 @@ fn weights(cfg: &WanConfig, dtype: DType) -> BTreeMap<String, HostTensor> {
             let data: Vec<f32> = (0..p.numel())
                 .map(|i| ((i * 7 + k * 13) % 97) as f32 / 32.0 - 1.5)
                 .collect();
-            (p.name, HostTensor::new(p.shape, Storage::from_f32(&data, dtype)).unwrap())
+            (
+                p.name,
+                HostTensor::new(p.shape, Storage::from_f32(&data, dtype)).unwrap(),
+            )
         })
         .collect()
 }
 
 /// The bytes of one safetensors file holding `tensors` under the names `rename` gives them.
-fn file_bytes(
-    tensors: &BTreeMap<String, HostTensor>,
-    rename: impl Fn(&str) -> String,
-) -> Vec<u8> {
+fn file_bytes(tensors: &BTreeMap<String, HostTensor>, rename: impl Fn(&str) -> String) -> Vec<u8> {
     let dir = TempDir::new("bytes");
     let path = dir.path().join("x.safetensors");
     let named: Vec<(String, &HostTensor)> = tensors.iter().map(|(n, t)| (rename(n), t)).collect();
@@ -131,7 +131,10 @@ fn bad_inputs(cfg: &WanConfig) -> Vec<Case> {
     let with = |name: &str, shape: Vec<usize>| {
         let mut w = good.clone();
         let n = shape.iter().product();
-        w.insert(name.into(), HostTensor::from_f32(shape, vec![0.5; n]).unwrap());
+        w.insert(
+            name.into(),
+            HostTensor::from_f32(shape, vec![0.5; n]).unwrap(),
+        );
         w
     };
     let bytes = plain(&good);
@@ -285,7 +288,9 @@ fn open_and_verify(r: Result<Checkpoint>) -> Result<Checkpoint> {
 /// The error's kind and its message with the source named `<memory>` (the file's path is the
 /// one place where the two paths may differ).
 fn normalised(e: &Error, file: &Path) -> (std::mem::Discriminant<Error>, String) {
-    let text = e.to_string().replace(&file.display().to_string(), MEMORY_SOURCE);
+    let text = e
+        .to_string()
+        .replace(&file.display().to_string(), MEMORY_SOURCE);
     (std::mem::discriminant(e), text)
 }
 
@@ -308,7 +313,10 @@ fn bad_inputs_give_the_same_error_from_a_file_and_from_bytes() {
                 open_and_verify(Checkpoint::from_bytes(case.bytes.clone(), json)).unwrap_err();
             if with_config || !case.needs_config {
                 assert!((case.kind)(&from_file), "{what}: {from_file}");
-                assert!(from_file.to_string().contains(case.word), "{what}: {from_file}");
+                assert!(
+                    from_file.to_string().contains(case.word),
+                    "{what}: {from_file}"
+                );
             }
             assert_eq!(
                 normalised(&from_file, &file),
@@ -352,7 +360,10 @@ fn good_inputs_give_the_same_checkpoint_from_a_file_and_from_bytes() {
                     assert_eq!(mem.config().is_i2v(), model_type == ModelType::I2V);
                     assert_eq!(mem.layout(), layout, "{what}");
                     assert_eq!(mem.dtypes(), disk.dtypes(), "{what}");
-                    assert_eq!(mem.summary().lines().count(), disk.summary().lines().count());
+                    assert_eq!(
+                        mem.summary().lines().count(),
+                        disk.summary().lines().count()
+                    );
                     mem.verify().unwrap();
                     assert_eq!(mem.load_all().unwrap(), w, "{what}");
                     assert_eq!(mem.bytes_read(), disk.total_bytes(), "{what}");
@@ -377,7 +388,10 @@ fn a_config_text_is_named_config_json_in_errors() {
     let mut wrong = cfg.to_original_json();
     wrong["num_heads"] = serde_json::json!(7);
     let e = Checkpoint::from_bytes(bytes.clone(), Some(&wrong.to_string())).unwrap_err();
-    assert!(matches!(&e, Error::Config(m) if m.starts_with("config_json: ")), "{e}");
+    assert!(
+        matches!(&e, Error::Config(m) if m.starts_with("config_json: ")),
+        "{e}"
+    );
     // A narrower config is fine to parse but contradicts the shapes.
     let narrow = WanConfig {
         dim: 64,

@@ -612,7 +612,6 @@ impl WanConfig {
         }
         self.validate()
     }
-
 }
 
 /// Tensors that only an image-conditioned (I2V) model has, in canonical naming.
@@ -881,7 +880,6 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
     text.push(b'\n');
     atomic_write(path, |w| w.write_all(&text))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -533,5 +533,4 @@ mod tests {
         reject(dwith("added_kv_proj_dim", json!(1280)), "added_kv_proj_dim");
         reject(json!([1, 2]), "object");
     }
-
 }

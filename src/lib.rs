@@ -4,6 +4,7 @@
 //! Layout (one concern per module):
 //! - [`tensor`]: host-side storage dtypes (f32 / bf16 / f16 through `half`).
 //! - [`backend`]: the device abstraction; [`backend::cpu`] is the executable specification.
+//! - [`safetensors`]: the one safetensors reader and writer (mapped files or owned bytes).
 //! - [`model`]: the Wan2.1 DiT (configuration, checkpoints, forward and backward).
 //! - [`schedule`]: flow-matching noise levels and the Euler / UniPC samplers.
 //! - [`synthetic`]: a procedural world of latent videos with rule-known motion quality.
@@ -17,6 +18,7 @@ pub mod finetune;
 pub mod model;
 pub mod optim;
 pub mod reward;
+pub mod safetensors;
 pub mod schedule;
 pub mod synthetic;
 pub mod tensor;

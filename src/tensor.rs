@@ -4,6 +4,8 @@
 //! of frozen weights. Conversion happens at the edge: when a checkpoint is read, when a weight is
 //! handed to a backend, and when results are written out.
 
+use std::borrow::Cow;
+
 use half::{bf16, f16};
 
 use crate::{Error, Result};
@@ -129,7 +131,21 @@ impl Storage {
         }
     }
 
-    /// Encodes as little-endian bytes (the safetensors layout).
+    /// The little-endian bytes of the data (the safetensors layout), borrowed without a copy on
+    /// little-endian machines; what writers and checksums read.
+    pub fn le_bytes(&self) -> Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            match self {
+                Storage::F32(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+                Storage::BF16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+                Storage::F16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+            }
+        } else {
+            Cow::Owned(self.to_le_bytes())
+        }
+    }
+
+    /// Encodes as little-endian bytes (the safetensors layout), always as a new buffer.
     pub fn to_le_bytes(&self) -> Vec<u8> {
         match self {
             Storage::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -186,6 +202,7 @@ mod tests {
             let s = Storage::from_f32(&x, dt);
             let back = Storage::from_le_bytes(&s.to_le_bytes(), dt);
             assert_eq!(s, back);
+            assert_eq!(s.le_bytes().as_ref(), s.to_le_bytes().as_slice());
             let wide = s.to_f32();
             for (a, b) in x.iter().zip(&wide) {
                 let tol = if dt == DType::F32 {

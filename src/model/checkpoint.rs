@@ -1,37 +1,40 @@
-//! Wan2.1 DiT checkpoints on disk: opening (a released directory, one `.safetensors` file, or a
-//! sharded `*.index.json`), in either naming layout, and writing them back atomically.
+//! Wan2.1 DiT checkpoints: opening them (a released directory, one `.safetensors` file, a
+//! sharded `*.index.json`, or a whole file's bytes handed over by a host), in either naming
+//! layout, reading the configuration off them, and writing them back atomically.
 //!
-//! Files are memory-mapped and only their headers are parsed on open, so opening a 57 GB 14B
-//! checkpoint is instant and loading a subset (say the first K blocks for a reward model) touches
-//! only those tensors' pages. Everything the engine sees is in canonical (original Wan2.1) naming;
-//! the layout of the files only matters here and in error messages, which name a tensor the way
-//! the checkpoint does and, where that differs, the canonical way too.
-//!
-//! The plain safetensors helpers at the bottom ([`read_safetensors`], [`write_safetensors`]) serve
-//! the CLI's input and output files, which hold arbitrary names.
+//! Files are parsed by [`crate::safetensors`]: memory-mapped, with only their headers read on
+//! open, so opening a 57 GB 14B checkpoint is instant and loading a subset (say the first K
+//! blocks for a reward model) touches only those tensors' pages. Bytes from memory take the same
+//! road from the parsed header on ([`Checkpoint::from_bytes`]): the same tensor index, layout
+//! detection and configuration inference, and so the same errors. Everything the engine sees is
+//! in canonical (original Wan2.1) naming; the layout of the files only matters here and in error
+//! messages, which name a tensor the way the checkpoint does and, where that differs, the
+//! canonical way too.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memmap2::Mmap;
-use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 use serde_json::{json, Value};
 
-use super::config::WanConfig;
+use super::config::{ModelType, WanConfig, RELEASED_HEAD_DIM};
 use super::names::{
-    canonical_params, from_diffusers, is_ignored_buffer, original_to_diffusers,
-    strip_repack_prefix, Layout, REPACK_PREFIX,
+    block_index, canonical_params, check_exact, check_shapes, from_diffusers, is_ignored_buffer,
+    original_to_diffusers, strip_repack_prefix, Layout, REPACK_PREFIX,
 };
-use crate::tensor::{DType, HostTensor, Storage};
+use crate::safetensors::{atomic_write, sync_dir, Safetensors, TensorEntry, MEMORY_SOURCE};
+use crate::tensor::{DType, HostTensor};
 use crate::{Error, Result};
+
+// The plain safetensors helpers, where the CLI, the C ABI and older callers look for them.
+pub use crate::safetensors::{read_safetensors, read_safetensors_metadata, write_safetensors};
 
 /// File names of the released checkpoints (both layouts use diffusers' weight names).
 pub const WEIGHTS_NAME: &str = "diffusion_pytorch_model.safetensors";
+/// The index of a sharded checkpoint.
 pub const INDEX_NAME: &str = "diffusion_pytorch_model.safetensors.index.json";
+/// The configuration beside the weights.
 pub const CONFIG_NAME: &str = "config.json";
 
 /// Where the configuration of an opened checkpoint came from.
@@ -39,53 +42,45 @@ pub const CONFIG_NAME: &str = "config.json";
 pub enum ConfigSource {
     /// A `config.json` (either format), with text/image widths taken from the tensors.
     Json(PathBuf),
+    /// A `config.json` text handed over with the bytes ([`Checkpoint::from_bytes`]), reconciled
+    /// with the tensors the same way.
+    Given,
     /// Inferred from tensor shapes (a bare weights file), with 128-wide heads.
     Inferred,
 }
 
-/// One memory-mapped safetensors file.
-struct MappedFile {
-    path: PathBuf,
-    mmap: Mmap,
+/// The configuration a checkpoint is opened with, before it is reconciled with the tensors.
+enum ConfigInput<'a> {
+    /// A `config.json` file beside the weights.
+    File(PathBuf),
+    /// A `config.json` text, named `config_json` in messages (the C ABI's argument).
+    Text(&'a str),
+    /// None: inferred from the shapes.
+    Infer,
 }
 
-/// A tensor as found in a file header; offsets are absolute positions in the file.
-struct RawTensor {
-    name: String,
-    dtype: StDtype,
-    shape: Vec<usize>,
-    start: usize,
-    end: usize,
-}
-
-/// A checkpoint tensor.
+/// A checkpoint tensor: where it is stored and what it is called canonically.
 struct Entry {
-    /// Name in the file (prefix included).
-    stored: String,
     /// Canonical name, or `None` when the name is not a Wan2.1 parameter of the layout.
     canonical: Option<String>,
+    /// Index into the checkpoint's files, and into that file's tensors.
     file: usize,
+    tensor: usize,
+    /// The stored dtype (one the engine holds: others are refused on open).
     dtype: DType,
-    shape: Vec<usize>,
-    start: usize,
-    end: usize,
 }
 
-impl Entry {
-    fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
-/// An opened Wan2.1 DiT checkpoint. Tensors stay on disk (memory-mapped) until read.
+/// An opened Wan2.1 DiT checkpoint. Tensors stay in the files (memory-mapped) or in the bytes
+/// handed over until read.
 pub struct Checkpoint {
+    /// The path opened, or [`MEMORY_SOURCE`].
     path: PathBuf,
     config: WanConfig,
     config_source: ConfigSource,
     layout: Layout,
     /// Whether the names carry the community-repack prefix `model.diffusion_model.`.
     prefixed: bool,
-    files: Vec<MappedFile>,
+    files: Vec<Safetensors>,
     /// Every tensor except ignored buffers, in file order.
     entries: Vec<Entry>,
     /// Canonical name -> index into `entries`.
@@ -129,35 +124,53 @@ impl Checkpoint {
         } else {
             Source::Single(path.to_path_buf())
         };
-        let (files, raw) = match &source {
-            Source::Single(p) => {
-                let (file, tensors, _) = map_safetensors(p)?;
-                (vec![file], vec![tensors])
-            }
-            Source::Index(p) => open_index(p)?,
+        let (files, weights) = match &source {
+            Source::Single(p) => (vec![Safetensors::map(p)?], p),
+            Source::Index(p) => (open_index(p)?, p),
         };
-        let weights_dir = match &source {
-            Source::Single(p) | Source::Index(p) => {
-                p.parent().unwrap_or(Path::new(".")).to_path_buf()
-            }
+        let config_path = weights.parent().unwrap_or(Path::new(".")).join(CONFIG_NAME);
+        let config = if config_path.is_file() {
+            ConfigInput::File(config_path)
+        } else {
+            ConfigInput::Infer
         };
+        Self::from_files(path.to_path_buf(), files, config)
+    }
 
-        let names = index_tensors(path, &files, raw)?;
-        let shapes: BTreeMap<String, Vec<usize>> = names
-            .by_canonical
-            .iter()
-            .map(|(c, &i)| (c.clone(), names.entries[i].shape.clone()))
-            .collect();
-        let (config, config_source) = resolve_config(&weights_dir, &shapes)?;
+    /// Opens a checkpoint from the bytes of one whole `.safetensors` file (assets packed in a
+    /// game's archive, platforms without a writable temp directory). `config_json` is a
+    /// `config.json` in either layout; without it the configuration is inferred from the shapes
+    /// (128-wide heads, as every released Wan2.1). The bytes go through the same tensor index,
+    /// layout detection and configuration inference as [`Checkpoint::open`], so the same bad
+    /// input gives the same error; messages name the source [`MEMORY_SOURCE`] where a file's
+    /// would name its path, and the configuration text `config_json`. As with `open`, shapes are
+    /// checked here and completeness by [`Checkpoint::verify`] or when loading.
+    pub fn from_bytes(bytes: Vec<u8>, config_json: Option<&str>) -> Result<Checkpoint> {
+        let file = Safetensors::from_bytes(bytes)?;
+        let config = config_json.map_or(ConfigInput::Infer, ConfigInput::Text);
+        Self::from_files(PathBuf::from(MEMORY_SOURCE), vec![file], config)
+    }
+
+    /// The common road of [`Checkpoint::open`] and [`Checkpoint::from_bytes`] once the headers
+    /// are parsed: index the tensors, detect the layout, resolve the configuration, check shapes.
+    fn from_files(path: PathBuf, files: Vec<Safetensors>, config: ConfigInput) -> Result<Self> {
         let TensorIndex {
             layout,
             prefixed,
             entries,
             by_canonical,
             ignored,
-        } = names;
+        } = index_tensors(&path, &files)?;
+        let shapes: BTreeMap<String, Vec<usize>> = by_canonical
+            .iter()
+            .map(|(c, &i)| {
+                let e = &entries[i];
+                (c.clone(), files[e.file].tensors()[e.tensor].shape.clone())
+            })
+            .collect();
+        let (config, config_source) = resolve_config(config, &shapes)?;
         let ckpt = Checkpoint {
-            path: path.to_path_buf(),
+            path,
             config,
             config_source,
             layout,
@@ -168,30 +181,33 @@ impl Checkpoint {
             ignored,
             bytes_read: AtomicU64::new(0),
         };
-        ckpt.check_shapes()?;
+        check_shapes(&ckpt.config, &ckpt.shapes(), |c| ckpt.describe(c))?;
         Ok(ckpt)
     }
 
-    /// The path this checkpoint was opened from.
+    /// The path this checkpoint was opened from ([`MEMORY_SOURCE`] for one from bytes).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The configuration (from `config.json` or inferred; see [`Checkpoint::config_source`]).
     pub fn config(&self) -> &WanConfig {
         &self.config
     }
 
+    /// Where the configuration came from.
     pub fn config_source(&self) -> &ConfigSource {
         &self.config_source
     }
 
+    /// The naming layout of the stored tensors.
     pub fn layout(&self) -> Layout {
         self.layout
     }
 
-    /// The safetensors files, in shard order.
+    /// The safetensors files, in shard order (none for a checkpoint from bytes).
     pub fn files(&self) -> Vec<&Path> {
-        self.files.iter().map(|f| f.path.as_path()).collect()
+        self.files.iter().filter_map(Safetensors::path).collect()
     }
 
     /// Canonical names of the Wan2.1 parameters present.
@@ -199,18 +215,23 @@ impl Checkpoint {
         self.by_canonical.keys().map(String::as_str)
     }
 
+    /// The header entry of a checkpoint tensor.
+    fn tensor(&self, e: &Entry) -> &TensorEntry {
+        &self.files[e.file].tensors()[e.tensor]
+    }
+
     /// The name a canonical parameter has in the files (prefix included), if present.
     pub fn stored_name(&self, canonical: &str) -> Option<&str> {
         self.by_canonical
             .get(canonical)
-            .map(|&i| self.entries[i].stored.as_str())
+            .map(|&i| self.tensor(&self.entries[i]).name.as_str())
     }
 
     /// Stored dtype and shape of a canonical parameter.
     pub fn tensor_info(&self, canonical: &str) -> Option<(DType, &[usize])> {
         self.by_canonical.get(canonical).map(|&i| {
             let e = &self.entries[i];
-            (e.dtype, e.shape.as_slice())
+            (e.dtype, self.tensor(e).shape.as_slice())
         })
     }
 
@@ -221,36 +242,23 @@ impl Checkpoint {
             .get(canonical)
             .ok_or_else(|| Error::MissingTensor(self.describe(canonical)))?;
         let e = &self.entries[i];
-        let bytes = self.files[e.file].mmap.get(e.start..e.end).ok_or_else(|| {
-            Error::checkpoint(
-                &self.files[e.file].path,
-                format!("tensor `{}` lies outside the file", e.stored),
-            )
-        })?;
+        let t = self.files[e.file].read_entry(self.tensor(e))?;
         self.bytes_read
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        HostTensor::new(e.shape.clone(), Storage::from_le_bytes(bytes, e.dtype))
+            .fetch_add(self.tensor(e).range.len() as u64, Ordering::Relaxed);
+        Ok(t)
     }
 
     /// Loads every parameter of the configuration whose canonical name passes `filter`, keyed by
     /// canonical name. Fails on a tensor that is not a parameter of this configuration (checked
     /// over the whole checkpoint), on a wanted parameter that is absent, and on a wrong shape.
     pub fn load(&self, filter: impl Fn(&str) -> bool) -> Result<BTreeMap<String, HostTensor>> {
-        self.check_unexpected()?;
+        self.check_params(&filter)?;
         let mut out = BTreeMap::new();
         for spec in canonical_params(&self.config) {
-            if !filter(&spec.name) {
-                continue;
+            if filter(&spec.name) {
+                let t = self.read(&spec.name)?;
+                out.insert(spec.name, t);
             }
-            let t = self.read(&spec.name)?;
-            if t.shape != spec.shape {
-                return Err(Error::ShapeMismatch {
-                    name: self.describe(&spec.name),
-                    got: t.shape,
-                    expected: spec.shape,
-                });
-            }
-            out.insert(spec.name, t);
         }
         Ok(out)
     }
@@ -263,13 +271,7 @@ impl Checkpoint {
     /// Checks, from the headers alone, that the checkpoint holds exactly the parameters of its
     /// configuration with the right shapes.
     pub fn verify(&self) -> Result<()> {
-        self.check_unexpected()?;
-        for spec in canonical_params(&self.config) {
-            if !self.by_canonical.contains_key(&spec.name) {
-                return Err(Error::MissingTensor(self.describe(&spec.name)));
-            }
-        }
-        self.check_shapes()
+        self.check_params(|_| true)
     }
 
     /// Tensor bytes read so far through [`Checkpoint::read`] / [`Checkpoint::load`].
@@ -279,7 +281,7 @@ impl Checkpoint {
 
     /// Number of stored elements (ignored buffers excluded).
     pub fn parameter_count(&self) -> usize {
-        self.entries.iter().map(Entry::numel).sum()
+        self.entries.iter().map(|e| self.tensor(e).numel()).sum()
     }
 
     /// Number of tensors per stored dtype (dtypes that do not occur are left out).
@@ -293,7 +295,10 @@ impl Checkpoint {
 
     /// Bytes of tensor data (ignored buffers excluded).
     pub fn total_bytes(&self) -> u64 {
-        self.entries.iter().map(|e| (e.end - e.start) as u64).sum()
+        self.entries
+            .iter()
+            .map(|e| self.tensor(e).range.len() as u64)
+            .sum()
     }
 
     /// A human-readable description for `prfl inspect`.
@@ -313,9 +318,10 @@ impl Checkpoint {
             "config",
             match &self.config_source {
                 ConfigSource::Json(p) => format!("from {}", p.display()),
+                ConfigSource::Given => "given with the bytes (config_json)".to_string(),
                 ConfigSource::Inferred => format!(
                     "inferred from tensor shapes (head dim {})",
-                    super::config::RELEASED_HEAD_DIM
+                    RELEASED_HEAD_DIM
                 ),
             },
         );
@@ -384,36 +390,22 @@ impl Checkpoint {
         }
     }
 
-    /// Every tensor must be a parameter of the configuration.
-    fn check_unexpected(&self) -> Result<()> {
-        let wanted: BTreeSet<String> = canonical_params(&self.config)
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
-        for e in &self.entries {
-            match &e.canonical {
-                Some(c) if wanted.contains(c) => {}
-                Some(c) => return Err(Error::UnexpectedTensor(self.describe(c))),
-                None => return Err(Error::UnexpectedTensor(e.stored.clone())),
-            }
-        }
-        Ok(())
+    /// The shapes of the parameters present, by canonical name.
+    fn shapes(&self) -> BTreeMap<&str, &[usize]> {
+        self.by_canonical
+            .iter()
+            .map(|(c, &i)| (c.as_str(), self.tensor(&self.entries[i]).shape.as_slice()))
+            .collect()
     }
 
-    /// Every present parameter must have the configuration's shape.
-    fn check_shapes(&self) -> Result<()> {
-        for spec in canonical_params(&self.config) {
-            if let Some((_, shape)) = self.tensor_info(&spec.name) {
-                if shape != spec.shape.as_slice() {
-                    return Err(Error::ShapeMismatch {
-                        name: self.describe(&spec.name),
-                        got: shape.to_vec(),
-                        expected: spec.shape,
-                    });
-                }
-            }
+    /// Every tensor must be a parameter of the configuration, every parameter that `required`
+    /// selects present, every present one of its shape.
+    fn check_params(&self, required: impl Fn(&str) -> bool) -> Result<()> {
+        // A name that is no Wan2.1 parameter of the layout has no canonical name to check.
+        if let Some(e) = self.entries.iter().find(|e| e.canonical.is_none()) {
+            return Err(Error::UnexpectedTensor(self.tensor(e).name.clone()));
         }
-        Ok(())
+        check_exact(&self.config, &self.shapes(), required, |c| self.describe(c))
     }
 }
 
@@ -428,17 +420,13 @@ struct TensorIndex {
 
 /// Strips the repack prefix, skips buffers, detects the layout and translates every name; a name
 /// stored twice is ambiguous, and a dtype the engine cannot hold is rejected here, naming it.
-fn index_tensors(
-    path: &Path,
-    files: &[MappedFile],
-    raw: Vec<Vec<RawTensor>>,
-) -> Result<TensorIndex> {
+fn index_tensors(path: &Path, files: &[Safetensors]) -> Result<TensorIndex> {
     let mut kept = Vec::new();
     let mut seen = BTreeSet::new();
     let mut ignored = 0;
     let mut prefixed = false;
-    for (file, tensors) in raw.into_iter().enumerate() {
-        for t in tensors {
+    for (file, st) in files.iter().enumerate() {
+        for (tensor, t) in st.tensors().iter().enumerate() {
             if is_ignored_buffer(&t.name) {
                 ignored += 1;
                 continue;
@@ -451,34 +439,24 @@ fn index_tensors(
                     format!("tensor `{bare}` is stored twice (with and without the `{REPACK_PREFIX}` prefix, or in two shards)"),
                 ));
             }
-            kept.push((file, bare, t));
+            kept.push((file, tensor, bare));
         }
     }
-    let layout = detect_layout(path, kept.iter().map(|(_, bare, _)| bare.as_str()))?;
+    let layout = detect_layout(path, kept.iter().map(|(_, _, bare)| bare.as_str()))?;
 
     let mut entries = Vec::with_capacity(kept.len());
     let mut by_canonical = BTreeMap::new();
-    for (file, bare, t) in kept {
-        let dtype = supported_dtype(t.dtype).ok_or_else(|| {
-            Error::UnsupportedDtype(format!(
-                "{:?} of tensor `{}` in {} (expected F32, BF16 or F16)",
-                t.dtype,
-                t.name,
-                files[file].path.display()
-            ))
-        })?;
+    for (file, tensor, bare) in kept {
+        let dtype = files[file].dtype(&files[file].tensors()[tensor])?;
         let canonical = layout.to_canonical(&bare);
         if let Some(c) = &canonical {
             by_canonical.insert(c.clone(), entries.len());
         }
         entries.push(Entry {
-            stored: t.name,
             canonical,
             file,
+            tensor,
             dtype,
-            shape: t.shape,
-            start: t.start,
-            end: t.end,
         });
     }
     Ok(TensorIndex {
@@ -490,24 +468,158 @@ fn index_tensors(
     })
 }
 
-/// The configuration from `config.json` beside the weights (reconciled with the tensor shapes),
-/// or inferred from the shapes when there is none.
+/// The configuration from a `config.json` (a file beside the weights, or a text handed over),
+/// reconciled with the tensor shapes, or inferred from the shapes when there is none.
 fn resolve_config(
-    weights_dir: &Path,
+    input: ConfigInput,
     shapes: &BTreeMap<String, Vec<usize>>,
 ) -> Result<(WanConfig, ConfigSource)> {
-    let config_path = weights_dir.join(CONFIG_NAME);
-    if config_path.is_file() {
-        let mut cfg = read_config_json(&config_path)?;
-        cfg.reconcile_with_shapes(shapes)
-            .map_err(|e| in_file(e, &config_path))?;
-        Ok((cfg, ConfigSource::Json(config_path)))
-    } else {
-        Ok((
+    match input {
+        ConfigInput::File(path) => {
+            let label = path.display().to_string();
+            let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let cfg = parse_config(&text, &label, shapes)?;
+            Ok((cfg, ConfigSource::Json(path)))
+        }
+        ConfigInput::Text(text) => Ok((
+            parse_config(text, "config_json", shapes)?,
+            ConfigSource::Given,
+        )),
+        ConfigInput::Infer => Ok((
             WanConfig::infer_from_shapes(shapes)?,
             ConfigSource::Inferred,
-        ))
+        )),
     }
+}
+
+/// Parses a `config.json` text (either layout) and reconciles it with the shapes; configuration
+/// errors name the text by `label` (other errors already name their subject).
+fn parse_config(
+    text: &str,
+    label: &str,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<WanConfig> {
+    let in_label = |e: Error| match e {
+        Error::Config(m) => Error::Config(format!("{label}: {m}")),
+        e => e,
+    };
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| Error::Config(format!("{label}: not valid JSON: {e}")))?;
+    let mut cfg = WanConfig::from_json(&v).map_err(in_label)?;
+    cfg.reconcile_with_shapes(shapes).map_err(in_label)?;
+    Ok(cfg)
+}
+
+/// Reading a configuration off a checkpoint's tensor shapes is a checkpoint concern, so it lives
+/// here rather than beside the JSON readers in [`super::config`].
+impl WanConfig {
+    /// Infers the configuration of a bare weights file from its tensor shapes (canonical names).
+    /// Widths come from the weights; the head count cannot (q/k/v are [D, D] for any head count)
+    /// and is taken as D / 128, the head width of every released Wan2.1; eps and text_len take the
+    /// released values.
+    pub fn infer_from_shapes(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self> {
+        let get = |name: &str, rank: usize| -> Result<&[usize]> {
+            let s = shapes
+                .get(name)
+                .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+            if s.len() != rank {
+                return Err(Error::Config(format!(
+                    "cannot infer the configuration: tensor `{name}` has rank {} (shape {s:?}), expected {rank}",
+                    s.len()
+                )));
+            }
+            Ok(s)
+        };
+        let patch = get("patch_embedding.weight", 5)?;
+        if patch[2..] != [1, 2, 2] {
+            return Err(Error::Config(format!(
+                "tensor `patch_embedding.weight` has shape {patch:?}: patch size {:?} is not (1, 2, 2)",
+                &patch[2..]
+            )));
+        }
+        let (dim, in_dim) = (patch[0], patch[1]);
+        if dim == 0 || dim % RELEASED_HEAD_DIM != 0 {
+            return Err(Error::Config(format!(
+                "cannot infer the head count: width {dim} (tensor `patch_embedding.weight`) is not a \
+                 multiple of {RELEASED_HEAD_DIM}; put a config.json beside the weights"
+            )));
+        }
+        let head = get("head.head.weight", 2)?;
+        if head[0] % 4 != 0 {
+            return Err(Error::Config(format!(
+                "tensor `head.head.weight` has {} outputs, not a multiple of the 4 patch positions",
+                head[0]
+            )));
+        }
+        let num_layers = shapes
+            .keys()
+            .filter_map(|n| block_index(n))
+            .max()
+            .map_or(0, |i| i + 1);
+        // Any block's FFN gives the hidden width; report block 0's if none has one.
+        let ffn_name = (0..num_layers)
+            .map(|i| format!("blocks.{i}.ffn.0.weight"))
+            .find(|n| shapes.contains_key(n))
+            .unwrap_or_else(|| "blocks.0.ffn.0.weight".to_string());
+        let ffn_dim = get(&ffn_name, 2)?[0];
+        let i2v = shapes.keys().any(|n| is_image_param(n));
+        let image_dim = if i2v {
+            Some(get("img_emb.proj.0.weight", 1)?[0])
+        } else {
+            None
+        };
+        let cfg = WanConfig {
+            model_type: if i2v { ModelType::I2V } else { ModelType::T2V },
+            in_dim,
+            out_dim: head[0] / 4,
+            dim,
+            ffn_dim,
+            freq_dim: get("time_embedding.0.weight", 2)?[1],
+            text_dim: get("text_embedding.0.weight", 2)?[1],
+            image_dim,
+            num_heads: dim / RELEASED_HEAD_DIM,
+            num_layers,
+            eps: 1e-6,
+            text_len: 512,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Makes a parsed config agree with a checkpoint's tensor shapes (canonical names): the text
+    /// and image widths are taken from the weights (the official config.json does not state them),
+    /// and a model type the tensors contradict is an error naming the tensor. The remaining sizes
+    /// are checked tensor by tensor against `canonical_params` by the checkpoint reader.
+    pub fn reconcile_with_shapes(&mut self, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+        if let Some(s) = shapes.get("text_embedding.0.weight") {
+            if s.len() == 2 {
+                self.text_dim = s[1];
+            }
+        }
+        if let Some(name) = shapes.keys().find(|n| is_image_param(n)) {
+            if !self.is_i2v() {
+                return Err(Error::Config(format!(
+                    "the config says t2v but the checkpoint has the image-conditioning tensor `{name}`"
+                )));
+            }
+        }
+        if self.is_i2v() {
+            if let Some(s) = shapes.get("img_emb.proj.0.weight") {
+                if s.len() == 1 {
+                    self.image_dim = Some(s[0]);
+                }
+            }
+        }
+        self.validate()
+    }
+}
+
+/// Tensors that only an image-conditioned (I2V) model has, in canonical naming.
+fn is_image_param(name: &str) -> bool {
+    name.starts_with("img_emb.")
+        || name.contains(".cross_attn.k_img.")
+        || name.contains(".cross_attn.v_img.")
+        || name.contains(".cross_attn.norm_k_img.")
 }
 
 /// `x` scaled to the largest unit not above it, e.g. 1.42 B or 5.29 GiB.
@@ -582,8 +694,7 @@ fn resolve_dir(dir: &Path) -> Result<Source> {
 
 /// Reads an index json and maps its shards. Tensors are taken from the shard headers; the index
 /// must agree with them (a tensor it places in a shard must be there).
-#[allow(clippy::type_complexity)]
-fn open_index(index: &Path) -> Result<(Vec<MappedFile>, Vec<Vec<RawTensor>>)> {
+fn open_index(index: &Path) -> Result<Vec<Safetensors>> {
     let text = fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| Error::checkpoint(index, format!("not valid JSON: {e}")))?;
@@ -617,26 +728,23 @@ fn open_index(index: &Path) -> Result<(Vec<MappedFile>, Vec<Vec<RawTensor>>)> {
         return Err(Error::checkpoint(index, "weight_map is empty"));
     }
     let mut files = Vec::new();
-    let mut raw = Vec::new();
-    let mut contents: HashMap<&str, BTreeSet<String>> = HashMap::new();
+    let mut shard_of: HashMap<&str, usize> = HashMap::new();
     for name in shard_names {
-        let (file, tensors, _) = map_safetensors(&dir.join(name))?;
-        contents.insert(name, tensors.iter().map(|t| t.name.clone()).collect());
-        files.push(file);
-        raw.push(tensors);
+        shard_of.insert(name, files.len());
+        files.push(Safetensors::map(&dir.join(name))?);
     }
     for (tensor, file) in placed {
-        if !contents
+        let holds = shard_of
             .get(file)
-            .is_some_and(|names| names.contains(tensor))
-        {
+            .is_some_and(|&i| files[i].get(tensor).is_some());
+        if !holds {
             return Err(Error::checkpoint(
                 index,
                 format!("weight_map places tensor `{tensor}` in {file}, which does not contain it"),
             ));
         }
     }
-    Ok((files, raw))
+    Ok(files)
 }
 
 /// Decides the naming layout from the names that only one layout has (`patch_embedding.*` is
@@ -662,249 +770,6 @@ fn detect_layout<'a>(path: &Path, names: impl Iterator<Item = &'a str>) -> Resul
     }
 }
 
-fn read_config_json(path: &Path) -> Result<WanConfig> {
-    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))?;
-    WanConfig::from_json(&v).map_err(|e| in_file(e, path))
-}
-
-/// Adds the file to a configuration error (other errors already name their subject).
-fn in_file(e: Error, path: &Path) -> Error {
-    match e {
-        Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
-        e => e,
-    }
-}
-
-fn supported_dtype(d: StDtype) -> Option<DType> {
-    match d {
-        StDtype::F32 => Some(DType::F32),
-        StDtype::BF16 => Some(DType::BF16),
-        StDtype::F16 => Some(DType::F16),
-        _ => None,
-    }
-}
-
-fn safetensors_dtype(d: DType) -> StDtype {
-    match d {
-        DType::F32 => StDtype::F32,
-        DType::BF16 => StDtype::BF16,
-        DType::F16 => StDtype::F16,
-    }
-}
-
-/// Maps a safetensors file and parses (and validates) its header; tensor bytes are not touched.
-fn map_safetensors(path: &Path) -> Result<(MappedFile, Vec<RawTensor>, HashMap<String, String>)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len < 8 {
-        return Err(Error::checkpoint(
-            path,
-            format!("truncated: {len} bytes, shorter than a safetensors header"),
-        ));
-    }
-    // SAFETY: the map is read-only; the file must not be modified while open, the usual contract
-    // of memory-mapped checkpoints (writers here replace files by rename, never in place).
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-        use safetensors::SafeTensorError as E;
-        let why = match e {
-            E::InvalidHeaderLength | E::MetadataIncompleteBuffer => {
-                "truncated or corrupt: the header and the tensor data do not cover the file exactly"
-                    .to_string()
-            }
-            E::InvalidHeader
-            | E::InvalidHeaderStart
-            | E::InvalidHeaderDeserialization
-            | E::HeaderTooLarge => {
-                "corrupt or not a safetensors file: unreadable header".to_string()
-            }
-            other => format!("corrupt safetensors header: {other:?}"),
-        };
-        Error::checkpoint(path, why)
-    })?;
-    let data_start = 8 + header_len;
-    let mut tensors: Vec<RawTensor> = meta
-        .tensors()
-        .into_iter()
-        .map(|(name, info)| RawTensor {
-            name,
-            dtype: info.dtype,
-            shape: info.shape.clone(),
-            start: data_start + info.data_offsets.0,
-            end: data_start + info.data_offsets.1,
-        })
-        .collect();
-    tensors.sort_by_key(|t| t.start);
-    let user_meta = meta.metadata().clone().unwrap_or_default();
-    Ok((
-        MappedFile {
-            path: path.to_path_buf(),
-            mmap,
-        },
-        tensors,
-        user_meta,
-    ))
-}
-
-/// The `__metadata__` string map of a safetensors file (empty when it has none).
-pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    Ok(map_safetensors(path)?.2)
-}
-
-/// Reads every tensor of a safetensors file (any names; F32, BF16 or F16).
-pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
-    let (file, tensors, _) = map_safetensors(path)?;
-    let mut out = BTreeMap::new();
-    for t in tensors {
-        let dtype = supported_dtype(t.dtype).ok_or_else(|| {
-            Error::UnsupportedDtype(format!(
-                "{:?} of tensor `{}` in {} (expected F32, BF16 or F16)",
-                t.dtype,
-                t.name,
-                path.display()
-            ))
-        })?;
-        let data = Storage::from_le_bytes(&file.mmap[t.start..t.end], dtype);
-        out.insert(t.name, HostTensor::new(t.shape, data)?);
-    }
-    Ok(out)
-}
-
-/// Writes tensors to a safetensors file atomically (a crash leaves the old file or none, never a
-/// partial one). `metadata` goes to the header's `__metadata__`.
-pub fn write_safetensors<'a, K: AsRef<str>>(
-    path: &Path,
-    tensors: impl IntoIterator<Item = (K, &'a HostTensor)>,
-    metadata: Option<&HashMap<String, String>>,
-) -> Result<()> {
-    let mut list: Vec<(String, &HostTensor)> = tensors
-        .into_iter()
-        .map(|(k, t)| (k.as_ref().to_string(), t))
-        .collect();
-    // Descending element size, then name, as the reference writer does: every tensor then starts
-    // at an offset aligned to its element size.
-    list.sort_by(|(a, x), (b, y)| {
-        y.dtype()
-            .size_in_bytes()
-            .cmp(&x.dtype().size_in_bytes())
-            .then_with(|| a.cmp(b))
-    });
-    if let Some(w) = list.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(Error::InvalidInput(format!(
-            "tensor `{}` given twice",
-            w[0].0
-        )));
-    }
-    let mut header = serde_json::Map::new();
-    if let Some(m) = metadata {
-        header.insert("__metadata__".into(), json!(m));
-    }
-    let mut offset = 0usize;
-    for (name, t) in &list {
-        if name == "__metadata__" {
-            return Err(Error::InvalidInput(
-                "`__metadata__` is reserved in safetensors".into(),
-            ));
-        }
-        if t.numel() != t.data.len() {
-            return Err(Error::InvalidInput(format!(
-                "tensor `{name}`: shape {:?} does not match its {} elements",
-                t.shape,
-                t.data.len()
-            )));
-        }
-        let n = t.data.len() * t.dtype().size_in_bytes();
-        header.insert(
-            name.clone(),
-            json!({
-                "dtype": safetensors_dtype(t.dtype()),
-                "shape": t.shape,
-                "data_offsets": [offset, offset + n],
-            }),
-        );
-        offset += n;
-    }
-    let mut header = serde_json::to_vec(&Value::Object(header))
-        .map_err(|e| Error::InvalidInput(format!("safetensors header: {e}")))?;
-    // The data must start 8-byte aligned; the format pads the header with spaces.
-    header.resize(header.len().div_ceil(8) * 8, b' ');
-    atomic_write(path, |w| {
-        w.write_all(&(header.len() as u64).to_le_bytes())?;
-        w.write_all(&header)?;
-        for (_, t) in &list {
-            w.write_all(&le_bytes(&t.data))?;
-        }
-        Ok(())
-    })
-}
-
-/// Little-endian bytes of a storage, without a copy on little-endian machines.
-fn le_bytes(s: &Storage) -> Cow<'_, [u8]> {
-    if cfg!(target_endian = "little") {
-        match s {
-            Storage::F32(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
-            Storage::BF16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
-            Storage::F16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
-        }
-    } else {
-        Cow::Owned(s.to_le_bytes())
-    }
-}
-
-/// Writes a file through a temporary in the same directory, fsyncs it, renames it over `path`,
-/// and fsyncs the directory, so the file is either entirely old or entirely new after a crash.
-fn atomic_write(
-    path: &Path,
-    body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        body(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
-}
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Makes a rename durable (a no-op where directories cannot be opened, e.g. Windows).
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
 /// Writes a checkpoint (canonical names in `tensors`) into `dir` in the given layout: the
 /// layout's `config.json`, and either `diffusion_pytorch_model.safetensors` or, when
 /// `max_shard_bytes` is given and exceeded, numbered shards plus an index json (tensors kept in
@@ -920,25 +785,19 @@ pub fn save_checkpoint(
     max_shard_bytes: Option<u64>,
 ) -> Result<()> {
     cfg.validate()?;
-    let specs = canonical_params(cfg);
-    let wanted: BTreeSet<&str> = specs.iter().map(|p| p.name.as_str()).collect();
-    if let Some(extra) = tensors.keys().find(|k| !wanted.contains(k.as_str())) {
-        return Err(Error::UnexpectedTensor(extra.clone()));
-    }
-    let mut ordered = Vec::with_capacity(specs.len());
-    for spec in &specs {
-        let t = tensors
-            .get(&spec.name)
-            .ok_or_else(|| Error::MissingTensor(spec.name.clone()))?;
-        if t.shape != spec.shape {
-            return Err(Error::ShapeMismatch {
-                name: spec.name.clone(),
-                got: t.shape.clone(),
-                expected: spec.shape.clone(),
-            });
-        }
-        ordered.push((layout.from_canonical(&spec.name), t));
-    }
+    let present: BTreeMap<&str, &[usize]> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.shape.as_slice()))
+        .collect();
+    check_exact(cfg, &present, |_| true, str::to_string)?;
+    // Module order; every parameter is present (checked above).
+    let ordered: Vec<(String, &HostTensor)> = canonical_params(cfg)
+        .iter()
+        .filter_map(|spec| {
+            let t = tensors.get(&spec.name)?;
+            Some((layout.from_canonical(&spec.name), t))
+        })
+        .collect();
 
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let nbytes = |t: &HostTensor| (t.data.len() * t.dtype().size_in_bytes()) as u64;
@@ -1059,30 +918,62 @@ mod tests {
         assert_eq!(human(512.0, 1024.0, &[" B", " KiB"]), "512 B");
     }
 
+    fn shapes_of(cfg: &WanConfig) -> BTreeMap<String, Vec<usize>> {
+        canonical_params(cfg)
+            .into_iter()
+            .map(|p| (p.name, p.shape))
+            .collect()
+    }
+
     #[test]
-    fn safetensors_round_trip_and_alignment() {
-        let dir = std::env::temp_dir().join(format!("prfl-st-unit-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("x.safetensors");
-        let a = HostTensor::new(vec![3], Storage::from_f32(&[1.0, 2.0, 3.0], DType::BF16)).unwrap();
-        let b = HostTensor::from_f32(vec![2, 1], vec![4.0, 5.0]).unwrap();
-        let m: HashMap<String, String> = [("k".to_string(), "v".to_string())].into();
-        write_safetensors(&path, [("a", &a), ("b", &b)], Some(&m)).unwrap();
-        let back = read_safetensors(&path).unwrap();
-        assert_eq!(back["a"], a);
-        assert_eq!(back["b"], b);
-        // The reference parser accepts the file, metadata included.
-        let bytes = fs::read(&path).unwrap();
-        let (n, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-        assert_eq!(n % 8, 0);
-        assert_eq!(meta.metadata().as_ref().unwrap()["k"], "v");
-        // No temp files are left behind.
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
-        assert!(write_safetensors(&path, [("a", &a), ("a", &b)], None).is_err());
-        fs::remove_dir_all(&dir).unwrap();
+    fn shapes_infer_the_config() {
+        let cfg = WanConfig {
+            model_type: ModelType::I2V,
+            in_dim: 36,
+            out_dim: 16,
+            dim: 256,
+            ffn_dim: 64,
+            freq_dim: 16,
+            text_dim: 32,
+            image_dim: Some(48),
+            num_heads: 2,
+            num_layers: 3,
+            eps: 1e-6,
+            text_len: 512,
+        };
+        assert_eq!(WanConfig::infer_from_shapes(&shapes_of(&cfg)).unwrap(), cfg);
+        for c in [WanConfig::t2v_1_3b(), WanConfig::i2v_14b()] {
+            assert_eq!(WanConfig::infer_from_shapes(&shapes_of(&c)).unwrap(), c);
+        }
+        let mut narrow = cfg.clone();
+        narrow.dim = 96;
+        let e = WanConfig::infer_from_shapes(&shapes_of(&narrow)).unwrap_err();
+        assert!(e.to_string().contains("multiple of 128"), "{e}");
+        let mut partial = shapes_of(&cfg);
+        partial.remove("head.head.weight");
+        let e = WanConfig::infer_from_shapes(&partial).unwrap_err();
+        assert!(
+            matches!(&e, Error::MissingTensor(n) if n == "head.head.weight"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shapes_override_and_contradict_the_config() {
+        let mut cfg = WanConfig::i2v_14b();
+        cfg.image_dim = Some(1280);
+        let mut actual = cfg.clone();
+        actual.text_dim = 24;
+        actual.image_dim = Some(8);
+        cfg.reconcile_with_shapes(&shapes_of(&actual)).unwrap();
+        assert_eq!(cfg, actual);
+        let mut t2v = WanConfig::t2v_14b();
+        let e = t2v
+            .reconcile_with_shapes(&shapes_of(&WanConfig::i2v_14b()))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("k_img") || e.to_string().contains("img_emb"),
+            "{e}"
+        );
     }
 }

@@ -1,7 +1,5 @@
 //! The Wan2.1 DiT configuration (method.md section 1).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -302,106 +300,6 @@ impl WanConfig {
         })
     }
 
-    /// Infers the configuration of a bare weights file from its tensor shapes (canonical names).
-    /// Widths come from the weights; the head count cannot (q/k/v are [D, D] for any head count)
-    /// and is taken as D / 128, the head width of every released Wan2.1; eps and text_len take the
-    /// released values.
-    pub fn infer_from_shapes(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self> {
-        let get = |name: &str, rank: usize| -> Result<&[usize]> {
-            let s = shapes
-                .get(name)
-                .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-            if s.len() != rank {
-                return Err(Error::Config(format!(
-                    "cannot infer the configuration: tensor `{name}` has rank {} (shape {s:?}), expected {rank}",
-                    s.len()
-                )));
-            }
-            Ok(s)
-        };
-        let patch = get("patch_embedding.weight", 5)?;
-        if patch[2..] != [1, 2, 2] {
-            return Err(Error::Config(format!(
-                "tensor `patch_embedding.weight` has shape {patch:?}: patch size {:?} is not (1, 2, 2)",
-                &patch[2..]
-            )));
-        }
-        let (dim, in_dim) = (patch[0], patch[1]);
-        if dim == 0 || dim % RELEASED_HEAD_DIM != 0 {
-            return Err(Error::Config(format!(
-                "cannot infer the head count: width {dim} (tensor `patch_embedding.weight`) is not a \
-                 multiple of {RELEASED_HEAD_DIM}; put a config.json beside the weights"
-            )));
-        }
-        let head = get("head.head.weight", 2)?;
-        if head[0] % 4 != 0 {
-            return Err(Error::Config(format!(
-                "tensor `head.head.weight` has {} outputs, not a multiple of the 4 patch positions",
-                head[0]
-            )));
-        }
-        let num_layers = shapes
-            .keys()
-            .filter_map(|n| super::names::block_index(n))
-            .max()
-            .map_or(0, |i| i + 1);
-        // Any block's FFN gives the hidden width; report block 0's if none has one.
-        let ffn_name = (0..num_layers)
-            .map(|i| format!("blocks.{i}.ffn.0.weight"))
-            .find(|n| shapes.contains_key(n))
-            .unwrap_or_else(|| "blocks.0.ffn.0.weight".to_string());
-        let ffn_dim = get(&ffn_name, 2)?[0];
-        let i2v = shapes.keys().any(|n| is_image_param(n));
-        let image_dim = if i2v {
-            Some(get("img_emb.proj.0.weight", 1)?[0])
-        } else {
-            None
-        };
-        let cfg = WanConfig {
-            model_type: if i2v { ModelType::I2V } else { ModelType::T2V },
-            in_dim,
-            out_dim: head[0] / 4,
-            dim,
-            ffn_dim,
-            freq_dim: get("time_embedding.0.weight", 2)?[1],
-            text_dim: get("text_embedding.0.weight", 2)?[1],
-            image_dim,
-            num_heads: dim / RELEASED_HEAD_DIM,
-            num_layers,
-            eps: 1e-6,
-            text_len: 512,
-        };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Makes a parsed config agree with a checkpoint's tensor shapes (canonical names): the text
-    /// and image widths are taken from the weights (the official config.json does not state them),
-    /// and a model type the tensors contradict is an error naming the tensor. The remaining sizes
-    /// are checked tensor by tensor against `canonical_params` by the checkpoint reader.
-    pub fn reconcile_with_shapes(&mut self, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
-        if let Some(s) = shapes.get("text_embedding.0.weight") {
-            if s.len() == 2 {
-                self.text_dim = s[1];
-            }
-        }
-        if let Some(name) = shapes.keys().find(|n| is_image_param(n)) {
-            if !self.is_i2v() {
-                return Err(Error::Config(format!(
-                    "the config says t2v but the checkpoint has the image-conditioning tensor `{name}`"
-                )));
-            }
-        }
-        if self.is_i2v() {
-            if let Some(s) = shapes.get("img_emb.proj.0.weight") {
-                if s.len() == 1 {
-                    self.image_dim = Some(s[0]);
-                }
-            }
-        }
-        self.validate()
-    }
-
     /// Rejects configurations the engine cannot run, naming the problem. (Patch size, qk-norm and
     /// the cross-attention norm are not fields: the JSON readers reject other values.)
     pub fn validate(&self) -> Result<()> {
@@ -466,14 +364,6 @@ impl WanConfig {
         .find(|(_, preset)| *preset == probe)
         .map_or("custom", |(name, _)| name)
     }
-}
-
-/// Tensors that only an image-conditioned (I2V) model has, in canonical naming.
-fn is_image_param(name: &str) -> bool {
-    name.starts_with("img_emb.")
-        || name.contains(".cross_attn.k_img.")
-        || name.contains(".cross_attn.v_img.")
-        || name.contains(".cross_attn.norm_k_img.")
 }
 
 fn as_object(v: &Value) -> Result<&Map<String, Value>> {
@@ -544,7 +434,6 @@ fn check_flag(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::names::canonical_params;
 
     /// `config.json` of the Wan2.1-T2V-1.3B release.
     fn released_1_3b_json() -> Value {
@@ -643,64 +532,5 @@ mod tests {
         reject(dwith("added_kv_proj_dim", Value::Null), "added_kv_proj_dim");
         reject(dwith("added_kv_proj_dim", json!(1280)), "added_kv_proj_dim");
         reject(json!([1, 2]), "object");
-    }
-
-    fn shapes_of(cfg: &WanConfig) -> BTreeMap<String, Vec<usize>> {
-        canonical_params(cfg)
-            .into_iter()
-            .map(|p| (p.name, p.shape))
-            .collect()
-    }
-
-    #[test]
-    fn shapes_infer_the_config() {
-        let cfg = WanConfig {
-            model_type: ModelType::I2V,
-            in_dim: 36,
-            out_dim: 16,
-            dim: 256,
-            ffn_dim: 64,
-            freq_dim: 16,
-            text_dim: 32,
-            image_dim: Some(48),
-            num_heads: 2,
-            num_layers: 3,
-            eps: 1e-6,
-            text_len: 512,
-        };
-        assert_eq!(WanConfig::infer_from_shapes(&shapes_of(&cfg)).unwrap(), cfg);
-        for c in [WanConfig::t2v_1_3b(), WanConfig::i2v_14b()] {
-            assert_eq!(WanConfig::infer_from_shapes(&shapes_of(&c)).unwrap(), c);
-        }
-        let mut narrow = cfg.clone();
-        narrow.dim = 96;
-        let e = WanConfig::infer_from_shapes(&shapes_of(&narrow)).unwrap_err();
-        assert!(e.to_string().contains("multiple of 128"), "{e}");
-        let mut partial = shapes_of(&cfg);
-        partial.remove("head.head.weight");
-        let e = WanConfig::infer_from_shapes(&partial).unwrap_err();
-        assert!(
-            matches!(&e, Error::MissingTensor(n) if n == "head.head.weight"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn shapes_override_and_contradict_the_config() {
-        let mut cfg = WanConfig::i2v_14b();
-        cfg.image_dim = Some(1280);
-        let mut actual = cfg.clone();
-        actual.text_dim = 24;
-        actual.image_dim = Some(8);
-        cfg.reconcile_with_shapes(&shapes_of(&actual)).unwrap();
-        assert_eq!(cfg, actual);
-        let mut t2v = WanConfig::t2v_14b();
-        let e = t2v
-            .reconcile_with_shapes(&shapes_of(&WanConfig::i2v_14b()))
-            .unwrap_err();
-        assert!(
-            e.to_string().contains("k_img") || e.to_string().contains("img_emb"),
-            "{e}"
-        );
     }
 }

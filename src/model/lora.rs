@@ -245,7 +245,7 @@ pub fn save_peft(
     ]
     .into();
     let peft = to_peft_names(adapters);
-    super::checkpoint::write_safetensors(
+    crate::safetensors::write_safetensors(
         path,
         peft.iter().map(|(k, v)| (k.as_str(), v)),
         Some(&meta),
@@ -255,7 +255,8 @@ pub fn save_peft(
 /// Reads a file written by [`save_peft`]: the configuration and the adapters under canonical
 /// names (`blocks.3.self_attn.q.lora_A.weight`).
 pub fn load_peft(path: &std::path::Path) -> Result<(LoraConfig, BTreeMap<String, HostTensor>)> {
-    let meta = super::checkpoint::read_safetensors_metadata(path)?;
+    let file = crate::safetensors::Safetensors::map(path)?;
+    let meta = file.metadata();
     let field = |k: &str| {
         meta.get(k).cloned().ok_or_else(|| {
             Error::checkpoint(path, format!("LoRA file lacks `{k}` in its metadata"))
@@ -269,7 +270,7 @@ pub fn load_peft(path: &std::path::Path) -> Result<(LoraConfig, BTreeMap<String,
         .map_err(|_| Error::checkpoint(path, "bad LoRA alpha"))?;
     let targets = field("targets")?.split(',').map(String::from).collect();
     let mut adapters = BTreeMap::new();
-    for (name, t) in super::checkpoint::read_safetensors(path)? {
+    for (name, t) in file.read_all()? {
         let bare = name.strip_prefix("transformer.").unwrap_or(&name);
         let (layer, which) = bare
             .rsplit_once(".lora_")

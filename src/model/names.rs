@@ -8,7 +8,10 @@
 //! relies on replacement order, e.g. swapping `norm2`/`norm3` through a placeholder; a table cannot
 //! get that wrong, and it rejects names it does not know instead of passing them through mangled).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::config::{ModelType, WanConfig};
+use crate::{Error, Result};
 
 /// How the tensors of a checkpoint are named.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,6 +134,52 @@ pub fn canonical_params(cfg: &WanConfig) -> Vec<ParamSpec> {
         push("img_emb.proj.4.bias".into(), vec![d]);
     }
     out
+}
+
+/// Checks a set of tensors (canonical name -> shape) against the parameters of `cfg`: every
+/// tensor must be one of them, every parameter that `required` selects must be present, and every
+/// present one must have its shape. The one check behind checkpoint verification and loading
+/// (from a file or from bytes) and checkpoint saving; `describe` names a tensor in the error (a
+/// checkpoint adds the name it is stored under). Parameters are checked in module order.
+pub fn check_exact(
+    cfg: &WanConfig,
+    present: &BTreeMap<&str, &[usize]>,
+    required: impl Fn(&str) -> bool,
+    describe: impl Fn(&str) -> String,
+) -> Result<()> {
+    let specs = canonical_params(cfg);
+    let known: BTreeSet<&str> = specs.iter().map(|p| p.name.as_str()).collect();
+    if let Some(extra) = present.keys().find(|n| !known.contains(*n)) {
+        return Err(Error::UnexpectedTensor(describe(extra)));
+    }
+    for spec in &specs {
+        if !present.contains_key(spec.name.as_str()) && required(&spec.name) {
+            return Err(Error::MissingTensor(describe(&spec.name)));
+        }
+    }
+    check_shapes(cfg, present, describe)
+}
+
+/// Checks only that every present parameter of `cfg` has its shape: what opening a checkpoint
+/// can check before it is known which parameters will be loaded.
+pub fn check_shapes(
+    cfg: &WanConfig,
+    present: &BTreeMap<&str, &[usize]>,
+    describe: impl Fn(&str) -> String,
+) -> Result<()> {
+    for spec in canonical_params(cfg) {
+        match present.get(spec.name.as_str()) {
+            Some(&shape) if shape != spec.shape.as_slice() => {
+                return Err(Error::ShapeMismatch {
+                    name: describe(&spec.name),
+                    got: shape.to_vec(),
+                    expected: spec.shape,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Prefix that community repacks (ComfyUI and others) put in front of every name.

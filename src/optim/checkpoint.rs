@@ -13,17 +13,13 @@
 //!   dtype, shape and bytes. The header format catches truncation; the checksum catches
 //!   corrupted tensor bytes, which would otherwise load as silently wrong weights or moments.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::Path;
 
-use memmap2::Mmap;
-use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 use serde_json::{json, Value};
 
-use crate::model::checkpoint::write_safetensors;
-use crate::tensor::{DType, HostTensor, Storage};
+use crate::safetensors::{write_safetensors, Safetensors};
+use crate::tensor::HostTensor;
 use crate::{Error, Result};
 
 /// The format tag of this layout; bump it on any incompatible change.
@@ -150,24 +146,9 @@ pub fn save_training_checkpoint(
 /// [`TrainingMeta::from_json`] for a typed view). Every error names the file.
 pub fn load_training_checkpoint(path: &Path) -> Result<(BTreeMap<String, HostTensor>, Value)> {
     let fail = |msg: String| Error::checkpoint(path, msg);
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: read-only map; checkpoints are replaced by rename, never rewritten in place, so the
-    // mapped bytes do not change underneath (the contract of every mapped checkpoint here).
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (header_len, header) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-        use safetensors::SafeTensorError as E;
-        fail(match e {
-            E::HeaderTooSmall | E::InvalidHeaderLength | E::MetadataIncompleteBuffer => {
-                format!(
-                    "truncated or corrupt: {} bytes do not match the header",
-                    mmap.len()
-                )
-            }
-            other => format!("corrupt or not a safetensors file: {other:?}"),
-        })
-    })?;
-    let info = header.metadata().as_ref();
-    let get = |k: &str| info.and_then(|m| m.get(k));
+    // Truncation and a damaged header are refused by the one safetensors layer, naming the file.
+    let file = Safetensors::map(path)?;
+    let get = |k: &str| file.metadata().get(k);
     match get("format") {
         Some(f) if f == FORMAT => {}
         Some(f) => {
@@ -186,24 +167,10 @@ pub fn load_training_checkpoint(path: &Path) -> Result<(BTreeMap<String, HostTen
         .map_err(|e| fail(format!("`{META_KEY}` metadata is not JSON: {e}")))?;
     TrainingMeta::from_json(&meta).map_err(|e| fail(e.to_string()))?;
 
-    let data_start = 8 + header_len;
     let mut tensors = BTreeMap::new();
-    for (name, t) in header.tensors() {
-        let dtype = match t.dtype {
-            StDtype::F32 => DType::F32,
-            StDtype::BF16 => DType::BF16,
-            StDtype::F16 => DType::F16,
-            other => {
-                return Err(fail(format!(
-                    "tensor `{name}` has unsupported dtype {other:?}"
-                )))
-            }
-        };
-        // `read_metadata` checked that the offsets tile the data section exactly.
-        let bytes = &mmap[data_start + t.data_offsets.0..data_start + t.data_offsets.1];
-        let tensor = HostTensor::new(t.shape.clone(), Storage::from_le_bytes(bytes, dtype))
-            .map_err(|e| fail(format!("tensor `{name}`: {e}")))?;
-        tensors.insert(name, tensor);
+    for entry in file.tensors() {
+        // An unsupported dtype's error names the tensor and the file.
+        tensors.insert(entry.name.clone(), file.read_entry(entry)?);
     }
     let stored = get(CHECKSUM_KEY).ok_or_else(|| fail("no checksum".into()))?;
     let actual = hex(checksum(text, &tensors));
@@ -253,22 +220,9 @@ fn checksum(meta_text: &str, tensors: &BTreeMap<String, HostTensor>) -> u64 {
         h.bytes(t.dtype().name().as_bytes());
         h.word(t.shape.len() as u64);
         t.shape.iter().for_each(|&d| h.word(d as u64));
-        h.bytes(&le_bytes(&t.data));
+        h.bytes(&t.data.le_bytes());
     }
     h.0
-}
-
-/// The stored (little-endian) bytes of a storage, borrowed where the machine is little-endian.
-fn le_bytes(s: &Storage) -> Cow<'_, [u8]> {
-    if cfg!(target_endian = "little") {
-        match s {
-            Storage::F32(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
-            Storage::BF16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
-            Storage::F16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
-        }
-    } else {
-        Cow::Owned(s.to_le_bytes())
-    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::model::checkpoint::{read_safetensors, write_safetensors};
+use crate::safetensors::{read_safetensors, write_safetensors};
 use crate::schedule::Rng;
 use crate::tensor::{DType, HostTensor, Storage};
 use crate::{Error, Result};

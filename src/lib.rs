@@ -18,6 +18,7 @@ pub mod model;
 pub mod optim;
 pub mod reward;
 pub mod schedule;
+pub mod session;
 pub mod synthetic;
 pub mod tensor;
 #[doc(hidden)]

@@ -7,17 +7,30 @@ use std::ffi::{c_char, CStr};
 use std::mem::{align_of, size_of};
 use std::path::PathBuf;
 
-use super::runtime::PrflRuntime;
+use super::config::{PrflConfig, CONFIG_V1_SIZE, PRFL_ABI_VERSION};
 use super::status::{FfiError, PRFL_ERR_SHAPE, PRFL_ERR_VERSION};
 
-/// The runtime behind a handle.
+/// Reads a caller's `PrflConfig` of any `struct_size` at least version 1's (refusing a null or
+/// misaligned pointer), then checks its `abi_version`.
 ///
 /// # Safety
-/// `rt` is null or a handle from `prfl_create` not yet destroyed.
-pub unsafe fn runtime<'a>(rt: *const PrflRuntime) -> Result<&'a PrflRuntime, FfiError> {
-    // SAFETY: per the contract, a non-null `rt` points to a live runtime; only shared
-    // references are ever made (the runtime synchronises internally).
-    unsafe { rt.as_ref() }.ok_or_else(|| FfiError::null("rt"))
+/// A non-null `ptr` must point to at least `struct_size` readable bytes (the header's contract
+/// for `prfl_create`).
+pub unsafe fn read_config(ptr: *const PrflConfig) -> Result<PrflConfig, FfiError> {
+    // SAFETY: forwarded contract; every field is an integer, float or raw pointer, for which any
+    // bit pattern is valid.
+    let out = unsafe { read_sized(ptr, "config", CONFIG_V1_SIZE) }?;
+    if out.abi_version != PRFL_ABI_VERSION {
+        return Err(FfiError::new(
+            PRFL_ERR_VERSION,
+            format!(
+                "config abi_version is {}, this library implements ABI version {PRFL_ABI_VERSION}: \
+                 rebuild against its prfl.h (and fill the config with prfl_config_default)",
+                out.abi_version
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 fn check_aligned<T>(ptr: *const T, what: &str) -> Result<(), FfiError> {

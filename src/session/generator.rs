@@ -1,4 +1,4 @@
-//! The generator checkpoint a runtime holds: opened from disk (memory-mapped, tensors read on
+//! The generator checkpoint a session holds: opened from disk (memory-mapped, tensors read on
 //! demand, so a reward model of the first K blocks reads only those), or parsed from bytes the
 //! host hands over (assets packed in a game's archive, on platforms without a writable temp
 //! directory), in either naming layout.
@@ -8,19 +8,21 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 
-use super::config::SampleSizes;
-use super::status::{FfiError, PRFL_ERR_CORRUPT_FILE, PRFL_ERR_SHAPE};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::names::{canonical_params, is_ignored_buffer, strip_repack_prefix, Layout};
 use crate::model::WanConfig;
 use crate::tensor::{DType, HostTensor, Storage};
-use crate::Error;
+use crate::{Error, Result};
 
+/// Where the generator's weights come from.
 pub enum GeneratorSource {
+    /// A checkpoint on disk (memory-mapped; tensors read on demand).
     File(Checkpoint),
     /// Parsed from memory: every tensor owned, canonical names.
     Memory {
+        /// The configuration (from `config.json` or inferred from the shapes).
         config: WanConfig,
+        /// Every parameter, by canonical name.
         tensors: BTreeMap<String, HostTensor>,
     },
 }
@@ -28,7 +30,7 @@ pub enum GeneratorSource {
 impl GeneratorSource {
     /// Opens a checkpoint directory, single file or index json, and checks from the headers that
     /// it is complete.
-    pub fn open(path: &Path) -> Result<Self, FfiError> {
+    pub fn open(path: &Path) -> Result<Self> {
         let ckpt = Checkpoint::open(path)?;
         ckpt.verify()?;
         Ok(GeneratorSource::File(ckpt))
@@ -37,8 +39,8 @@ impl GeneratorSource {
     /// Parses a whole safetensors file held in memory (copied: the host may free it afterwards).
     /// `config_json` is a `config.json` in either layout; without it the configuration is
     /// inferred from the shapes (128-wide heads, as every released Wan2.1).
-    pub fn from_memory(bytes: &[u8], config_json: Option<&str>) -> Result<Self, FfiError> {
-        let corrupt = |m: String| FfiError::new(PRFL_ERR_CORRUPT_FILE, m);
+    pub fn from_memory(bytes: &[u8], config_json: Option<&str>) -> Result<Self> {
+        let corrupt = Error::Corrupt;
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
             corrupt(format!(
                 "the {} bytes are not a safetensors file: {e:?}",
@@ -60,9 +62,9 @@ impl GeneratorSource {
         let layout = detect_layout(stored.keys().map(String::as_str))?;
         let mut tensors = BTreeMap::new();
         for (bare, view) in &stored {
-            let canonical = layout
-                .to_canonical(bare)
-                .expect("detect_layout checked every name");
+            let canonical = layout.to_canonical(bare).ok_or_else(|| {
+                Error::UnexpectedTensor(format!("{bare} (not a Wan2.1 parameter)"))
+            })?;
             let dtype = match view.dtype() {
                 StDtype::F32 => DType::F32,
                 StDtype::BF16 => DType::BF16,
@@ -83,7 +85,7 @@ impl GeneratorSource {
         let config = match config_json {
             Some(text) => {
                 let v: serde_json::Value = serde_json::from_str(text)
-                    .map_err(|e| FfiError::invalid(format!("config_json is not JSON: {e}")))?;
+                    .map_err(|e| Error::InvalidArgument(format!("config_json is not JSON: {e}")))?;
                 let mut cfg = WanConfig::from_json(&v)?;
                 cfg.reconcile_with_shapes(&shapes)?;
                 cfg
@@ -94,7 +96,7 @@ impl GeneratorSource {
         let specs = canonical_params(&config);
         let wanted: BTreeSet<&str> = specs.iter().map(|p| p.name.as_str()).collect();
         if let Some(extra) = tensors.keys().find(|k| !wanted.contains(k.as_str())) {
-            return Err(Error::UnexpectedTensor(extra.clone()).into());
+            return Err(Error::UnexpectedTensor(extra.clone()));
         }
         for spec in &specs {
             let t = tensors
@@ -105,13 +107,13 @@ impl GeneratorSource {
                     name: spec.name.clone(),
                     got: t.shape.clone(),
                     expected: spec.shape.clone(),
-                }
-                .into());
+                });
             }
         }
         Ok(GeneratorSource::Memory { config, tensors })
     }
 
+    /// The generator's configuration.
     pub fn config(&self) -> &WanConfig {
         match self {
             GeneratorSource::File(c) => c.config(),
@@ -120,10 +122,7 @@ impl GeneratorSource {
     }
 
     /// The parameters whose canonical names pass `filter`.
-    pub fn load(
-        &self,
-        filter: impl Fn(&str) -> bool,
-    ) -> Result<BTreeMap<String, HostTensor>, FfiError> {
+    pub fn load(&self, filter: impl Fn(&str) -> bool) -> Result<BTreeMap<String, HostTensor>> {
         match self {
             GeneratorSource::File(c) => Ok(c.load(filter)?),
             GeneratorSource::Memory { tensors, .. } => Ok(tensors
@@ -133,52 +132,11 @@ impl GeneratorSource {
                 .collect()),
         }
     }
-
-    /// Checks that the runtime's sample shapes fit this generator.
-    pub fn check_fits(&self, sizes: &SampleSizes) -> Result<(), FfiError> {
-        let c = self.config();
-        if c.is_i2v() {
-            return Err(FfiError::invalid(
-                "image-to-video generators need the conditioning latent `y` (mask and first \
-                 frame), which ABI version 1 does not carry: only text-to-video generators are \
-                 supported",
-            ));
-        }
-        if sizes.image != 0 {
-            return Err(FfiError::new(
-                PRFL_ERR_SHAPE,
-                format!(
-                    "image_len {} x image_dim {} configured, but the generator is text-to-video \
-                     (set both to 0)",
-                    sizes.image_len, sizes.image_dim
-                ),
-            ));
-        }
-        if sizes.latent_shape[0] != c.out_dim || c.in_dim != c.out_dim {
-            return Err(FfiError::new(
-                PRFL_ERR_SHAPE,
-                format!(
-                    "latent_channels is {}, the generator's latents have {} channels",
-                    sizes.latent_shape[0], c.out_dim
-                ),
-            ));
-        }
-        if sizes.text_dim != c.text_dim {
-            return Err(FfiError::new(
-                PRFL_ERR_SHAPE,
-                format!(
-                    "text_dim is {}, the generator's text embedding takes {}",
-                    sizes.text_dim, c.text_dim
-                ),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// The layout in which every name is a Wan2.1 parameter (original when both fit, as for a
 /// checkpoint holding only names common to both).
-fn detect_layout<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Result<Layout, FfiError> {
+fn detect_layout<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Result<Layout> {
     let mut best = None;
     for layout in [Layout::Original, Layout::Diffusers] {
         match names.clone().find(|n| layout.to_canonical(n).is_none()) {
@@ -188,9 +146,8 @@ fn detect_layout<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Result<Lay
             }
         }
     }
-    let (_, bad) = best.expect("two layouts were tried");
+    let bad = best.map_or("", |(_, bad)| bad);
     Err(Error::UnexpectedTensor(format!(
         "{bad} (not a Wan2.1 parameter in the original or the diffusers layout)"
-    ))
-    .into())
+    )))
 }

@@ -300,3 +300,134 @@ pub unsafe fn u32s_mut<'a>(
     // that nothing else references during the call.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, count) })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The configuration as C passes it: read struct-size aware, then validated.
+    use std::mem::size_of;
+
+    use super::read_config;
+    use crate::backend::device::DeviceSpec;
+    use crate::ffi::config::{validate as validate_with, PrflConfig, PrflDevice, CONFIG_V1_SIZE};
+    use crate::ffi::status::*;
+    use crate::session::SessionConfig;
+
+    #[test]
+    fn default_validates() {
+        let c = validate(&PrflConfig::default()).unwrap();
+        assert_eq!(c.sizes.latent, 16 * 21 * 60 * 104);
+        assert_eq!(c.sizes.text, 512 * 4096);
+    }
+
+    fn validate(c: &PrflConfig) -> Result<SessionConfig, FfiError> {
+        // SAFETY: the tests' library folders are NULL or NUL-terminated literals.
+        let dir = unsafe { crate::ffi::args::string(c.cuda_library_dir, "cuda_library_dir") }?;
+        validate_with(c, dir)
+    }
+
+    #[test]
+    fn devices_validate() {
+        let cfg = |device: PrflDevice, index: i32| PrflConfig {
+            device: device as i32,
+            device_index: index,
+            ..PrflConfig::default()
+        };
+        use PrflDevice::*;
+        assert_eq!(
+            validate(&cfg(PRFL_DEVICE_CPU, 0)).unwrap().device,
+            DeviceSpec::Cpu
+        );
+        assert_eq!(
+            validate(&cfg(PRFL_DEVICE_AUTO, 0)).unwrap().device,
+            DeviceSpec::Auto
+        );
+        assert_eq!(
+            validate(&cfg(PRFL_DEVICE_CUDA, 2)).unwrap().device,
+            DeviceSpec::Cuda(2)
+        );
+        for bad in [
+            cfg(PRFL_DEVICE_CPU, 1),
+            cfg(PRFL_DEVICE_AUTO, 1),
+            cfg(PRFL_DEVICE_CUDA, -1),
+        ] {
+            let e = validate(&bad).unwrap_err();
+            assert!(e.message.contains("device_index"), "{}", e.message);
+        }
+        let e = validate(&PrflConfig {
+            cpu_fallback: 2,
+            ..PrflConfig::default()
+        })
+        .unwrap_err();
+        assert!(e.message.contains("cpu_fallback"), "{}", e.message);
+        let dir = c"/opt/cuda/lib";
+        let c = validate(&PrflConfig {
+            cuda_library_dir: dir.as_ptr(),
+            cpu_fallback: 1,
+            ..PrflConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.cuda.lib_dir.as_deref(),
+            Some(std::path::Path::new("/opt/cuda/lib"))
+        );
+        assert!(c.cpu_fallback);
+        let empty = c"";
+        let c = validate(&PrflConfig {
+            cuda_library_dir: empty.as_ptr(),
+            ..PrflConfig::default()
+        })
+        .unwrap();
+        assert_eq!(c.cuda.lib_dir, None);
+        assert!(!c.cpu_fallback);
+    }
+
+    #[test]
+    fn a_version_1_struct_gets_the_appended_fields_defaults() {
+        // A caller compiled before `cpu_fallback` existed: its struct ends where it starts.
+        let mut c = PrflConfig {
+            cpu_fallback: 1,
+            ..PrflConfig::default()
+        };
+        c.struct_size = CONFIG_V1_SIZE as u32;
+        assert!(CONFIG_V1_SIZE < size_of::<PrflConfig>());
+        let got = unsafe { read_config(&c) }.unwrap();
+        assert_eq!(got.cpu_fallback, 0);
+        assert_eq!(got.seed, c.seed);
+    }
+
+    #[test]
+    fn struct_size_prefix_is_read_and_small_sizes_refused() {
+        // A newer caller: a bigger struct whose unknown tail is ignored.
+        #[repr(C)]
+        struct Newer {
+            base: PrflConfig,
+            extra: u64,
+        }
+        let mut newer = Newer {
+            base: PrflConfig {
+                batch_size: 3,
+                ..PrflConfig::default()
+            },
+            extra: u64::MAX,
+        };
+        newer.base.struct_size = size_of::<Newer>() as u32;
+        let got = unsafe { read_config(&newer.base) }.unwrap();
+        assert_eq!(got.batch_size, 3);
+        let old = PrflConfig {
+            struct_size: 16,
+            ..PrflConfig::default()
+        };
+        assert_eq!(
+            unsafe { read_config(&old) }.unwrap_err().status,
+            PRFL_ERR_VERSION
+        );
+        let wrong = PrflConfig {
+            abi_version: 2,
+            ..PrflConfig::default()
+        };
+        assert_eq!(
+            unsafe { read_config(&wrong) }.unwrap_err().status,
+            PRFL_ERR_VERSION
+        );
+    }
+}

@@ -28,6 +28,8 @@
 //! A panic while the models are write-locked may leave a half-applied update behind: the
 //! session is then marked lost ([`Error::DeviceLost`]) rather than trusted again.
 
+#![warn(missing_docs)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

@@ -314,3 +314,74 @@ impl Session {
         stopped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::device::DeviceSpec;
+    use crate::session::SessionConfig;
+
+    fn session(capacity: usize) -> Session {
+        let sizes = SampleSizes::new([1, 1, 2, 2], [1, 2], [0, 0]).unwrap();
+        Session::new(SessionConfig {
+            device: DeviceSpec::Cpu,
+            queue_capacity: capacity,
+            ..SessionConfig::new(sizes)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn rust_submissions_are_checked_and_every_outcome_counted() {
+        let s = session(1);
+        let e = s
+            .submit_labelled(&[0.0; 3], &[0.0; 2], &[], 1.0)
+            .unwrap_err();
+        assert!(matches!(e, Error::Shape(_)), "{e}");
+        assert!(
+            e.to_string().contains("`latent` is 3 floats, expected 4"),
+            "{e}"
+        );
+        let e = s
+            .submit_labelled(&[0.0; 4], &[0.0; 2], &[], 0.5)
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        let e = s
+            .submit_labelled(&[0.0; 4], &[0.0; 2], &[], f32::NAN)
+            .unwrap_err();
+        assert!(matches!(e, Error::NonFinite(_)), "{e}");
+        let e = s
+            .submit_pair(&[0.0; 4], &[0.0; 2], &[0.0; 2], &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("`lose`"), "{e}");
+        s.submit_labelled(&[0.0; 4], &[0.0; 2], &[], 1.0).unwrap();
+        let e = s
+            .submit_pair(&[0.0; 4], &[0.0; 4], &[0.0; 2], &[])
+            .unwrap_err();
+        assert!(matches!(e, Error::QueueFull(_)), "{e}");
+        s.count_invalid_submission();
+        let q = s.queue_stats().unwrap();
+        assert_eq!((q.submitted, q.accepted), (7, 1));
+        assert_eq!((q.rejected_full, q.rejected_invalid), (1, 5));
+        assert_eq!(q.queued, 1);
+    }
+
+    #[test]
+    fn steps_need_their_models() {
+        let s = session(2);
+        assert!(matches!(s.step(StepMode::Reward), Err(Error::NotLoaded(_))));
+        assert!(matches!(
+            s.start_background(StepMode::Prfl),
+            Err(Error::NotLoaded(_))
+        ));
+        assert!(matches!(
+            s.score(&[0.0; 4], &[1.0], &[0.0; 2]),
+            Err(Error::NotLoaded(_))
+        ));
+        assert!(matches!(
+            s.save("/nonexistent/prfl"),
+            Err(Error::NotLoaded(_))
+        ));
+        s.stop_background().unwrap();
+    }
+}

@@ -276,6 +276,7 @@ typedef int32_t PrflStepMode;
 
 /**
  * The opaque handle C holds. Dropping it (`prfl_destroy`) stops the background trainer first.
+ * It is a Box the host owns (from `prfl_create` to `prfl_destroy`), holding the Session.
  */
 typedef struct PrflRuntime PrflRuntime;
 

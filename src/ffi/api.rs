@@ -1,22 +1,19 @@
 //! The `extern "C"` entry points. Each one runs inside [`guard`] (a panic becomes
 //! `PRFL_ERR_PANIC`, never an unwind into C), turns its raw arguments into Rust values through
-//! [`args`], and calls the safe runtime. The doc comments are the header's documentation.
+//! [`args`], and calls the safe [`Session`]. The doc comments are the header's documentation.
 
 use std::ffi::{c_char, c_void};
 
 use super::args;
-use super::config::{read_config, PrflConfig, RuntimeConfig, SampleSizes, PRFL_ABI_VERSION};
-use super::generator::GeneratorSource;
+use super::config::{validate, PrflConfig, PRFL_ABI_VERSION};
+use super::handle::{session, PrflRuntime};
 use super::log::PrflLogCallback;
-use super::queue::SampleRef;
-use super::runtime::{PrflRuntime, Runtime};
 use super::status::{guard, guard_value, last_error_ptr, FfiError, PrflStatus};
 use super::types::{
     PrflQueueStats, PrflSampleConfig, PrflSampleStats, PrflStepMode, PrflStepStats,
     QUEUE_STATS_V1_SIZE, SAMPLE_CONFIG_V1_SIZE, SAMPLE_STATS_V1_SIZE, STEP_STATS_V1_SIZE,
 };
-use super::{persist, worker};
-use crate::reward::dataset::SampleKind;
+use crate::session::{SampleConfig, SampleRef, SampleSizes, Session, StepMode};
 
 fn latent_desc(s: &SampleSizes) -> String {
     format!("latent [C, F, H, W] = {:?}", s.latent_shape)
@@ -85,10 +82,29 @@ fn candidate_count(count: usize, keep: Option<usize>) -> Result<(), FfiError> {
     }
 }
 
-fn step_mode(mode: i32) -> Result<PrflStepMode, FfiError> {
-    PrflStepMode::from_i32(mode).ok_or_else(|| {
-        FfiError::unknown_enum("mode", mode, "PRFL_STEP_REWARD (0), PRFL_STEP_PRFL (1)")
-    })
+fn step_mode(mode: i32) -> Result<StepMode, FfiError> {
+    PrflStepMode::from_i32(mode)
+        .map(StepMode::from)
+        .ok_or_else(|| {
+            FfiError::unknown_enum("mode", mode, "PRFL_STEP_REWARD (0), PRFL_STEP_PRFL (1)")
+        })
+}
+
+/// Builds a submission's sample with `build` (the raw arguments' checks: null, length,
+/// alignment); a refusal there is counted as an invalid submission, else the session takes the
+/// sample (and counts its outcome). A lost session refuses first, uncounted.
+fn submit<'a>(
+    session: &Session,
+    build: impl FnOnce(&SampleSizes) -> Result<SampleRef<'a>, FfiError>,
+) -> Result<(), FfiError> {
+    session.check_alive()?;
+    match build(session.sizes()) {
+        Ok(sample) => Ok(session.submit(&sample)?),
+        Err(e) => {
+            session.count_invalid_submission();
+            Err(e)
+        }
+    }
 }
 
 /// The ABI version of the library (compare with `PRFL_ABI_VERSION` of the header compiled
@@ -142,10 +158,12 @@ pub unsafe extern "C" fn prfl_create(
         // SAFETY: non-null `out` is writable per the contract.
         unsafe { args::write(out, std::ptr::null_mut(), "out") }?;
         // SAFETY: sized `struct_size` per the contract (null and misalignment are refused).
-        let c = unsafe { read_config(config) }?;
-        // SAFETY: `cuda_library_dir` is NULL or a NUL-terminated string per the contract.
-        let rt = Runtime::new(unsafe { RuntimeConfig::validate(&c) }?)?;
-        let handle = Box::into_raw(Box::new(PrflRuntime { inner: rt }));
+        let c = unsafe { args::read_config(config) }?;
+        // SAFETY: `cuda_library_dir` is NULL or a NUL-terminated string per the contract; it is
+        // read here and not kept.
+        let lib_dir = unsafe { args::string(c.cuda_library_dir, "cuda_library_dir") };
+        let session = Session::new(validate(&c, lib_dir?)?)?;
+        let handle = PrflRuntime::into_raw(session);
         // SAFETY: checked writable above.
         unsafe { out.write(handle) };
         Ok(())
@@ -184,10 +202,10 @@ pub unsafe extern "C" fn prfl_load_generator(
 ) -> PrflStatus {
     guard("prfl_load_generator", || {
         // SAFETY: forwarded contracts.
-        let rt = unsafe { args::runtime(rt) }?;
+        let session = unsafe { session(rt) }?;
         // SAFETY: forwarded contract.
         let path = unsafe { args::path(path, "path") }?;
-        rt.inner.load_generator(|| GeneratorSource::open(&path))
+        Ok(session.load_generator(&path)?)
     })
 }
 
@@ -208,13 +226,12 @@ pub unsafe extern "C" fn prfl_load_generator_from_memory(
 ) -> PrflStatus {
     guard("prfl_load_generator_from_memory", || {
         // SAFETY: forwarded contracts.
-        let rt = unsafe { args::runtime(rt) }?;
+        let session = unsafe { session(rt) }?;
         // SAFETY: forwarded contract.
         let bytes = unsafe { args::bytes(safetensors, len, "safetensors") }?;
         // SAFETY: forwarded contract.
         let json = unsafe { args::string(config_json, "config_json") }?;
-        rt.inner
-            .load_generator(|| GeneratorSource::from_memory(bytes, json))
+        Ok(session.load_generator_from_memory(bytes, json)?)
     })
 }
 
@@ -230,7 +247,7 @@ pub unsafe extern "C" fn prfl_load_generator_from_memory(
 pub unsafe extern "C" fn prfl_init_reward(rt: *mut PrflRuntime) -> PrflStatus {
     guard("prfl_init_reward", || {
         // SAFETY: forwarded contract.
-        unsafe { args::runtime(rt) }?.inner.init_reward()
+        Ok(unsafe { session(rt) }?.init_reward()?)
     })
 }
 
@@ -247,10 +264,10 @@ pub unsafe extern "C" fn prfl_init_reward(rt: *mut PrflRuntime) -> PrflStatus {
 pub unsafe extern "C" fn prfl_load_reward(rt: *mut PrflRuntime, path: *const c_char) -> PrflStatus {
     guard("prfl_load_reward", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
+        let session = unsafe { session(rt) }?;
         // SAFETY: forwarded contract.
         let path = unsafe { args::path(path, "path") }?;
-        rt.inner.load_reward(&path)
+        Ok(session.load_reward(&path)?)
     })
 }
 
@@ -277,8 +294,8 @@ pub unsafe extern "C" fn prfl_submit_labeled(
 ) -> PrflStatus {
     guard("prfl_submit_labeled", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
-        rt.inner.submit(|s| {
+        let session = unsafe { session(rt) }?;
+        submit(session, |s| {
             // SAFETY (all three): each non-null array holds its stated length, checked against
             // the configuration before it is read.
             let latent = unsafe {
@@ -289,14 +306,7 @@ pub unsafe extern "C" fn prfl_submit_labeled(
                 unsafe { args::required_floats(text, text_len, s.text, "text", || text_desc(s)) }?;
             // SAFETY: as above.
             let image = unsafe { image_arg(image, image_len, s) }?;
-            Ok(SampleRef {
-                kind: SampleKind::Clip,
-                latent,
-                lose: &[],
-                text,
-                image,
-                label,
-            })
+            Ok(SampleRef::labelled(latent, text, image, label))
         })
     })
 }
@@ -320,8 +330,8 @@ pub unsafe extern "C" fn prfl_submit_pair(
 ) -> PrflStatus {
     guard("prfl_submit_pair", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
-        rt.inner.submit(|s| {
+        let session = unsafe { session(rt) }?;
+        submit(session, |s| {
             // SAFETY (all four): each non-null array holds its stated length, checked against
             // the configuration before it is read.
             let win = unsafe {
@@ -336,14 +346,7 @@ pub unsafe extern "C" fn prfl_submit_pair(
                 unsafe { args::required_floats(text, text_len, s.text, "text", || text_desc(s)) }?;
             // SAFETY: as above.
             let image = unsafe { image_arg(image, image_len, s) }?;
-            Ok(SampleRef {
-                kind: SampleKind::Pair,
-                latent: win,
-                lose,
-                text,
-                image,
-                label: 1.0,
-            })
+            Ok(SampleRef::pair(win, lose, text, image))
         })
     })
 }
@@ -378,7 +381,7 @@ pub unsafe extern "C" fn prfl_step(
 ) -> PrflStatus {
     guard("prfl_step", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
+        let rt = unsafe { session(rt) }?;
         let mode = step_mode(mode)?;
         // Checked before the step, so that a bad struct never costs a batch.
         let n = if out.is_null() {
@@ -387,7 +390,7 @@ pub unsafe extern "C" fn prfl_step(
             // SAFETY: forwarded contract.
             Some(unsafe { args::out_size(out, "out", STEP_STATS_V1_SIZE) }?)
         };
-        let stats = rt.inner.step(mode)?;
+        let stats = PrflStepStats::from(rt.step(mode)?);
         if let Some(n) = n {
             // SAFETY: `out` is valid for `n` bytes (`out_size`).
             unsafe { args::write_sized(out, stats, n) };
@@ -417,8 +420,8 @@ pub unsafe extern "C" fn prfl_score(
 ) -> PrflStatus {
     guard("prfl_score", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
-        let s = &rt.inner.cfg.sizes;
+        let rt = unsafe { session(rt) }?;
+        let s = rt.sizes();
         // SAFETY: forwarded contract (length checked before reading).
         let latent = unsafe {
             args::required_floats(latent, latent_len, s.latent, "latent", || latent_desc(s))
@@ -428,7 +431,7 @@ pub unsafe extern "C" fn prfl_score(
             unsafe { args::required_floats(text, text_len, s.text, "text", || text_desc(s)) }?;
         // SAFETY: forwarded contract.
         let out = unsafe { args::floats_mut(out_score, 1, "out_score") }?;
-        rt.inner.score(latent, &[timestep], text, out)
+        Ok(rt.score_into(latent, &[timestep], text, out)?)
     })
 }
 
@@ -453,8 +456,8 @@ pub unsafe extern "C" fn prfl_score_batch(
 ) -> PrflStatus {
     guard("prfl_score_batch", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
-        let s = &rt.inner.cfg.sizes;
+        let rt = unsafe { session(rt) }?;
+        let s = rt.sizes();
         for (p, what) in [
             (latents, "latents"),
             (timesteps, "timesteps"),
@@ -478,7 +481,7 @@ pub unsafe extern "C" fn prfl_score_batch(
         let text = unsafe { args::float_rows(text, count, s.text, "text") }?;
         // SAFETY: as above; the output does not alias the inputs per the contract.
         let out = unsafe { args::floats_mut(out_scores, count, "out_scores") }?;
-        rt.inner.score(latents, timesteps, text, out)
+        Ok(rt.score_into(latents, timesteps, text, out)?)
     })
 }
 
@@ -513,8 +516,8 @@ pub unsafe extern "C" fn prfl_select_candidates(
 ) -> PrflStatus {
     guard("prfl_select_candidates", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
-        let s = &rt.inner.cfg.sizes;
+        let rt = unsafe { session(rt) }?;
+        let s = rt.sizes();
         for (p, what) in [(latents, "latents"), (text, "text")] {
             if p.is_null() {
                 return Err(FfiError::null(what));
@@ -540,7 +543,7 @@ pub unsafe extern "C" fn prfl_select_candidates(
             // SAFETY: as above.
             unsafe { args::floats_mut(out_scores, count, "out_scores") }?
         };
-        rt.inner.select(latents, timestep, text, kept, scores)
+        Ok(rt.select_into(latents, timestep, text, kept, scores)?)
     })
 }
 
@@ -605,8 +608,8 @@ pub unsafe extern "C" fn prfl_sample_early_reject(
 ) -> PrflStatus {
     guard("prfl_sample_early_reject", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
-        let s = &rt.inner.cfg.sizes;
+        let rt = unsafe { session(rt) }?;
+        let s = rt.sizes();
         for (p, what) in [
             (noise, "noise"),
             (text, "text"),
@@ -635,7 +638,7 @@ pub unsafe extern "C" fn prfl_sample_early_reject(
         per_sample("latent_len", latent_len, s.latent, latent_desc(s))?;
         per_sample("text_len", text_len, s.text, text_desc(s))?;
         candidate_count(count, None)?;
-        let setup = rt.inner.sample_setup(&cfg, count)?;
+        let setup = rt.sample_setup(&SampleConfig::try_from(&cfg)?, count)?;
         // SAFETY (all): non-null, and the caller guarantees the stated sizes.
         let noise = unsafe { args::float_rows(noise, count, s.latent, "noise") }?;
         // SAFETY: as above.
@@ -645,7 +648,8 @@ pub unsafe extern "C" fn prfl_sample_early_reject(
             unsafe { args::floats_mut(out_latents, setup.keep * s.latent, "out_latents") }?;
         // SAFETY: as above.
         let kept = unsafe { args::u32s_mut(out_kept, setup.keep, "out_kept") }?;
-        let stats = rt.inner.sample(noise, text, &setup, latents_out, kept)?;
+        let stats =
+            PrflSampleStats::from(rt.sample_into(noise, text, &setup, latents_out, kept)?);
         if let Some(n) = n_stats {
             // SAFETY: `out_stats` is valid for `n` bytes (`out_size`).
             unsafe { args::write_sized(out_stats, stats, n) };
@@ -667,8 +671,8 @@ pub unsafe extern "C" fn prfl_sample_early_reject(
 pub unsafe extern "C" fn prfl_start(rt: *mut PrflRuntime, mode: i32) -> PrflStatus {
     guard("prfl_start", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
-        worker::start(&rt.inner, step_mode(mode)?)
+        let rt = unsafe { session(rt) }?;
+        Ok(rt.start_background(step_mode(mode)?)?)
     })
 }
 
@@ -681,10 +685,8 @@ pub unsafe extern "C" fn prfl_start(rt: *mut PrflRuntime, mode: i32) -> PrflStat
 pub unsafe extern "C" fn prfl_stop(rt: *mut PrflRuntime) -> PrflStatus {
     guard("prfl_stop", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
-        let stopped = worker::stop(&rt.inner);
-        rt.inner.check_alive()?;
-        stopped
+        let rt = unsafe { session(rt) }?;
+        Ok(rt.stop_background()?)
     })
 }
 
@@ -700,10 +702,10 @@ pub unsafe extern "C" fn prfl_stop(rt: *mut PrflRuntime) -> PrflStatus {
 pub unsafe extern "C" fn prfl_save(rt: *mut PrflRuntime, path: *const c_char) -> PrflStatus {
     guard("prfl_save", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
+        let rt = unsafe { session(rt) }?;
         // SAFETY: forwarded contract.
         let path = unsafe { args::path(path, "path") }?;
-        persist::save(&rt.inner, &path)
+        Ok(rt.save(&path)?)
     })
 }
 
@@ -719,10 +721,10 @@ pub unsafe extern "C" fn prfl_save(rt: *mut PrflRuntime, path: *const c_char) ->
 pub unsafe extern "C" fn prfl_load(rt: *mut PrflRuntime, path: *const c_char) -> PrflStatus {
     guard("prfl_load", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
+        let rt = unsafe { session(rt) }?;
         // SAFETY: forwarded contract.
         let path = unsafe { args::path(path, "path") }?;
-        persist::load(&rt.inner, &path)
+        Ok(rt.load(&path)?)
     })
 }
 
@@ -739,10 +741,10 @@ pub unsafe extern "C" fn prfl_queue_stats(
 ) -> PrflStatus {
     guard("prfl_queue_stats", || {
         // SAFETY: forwarded contract.
-        let rt = unsafe { args::runtime(rt) }?;
+        let rt = unsafe { session(rt) }?;
         // SAFETY: forwarded contract.
         let n = unsafe { args::out_size(out, "out", QUEUE_STATS_V1_SIZE) }?;
-        let stats = rt.inner.queue_stats()?;
+        let stats = PrflQueueStats::from(rt.queue_stats()?);
         // SAFETY: `out` is valid for `n` bytes (`out_size`).
         unsafe { args::write_sized(out, stats, n) };
         Ok(())

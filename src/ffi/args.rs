@@ -7,17 +7,30 @@ use std::ffi::{c_char, CStr};
 use std::mem::{align_of, size_of};
 use std::path::PathBuf;
 
-use super::runtime::PrflRuntime;
+use super::config::{PrflConfig, CONFIG_V1_SIZE, PRFL_ABI_VERSION};
 use super::status::{FfiError, PRFL_ERR_SHAPE, PRFL_ERR_VERSION};
 
-/// The runtime behind a handle.
+/// Reads a caller's `PrflConfig` of any `struct_size` at least version 1's (refusing a null or
+/// misaligned pointer), then checks its `abi_version`.
 ///
 /// # Safety
-/// `rt` is null or a handle from `prfl_create` not yet destroyed.
-pub unsafe fn runtime<'a>(rt: *const PrflRuntime) -> Result<&'a PrflRuntime, FfiError> {
-    // SAFETY: per the contract, a non-null `rt` points to a live runtime; only shared
-    // references are ever made (the runtime synchronises internally).
-    unsafe { rt.as_ref() }.ok_or_else(|| FfiError::null("rt"))
+/// A non-null `ptr` must point to at least `struct_size` readable bytes (the header's contract
+/// for `prfl_create`).
+pub unsafe fn read_config(ptr: *const PrflConfig) -> Result<PrflConfig, FfiError> {
+    // SAFETY: forwarded contract; every field is an integer, float or raw pointer, for which any
+    // bit pattern is valid.
+    let out = unsafe { read_sized(ptr, "config", CONFIG_V1_SIZE) }?;
+    if out.abi_version != PRFL_ABI_VERSION {
+        return Err(FfiError::new(
+            PRFL_ERR_VERSION,
+            format!(
+                "config abi_version is {}, this library implements ABI version {PRFL_ABI_VERSION}: \
+                 rebuild against its prfl.h (and fill the config with prfl_config_default)",
+                out.abi_version
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 fn check_aligned<T>(ptr: *const T, what: &str) -> Result<(), FfiError> {
@@ -286,4 +299,135 @@ pub unsafe fn u32s_mut<'a>(
     // SAFETY: non-null, aligned, size bounded, and the caller guarantees `count` writable values
     // that nothing else references during the call.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, count) })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The configuration as C passes it: read struct-size aware, then validated.
+    use std::mem::size_of;
+
+    use super::read_config;
+    use crate::backend::device::DeviceSpec;
+    use crate::ffi::config::{validate as validate_with, PrflConfig, PrflDevice, CONFIG_V1_SIZE};
+    use crate::ffi::status::*;
+    use crate::session::SessionConfig;
+
+    #[test]
+    fn default_validates() {
+        let c = validate(&PrflConfig::default()).unwrap();
+        assert_eq!(c.sizes.latent, 16 * 21 * 60 * 104);
+        assert_eq!(c.sizes.text, 512 * 4096);
+    }
+
+    fn validate(c: &PrflConfig) -> Result<SessionConfig, FfiError> {
+        // SAFETY: the tests' library folders are NULL or NUL-terminated literals.
+        let dir = unsafe { crate::ffi::args::string(c.cuda_library_dir, "cuda_library_dir") }?;
+        validate_with(c, dir)
+    }
+
+    #[test]
+    fn devices_validate() {
+        let cfg = |device: PrflDevice, index: i32| PrflConfig {
+            device: device as i32,
+            device_index: index,
+            ..PrflConfig::default()
+        };
+        use PrflDevice::*;
+        assert_eq!(
+            validate(&cfg(PRFL_DEVICE_CPU, 0)).unwrap().device,
+            DeviceSpec::Cpu
+        );
+        assert_eq!(
+            validate(&cfg(PRFL_DEVICE_AUTO, 0)).unwrap().device,
+            DeviceSpec::Auto
+        );
+        assert_eq!(
+            validate(&cfg(PRFL_DEVICE_CUDA, 2)).unwrap().device,
+            DeviceSpec::Cuda(2)
+        );
+        for bad in [
+            cfg(PRFL_DEVICE_CPU, 1),
+            cfg(PRFL_DEVICE_AUTO, 1),
+            cfg(PRFL_DEVICE_CUDA, -1),
+        ] {
+            let e = validate(&bad).unwrap_err();
+            assert!(e.message.contains("device_index"), "{}", e.message);
+        }
+        let e = validate(&PrflConfig {
+            cpu_fallback: 2,
+            ..PrflConfig::default()
+        })
+        .unwrap_err();
+        assert!(e.message.contains("cpu_fallback"), "{}", e.message);
+        let dir = c"/opt/cuda/lib";
+        let c = validate(&PrflConfig {
+            cuda_library_dir: dir.as_ptr(),
+            cpu_fallback: 1,
+            ..PrflConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.cuda.lib_dir.as_deref(),
+            Some(std::path::Path::new("/opt/cuda/lib"))
+        );
+        assert!(c.cpu_fallback);
+        let empty = c"";
+        let c = validate(&PrflConfig {
+            cuda_library_dir: empty.as_ptr(),
+            ..PrflConfig::default()
+        })
+        .unwrap();
+        assert_eq!(c.cuda.lib_dir, None);
+        assert!(!c.cpu_fallback);
+    }
+
+    #[test]
+    fn a_version_1_struct_gets_the_appended_fields_defaults() {
+        // A caller compiled before `cpu_fallback` existed: its struct ends where it starts.
+        let mut c = PrflConfig {
+            cpu_fallback: 1,
+            ..PrflConfig::default()
+        };
+        c.struct_size = CONFIG_V1_SIZE as u32;
+        assert!(CONFIG_V1_SIZE < size_of::<PrflConfig>());
+        let got = unsafe { read_config(&c) }.unwrap();
+        assert_eq!(got.cpu_fallback, 0);
+        assert_eq!(got.seed, c.seed);
+    }
+
+    #[test]
+    fn struct_size_prefix_is_read_and_small_sizes_refused() {
+        // A newer caller: a bigger struct whose unknown tail is ignored.
+        #[repr(C)]
+        struct Newer {
+            base: PrflConfig,
+            extra: u64,
+        }
+        let mut newer = Newer {
+            base: PrflConfig {
+                batch_size: 3,
+                ..PrflConfig::default()
+            },
+            extra: u64::MAX,
+        };
+        newer.base.struct_size = size_of::<Newer>() as u32;
+        let got = unsafe { read_config(&newer.base) }.unwrap();
+        assert_eq!(got.batch_size, 3);
+        let old = PrflConfig {
+            struct_size: 16,
+            ..PrflConfig::default()
+        };
+        assert_eq!(
+            unsafe { read_config(&old) }.unwrap_err().status,
+            PRFL_ERR_VERSION
+        );
+        let wrong = PrflConfig {
+            abi_version: 2,
+            ..PrflConfig::default()
+        };
+        assert_eq!(
+            unsafe { read_config(&wrong) }.unwrap_err().status,
+            PRFL_ERR_VERSION
+        );
+    }
 }

@@ -1,5 +1,6 @@
-//! The runtime configuration as C sees it (`PrflConfig`), read struct-size aware, and its
-//! validation into the safe [`RuntimeConfig`].
+//! The runtime configuration as C sees it (`PrflConfig`), and its validation into the
+//! session's [`SessionConfig`] (the struct itself is read, struct-size aware, by
+//! [`super::args::read_config`]).
 //!
 //! Versioning: fields are only ever appended. A caller states `struct_size = sizeof(PrflConfig)`
 //! as it was compiled; a newer caller's larger struct is read up to the fields this library
@@ -11,10 +12,11 @@
 use std::ffi::c_char;
 use std::mem::size_of;
 
-use super::status::{FfiError, PRFL_ERR_VERSION};
+use super::status::FfiError;
 use crate::backend::cuda::CudaOptions;
 use crate::backend::device::DeviceSpec;
 use crate::model::lora::LoraConfig;
+use crate::session::{Backpressure, SampleSizes, SessionConfig};
 
 /// The ABI version of this header. Bumped only on incompatible changes; appending fields to the
 /// structs is not one (`struct_size` handles it).
@@ -173,390 +175,191 @@ impl Default for PrflConfig {
     }
 }
 
-/// Reads a caller's `PrflConfig` of any `struct_size` at least version 1's (refusing a null or
-/// misaligned pointer), then checks its `abi_version`.
-///
-/// # Safety
-/// A non-null `ptr` must point to at least `struct_size` readable bytes (the header's contract
-/// for `prfl_create`).
-pub unsafe fn read_config(ptr: *const PrflConfig) -> Result<PrflConfig, FfiError> {
-    // SAFETY: forwarded contract; every field is an integer, float or raw pointer, for which any
-    // bit pattern is valid.
-    let out = unsafe { super::args::read_sized(ptr, "config", CONFIG_V1_SIZE) }?;
-    if out.abi_version != PRFL_ABI_VERSION {
-        return Err(FfiError::new(
-            PRFL_ERR_VERSION,
-            format!(
-                "config abi_version is {}, this library implements ABI version {PRFL_ABI_VERSION}: \
-                 rebuild against its prfl.h (and fill the config with prfl_config_default)",
-                out.abi_version
-            ),
-        ));
-    }
-    Ok(out)
-}
-
-/// What to do when the queue is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backpressure {
-    RejectNewest,
-    DropOldest,
-}
-
-/// Element counts of one sample, as every `*_len` argument must state them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SampleSizes {
-    /// `[C, F, H, W]`.
-    pub latent_shape: [usize; 4],
-    pub latent: usize,
-    pub text_len: usize,
-    pub text_dim: usize,
-    pub text: usize,
-    pub image_len: usize,
-    pub image_dim: usize,
-    pub image: usize,
-}
-
-/// A validated configuration.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RuntimeConfig {
-    /// The device to open (`cpu`, `cuda:N`, `auto`).
-    pub device: DeviceSpec,
-    /// Where the CUDA libraries are looked for first.
-    pub cuda: CudaOptions,
-    /// Run on the CPU when the CUDA device cannot be used.
-    pub cpu_fallback: bool,
-    pub queue_capacity: usize,
-    pub backpressure: Backpressure,
-    pub sizes: SampleSizes,
-    pub batch_size: usize,
-    pub reward_loss: crate::reward::train::RewardLoss,
-    pub reward_blocks: usize,
-    pub reward_backbone_lr: f32,
-    pub reward_head_lr: f32,
-    pub prfl_lr: f32,
-    pub prfl_steps: usize,
-    pub shift: f32,
-    pub lora: Option<LoraConfig>,
-    pub recompute: bool,
-    pub seed: u64,
-}
-
-impl RuntimeConfig {
-    /// Checks every field, naming the first bad one. The device comes first: asking for a device
-    /// that cannot be used is the most important thing to report. Whether the device can
-    /// actually be opened is checked later, by [`super::runtime::Runtime::new`].
-    ///
-    /// # Safety
-    /// `c.cuda_library_dir` is NULL or points to a NUL-terminated string (`prfl_create`'s
-    /// contract); it is read here and not kept.
-    pub unsafe fn validate(c: &PrflConfig) -> Result<RuntimeConfig, FfiError> {
-        let device = match c.device {
-            d if d == PrflDevice::PRFL_DEVICE_CPU as i32 => DeviceSpec::Cpu,
-            d if d == PrflDevice::PRFL_DEVICE_AUTO as i32 => DeviceSpec::Auto,
-            d if d == PrflDevice::PRFL_DEVICE_CUDA as i32 => {
-                if c.device_index < 0 {
-                    return Err(FfiError::invalid(format!(
-                        "device_index is {}: a CUDA device index is 0 or more",
-                        c.device_index
-                    )));
-                }
-                DeviceSpec::Cuda(c.device_index as usize)
-            }
-            d => {
-                return Err(FfiError::unknown_enum(
-                    "device",
-                    d,
-                    "PRFL_DEVICE_CPU (0), PRFL_DEVICE_CUDA (1), PRFL_DEVICE_AUTO (2)",
-                ))
-            }
-        };
-        if !matches!(device, DeviceSpec::Cuda(_)) && c.device_index != 0 {
-            return Err(FfiError::invalid(format!(
-                "device_index is {}: it selects a GPU with PRFL_DEVICE_CUDA; PRFL_DEVICE_CPU and \
-                 PRFL_DEVICE_AUTO take 0",
-                c.device_index
-            )));
-        }
-        let cpu_fallback = match c.cpu_fallback {
-            0 => false,
-            1 => true,
-            v => {
+/// Checks every field, naming the first bad one, and builds the session's configuration. The
+/// device comes first: asking for a device that cannot be used is the most important thing to
+/// report. Whether the device can actually be opened is checked later, by
+/// [`crate::session::Session::new`]. `cuda_library_dir` is the struct's string, already read
+/// by [`super::args::string`] (the struct's pointer is not followed here).
+pub fn validate(c: &PrflConfig, cuda_library_dir: Option<&str>) -> Result<SessionConfig, FfiError> {
+    let device = match c.device {
+        d if d == PrflDevice::PRFL_DEVICE_CPU as i32 => DeviceSpec::Cpu,
+        d if d == PrflDevice::PRFL_DEVICE_AUTO as i32 => DeviceSpec::Auto,
+        d if d == PrflDevice::PRFL_DEVICE_CUDA as i32 => {
+            if c.device_index < 0 {
                 return Err(FfiError::invalid(format!(
-                    "cpu_fallback is {v}, not 0 or 1"
-                )))
-            }
-        };
-        // SAFETY: this function's contract.
-        let lib_dir = unsafe { super::args::string(c.cuda_library_dir, "cuda_library_dir") }?
-            .filter(|s| !s.is_empty())
-            .map(std::path::PathBuf::from);
-        let backpressure = match c.backpressure {
-            0 => Backpressure::RejectNewest,
-            1 => Backpressure::DropOldest,
-            v => {
-                return Err(FfiError::unknown_enum(
-                    "backpressure",
-                    v,
-                    "PRFL_BACKPRESSURE_REJECT_NEWEST (0), PRFL_BACKPRESSURE_DROP_OLDEST (1)",
-                ))
-            }
-        };
-        let reward_loss = match c.reward_loss {
-            0 => crate::reward::train::RewardLoss::Ce,
-            1 => crate::reward::train::RewardLoss::Bt,
-            v => {
-                return Err(FfiError::unknown_enum(
-                    "reward_loss",
-                    v,
-                    "PRFL_LOSS_CE (0), PRFL_LOSS_BT (1)",
-                ))
-            }
-        };
-        let positive = |name: &str, v: u32| {
-            if v == 0 {
-                Err(FfiError::invalid(format!("{name} must be positive")))
-            } else {
-                Ok(v as usize)
-            }
-        };
-        let latent_shape = [
-            positive("latent_channels", c.latent_channels)?,
-            positive("latent_frames", c.latent_frames)?,
-            positive("latent_height", c.latent_height)?,
-            positive("latent_width", c.latent_width)?,
-        ];
-        if latent_shape[2] % 2 != 0 || latent_shape[3] % 2 != 0 {
-            return Err(FfiError::invalid(format!(
-                "latent_height {} and latent_width {} must be even (the DiT patch is 1 x 2 x 2)",
-                latent_shape[2], latent_shape[3]
-            )));
-        }
-        let text_len = positive("text_len", c.text_len)?;
-        let text_dim = positive("text_dim", c.text_dim)?;
-        let (image_len, image_dim) = (c.image_len as usize, c.image_dim as usize);
-        if (image_len == 0) != (image_dim == 0) {
-            return Err(FfiError::invalid(format!(
-                "image_len {image_len} and image_dim {image_dim}: both 0 (text-to-video) or both \
-                 positive (image-to-video)"
-            )));
-        }
-        let too_big = |what: &str| FfiError::invalid(format!("{what} is too large"));
-        let latent = latent_shape
-            .iter()
-            .try_fold(1usize, |a, &b| a.checked_mul(b))
-            .ok_or_else(|| too_big("the latent shape"))?;
-        let text = text_len
-            .checked_mul(text_dim)
-            .ok_or_else(|| too_big("text_len x text_dim"))?;
-        let image = image_len
-            .checked_mul(image_dim)
-            .ok_or_else(|| too_big("image_len x image_dim"))?;
-        let batch_size = positive("batch_size", c.batch_size)?;
-        let queue_capacity = positive("queue_capacity", c.queue_capacity)?;
-        if queue_capacity < batch_size {
-            return Err(FfiError::invalid(format!(
-                "queue_capacity {queue_capacity} is smaller than batch_size {batch_size}: a step \
-                 could never find a full batch"
-            )));
-        }
-        let reward_blocks = positive("reward_blocks", c.reward_blocks)?;
-        for (name, v) in [
-            ("reward_backbone_lr", c.reward_backbone_lr),
-            ("reward_head_lr", c.reward_head_lr),
-            ("prfl_lr", c.prfl_lr),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(FfiError::invalid(format!(
-                    "{name} is {v}: a learning rate must be finite and not negative"
+                    "device_index is {}: a CUDA device index is 0 or more",
+                    c.device_index
                 )));
             }
+            DeviceSpec::Cuda(c.device_index as usize)
         }
-        if c.prfl_steps < 2 {
+        d => {
+            return Err(FfiError::unknown_enum(
+                "device",
+                d,
+                "PRFL_DEVICE_CPU (0), PRFL_DEVICE_CUDA (1), PRFL_DEVICE_AUTO (2)",
+            ))
+        }
+    };
+    if !matches!(device, DeviceSpec::Cuda(_)) && c.device_index != 0 {
+        return Err(FfiError::invalid(format!(
+            "device_index is {}: it selects a GPU with PRFL_DEVICE_CUDA; PRFL_DEVICE_CPU and \
+             PRFL_DEVICE_AUTO take 0",
+            c.device_index
+        )));
+    }
+    let cpu_fallback = match c.cpu_fallback {
+        0 => false,
+        1 => true,
+        v => {
             return Err(FfiError::invalid(format!(
-                "prfl_steps is {}: the rollout needs at least 2 sampling steps",
-                c.prfl_steps
+                "cpu_fallback is {v}, not 0 or 1"
+            )))
+        }
+    };
+    let lib_dir = cuda_library_dir
+        .filter(|s| !s.is_empty())
+        .map(std::path::PathBuf::from);
+    let backpressure = match c.backpressure {
+        0 => Backpressure::RejectNewest,
+        1 => Backpressure::DropOldest,
+        v => {
+            return Err(FfiError::unknown_enum(
+                "backpressure",
+                v,
+                "PRFL_BACKPRESSURE_REJECT_NEWEST (0), PRFL_BACKPRESSURE_DROP_OLDEST (1)",
+            ))
+        }
+    };
+    let reward_loss = match c.reward_loss {
+        0 => crate::reward::train::RewardLoss::Ce,
+        1 => crate::reward::train::RewardLoss::Bt,
+        v => {
+            return Err(FfiError::unknown_enum(
+                "reward_loss",
+                v,
+                "PRFL_LOSS_CE (0), PRFL_LOSS_BT (1)",
+            ))
+        }
+    };
+    let positive = |name: &str, v: u32| {
+        if v == 0 {
+            Err(FfiError::invalid(format!("{name} must be positive")))
+        } else {
+            Ok(v as usize)
+        }
+    };
+    let latent_shape = [
+        positive("latent_channels", c.latent_channels)?,
+        positive("latent_frames", c.latent_frames)?,
+        positive("latent_height", c.latent_height)?,
+        positive("latent_width", c.latent_width)?,
+    ];
+    if latent_shape[2] % 2 != 0 || latent_shape[3] % 2 != 0 {
+        return Err(FfiError::invalid(format!(
+            "latent_height {} and latent_width {} must be even (the DiT patch is 1 x 2 x 2)",
+            latent_shape[2], latent_shape[3]
+        )));
+    }
+    let text_len = positive("text_len", c.text_len)?;
+    let text_dim = positive("text_dim", c.text_dim)?;
+    let (image_len, image_dim) = (c.image_len as usize, c.image_dim as usize);
+    if (image_len == 0) != (image_dim == 0) {
+        return Err(FfiError::invalid(format!(
+            "image_len {image_len} and image_dim {image_dim}: both 0 (text-to-video) or both \
+             positive (image-to-video)"
+        )));
+    }
+    let too_big = |what: &str| FfiError::invalid(format!("{what} is too large"));
+    let latent = latent_shape
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .ok_or_else(|| too_big("the latent shape"))?;
+    let text = text_len
+        .checked_mul(text_dim)
+        .ok_or_else(|| too_big("text_len x text_dim"))?;
+    let image = image_len
+        .checked_mul(image_dim)
+        .ok_or_else(|| too_big("image_len x image_dim"))?;
+    let batch_size = positive("batch_size", c.batch_size)?;
+    let queue_capacity = positive("queue_capacity", c.queue_capacity)?;
+    if queue_capacity < batch_size {
+        return Err(FfiError::invalid(format!(
+            "queue_capacity {queue_capacity} is smaller than batch_size {batch_size}: a step \
+             could never find a full batch"
+        )));
+    }
+    let reward_blocks = positive("reward_blocks", c.reward_blocks)?;
+    for (name, v) in [
+        ("reward_backbone_lr", c.reward_backbone_lr),
+        ("reward_head_lr", c.reward_head_lr),
+        ("prfl_lr", c.prfl_lr),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(FfiError::invalid(format!(
+                "{name} is {v}: a learning rate must be finite and not negative"
             )));
         }
-        if !(c.shift.is_finite() && c.shift > 0.0) {
-            return Err(FfiError::invalid(format!(
-                "shift is {}: it must be finite and positive",
-                c.shift
-            )));
-        }
-        let lora = match c.lora_rank {
-            0 => None,
-            rank => {
-                if !(c.lora_alpha.is_finite() && c.lora_alpha > 0.0) {
-                    return Err(FfiError::invalid(format!(
-                        "lora_alpha is {}: it must be finite and positive",
-                        c.lora_alpha
-                    )));
-                }
-                Some(LoraConfig {
-                    rank: rank as usize,
-                    alpha: c.lora_alpha,
-                    ..LoraConfig::default()
-                })
+    }
+    if c.prfl_steps < 2 {
+        return Err(FfiError::invalid(format!(
+            "prfl_steps is {}: the rollout needs at least 2 sampling steps",
+            c.prfl_steps
+        )));
+    }
+    if !(c.shift.is_finite() && c.shift > 0.0) {
+        return Err(FfiError::invalid(format!(
+            "shift is {}: it must be finite and positive",
+            c.shift
+        )));
+    }
+    let lora = match c.lora_rank {
+        0 => None,
+        rank => {
+            if !(c.lora_alpha.is_finite() && c.lora_alpha > 0.0) {
+                return Err(FfiError::invalid(format!(
+                    "lora_alpha is {}: it must be finite and positive",
+                    c.lora_alpha
+                )));
             }
-        };
-        let recompute = match c.recompute {
-            0 => false,
-            1 => true,
-            v => return Err(FfiError::invalid(format!("recompute is {v}, not 0 or 1"))),
-        };
-        Ok(RuntimeConfig {
-            device,
-            cuda: CudaOptions { lib_dir },
-            cpu_fallback,
-            queue_capacity,
-            backpressure,
-            sizes: SampleSizes {
-                latent_shape,
-                latent,
-                text_len,
-                text_dim,
-                text,
-                image_len,
-                image_dim,
-                image,
-            },
-            batch_size,
-            reward_loss,
-            reward_blocks,
-            reward_backbone_lr: c.reward_backbone_lr,
-            reward_head_lr: c.reward_head_lr,
-            prfl_lr: c.prfl_lr,
-            prfl_steps: c.prfl_steps as usize,
-            shift: c.shift,
-            lora,
-            recompute,
-            seed: c.seed,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ffi::status::*;
-
-    #[test]
-    fn default_validates() {
-        // SAFETY: the default's library folder is NULL.
-        let c = unsafe { RuntimeConfig::validate(&PrflConfig::default()) }.unwrap();
-        assert_eq!(c.sizes.latent, 16 * 21 * 60 * 104);
-        assert_eq!(c.sizes.text, 512 * 4096);
-    }
-
-    fn validate(c: &PrflConfig) -> Result<RuntimeConfig, FfiError> {
-        // SAFETY: the tests' library folders are NULL or NUL-terminated literals.
-        unsafe { RuntimeConfig::validate(c) }
-    }
-
-    #[test]
-    fn devices_validate() {
-        let cfg = |device: PrflDevice, index: i32| PrflConfig {
-            device: device as i32,
-            device_index: index,
-            ..PrflConfig::default()
-        };
-        use PrflDevice::*;
-        assert_eq!(
-            validate(&cfg(PRFL_DEVICE_CPU, 0)).unwrap().device,
-            DeviceSpec::Cpu
-        );
-        assert_eq!(
-            validate(&cfg(PRFL_DEVICE_AUTO, 0)).unwrap().device,
-            DeviceSpec::Auto
-        );
-        assert_eq!(
-            validate(&cfg(PRFL_DEVICE_CUDA, 2)).unwrap().device,
-            DeviceSpec::Cuda(2)
-        );
-        for bad in [
-            cfg(PRFL_DEVICE_CPU, 1),
-            cfg(PRFL_DEVICE_AUTO, 1),
-            cfg(PRFL_DEVICE_CUDA, -1),
-        ] {
-            let e = validate(&bad).unwrap_err();
-            assert!(e.message.contains("device_index"), "{}", e.message);
+            Some(LoraConfig {
+                rank: rank as usize,
+                alpha: c.lora_alpha,
+                ..LoraConfig::default()
+            })
         }
-        let e = validate(&PrflConfig {
-            cpu_fallback: 2,
-            ..PrflConfig::default()
-        })
-        .unwrap_err();
-        assert!(e.message.contains("cpu_fallback"), "{}", e.message);
-        let dir = c"/opt/cuda/lib";
-        let c = validate(&PrflConfig {
-            cuda_library_dir: dir.as_ptr(),
-            cpu_fallback: 1,
-            ..PrflConfig::default()
-        })
-        .unwrap();
-        assert_eq!(
-            c.cuda.lib_dir.as_deref(),
-            Some(std::path::Path::new("/opt/cuda/lib"))
-        );
-        assert!(c.cpu_fallback);
-        let empty = c"";
-        let c = validate(&PrflConfig {
-            cuda_library_dir: empty.as_ptr(),
-            ..PrflConfig::default()
-        })
-        .unwrap();
-        assert_eq!(c.cuda.lib_dir, None);
-        assert!(!c.cpu_fallback);
-    }
-
-    #[test]
-    fn a_version_1_struct_gets_the_appended_fields_defaults() {
-        // A caller compiled before `cpu_fallback` existed: its struct ends where it starts.
-        let mut c = PrflConfig {
-            cpu_fallback: 1,
-            ..PrflConfig::default()
-        };
-        c.struct_size = CONFIG_V1_SIZE as u32;
-        assert!(CONFIG_V1_SIZE < size_of::<PrflConfig>());
-        let got = unsafe { read_config(&c) }.unwrap();
-        assert_eq!(got.cpu_fallback, 0);
-        assert_eq!(got.seed, c.seed);
-    }
-
-    #[test]
-    fn struct_size_prefix_is_read_and_small_sizes_refused() {
-        // A newer caller: a bigger struct whose unknown tail is ignored.
-        #[repr(C)]
-        struct Newer {
-            base: PrflConfig,
-            extra: u64,
-        }
-        let mut newer = Newer {
-            base: PrflConfig {
-                batch_size: 3,
-                ..PrflConfig::default()
-            },
-            extra: u64::MAX,
-        };
-        newer.base.struct_size = size_of::<Newer>() as u32;
-        let got = unsafe { read_config(&newer.base) }.unwrap();
-        assert_eq!(got.batch_size, 3);
-        let old = PrflConfig {
-            struct_size: 16,
-            ..PrflConfig::default()
-        };
-        assert_eq!(
-            unsafe { read_config(&old) }.unwrap_err().status,
-            PRFL_ERR_VERSION
-        );
-        let wrong = PrflConfig {
-            abi_version: 2,
-            ..PrflConfig::default()
-        };
-        assert_eq!(
-            unsafe { read_config(&wrong) }.unwrap_err().status,
-            PRFL_ERR_VERSION
-        );
-    }
+    };
+    let recompute = match c.recompute {
+        0 => false,
+        1 => true,
+        v => return Err(FfiError::invalid(format!("recompute is {v}, not 0 or 1"))),
+    };
+    Ok(SessionConfig {
+        device,
+        cuda: CudaOptions { lib_dir },
+        cpu_fallback,
+        queue_capacity,
+        backpressure,
+        sizes: SampleSizes {
+            latent_shape,
+            latent,
+            text_len,
+            text_dim,
+            text,
+            image_len,
+            image_dim,
+            image,
+        },
+        batch_size,
+        reward_loss,
+        reward_blocks,
+        reward_backbone_lr: c.reward_backbone_lr,
+        reward_head_lr: c.reward_head_lr,
+        prfl_lr: c.prfl_lr,
+        prfl_steps: c.prfl_steps as usize,
+        shift: c.shift,
+        lora,
+        recompute,
+        seed: c.seed,
+    })
 }

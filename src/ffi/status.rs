@@ -97,20 +97,40 @@ impl std::fmt::Display for FfiError {
     }
 }
 
+/// The one place a [`crate::Error`] becomes a status (rustls-ffi's `map_error`): files that
+/// cannot be opened are I/O errors; files whose contents are wrong are corrupt; tensors and
+/// arrays of the wrong shape are shape errors; the session's refusals have a status each; the
+/// remaining configuration and input errors are invalid arguments. An error that stopped the
+/// background trainer keeps the status of its cause.
+pub fn map_error(e: &Error) -> PrflStatus {
+    match e {
+        Error::Io { .. } => PRFL_ERR_IO,
+        Error::Checkpoint { .. }
+        | Error::MissingTensor(_)
+        | Error::UnexpectedTensor(_)
+        | Error::UnsupportedDtype(_)
+        | Error::Corrupt(_) => PRFL_ERR_CORRUPT_FILE,
+        Error::ShapeMismatch { .. } | Error::Shape(_) => PRFL_ERR_SHAPE,
+        Error::Config(_) | Error::InvalidInput(_) | Error::InvalidArgument(_) => {
+            PRFL_ERR_INVALID_ARGUMENT
+        }
+        Error::NonFinite(_) => PRFL_ERR_NON_FINITE,
+        Error::QueueFull(_) => PRFL_ERR_QUEUE_FULL,
+        Error::NotEnoughSamples(_) => PRFL_ERR_NOT_ENOUGH_SAMPLES,
+        Error::NotLoaded(_) => PRFL_ERR_NOT_LOADED,
+        Error::Busy(_) => PRFL_ERR_BUSY,
+        Error::Device { .. } => PRFL_ERR_DEVICE,
+        Error::DeviceLost(_) => PRFL_ERR_DEVICE_LOST,
+        Error::TrainerStopped(cause) => map_error(cause),
+        Error::Panic(_) => PRFL_ERR_PANIC,
+        Error::Internal(_) => PRFL_ERR_INTERNAL,
+    }
+}
+
 impl From<Error> for FfiError {
-    /// Files that cannot be opened are I/O errors; files whose contents are wrong are corrupt;
-    /// tensors of the wrong shape are shape errors; the rest are invalid arguments.
+    /// The status of [`map_error`] with the error's message.
     fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::Io { .. } => PRFL_ERR_IO,
-            Error::Checkpoint { .. }
-            | Error::MissingTensor(_)
-            | Error::UnexpectedTensor(_)
-            | Error::UnsupportedDtype(_) => PRFL_ERR_CORRUPT_FILE,
-            Error::ShapeMismatch { .. } => PRFL_ERR_SHAPE,
-            Error::Config(_) | Error::InvalidInput(_) => PRFL_ERR_INVALID_ARGUMENT,
-        };
-        FfiError::new(status, e.to_string())
+        FfiError::new(map_error(&e), e.to_string())
     }
 }
 
@@ -149,12 +169,32 @@ pub fn panic_error(payload: Box<dyn Any + Send>) -> FfiError {
     FfiError::new(PRFL_ERR_PANIC, format!("panic (a bug in prfl): {text}"))
 }
 
+#[cfg(feature = "test-hooks")]
+thread_local! {
+    // Const-initialised and without a destructor: checking it costs a load, never an allocation.
+    static PANIC_AT_ENTRY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Test hook (set by `ffi::testing`): makes the next entry point called on this thread panic
+/// inside its panic barrier.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn panic_at_next_entry() {
+    PANIC_AT_ENTRY.with(|p| p.set(true));
+}
+
+fn maybe_panic_at_entry() {
+    #[cfg(feature = "test-hooks")]
+    if PANIC_AT_ENTRY.with(|p| p.replace(false)) {
+        panic!("injected test panic at an entry point");
+    }
+}
+
 /// Runs the body of the entry point `name`: a panic becomes `PRFL_ERR_PANIC` (unwinding into C
 /// is undefined behaviour), an error becomes its status, and either leaves its message,
 /// prefixed with `name`, as this thread's last error.
 pub fn guard(name: &str, body: impl FnOnce() -> Result<(), FfiError>) -> PrflStatus {
     let result = catch_unwind(AssertUnwindSafe(|| {
-        super::testing::maybe_panic_at_entry();
+        maybe_panic_at_entry();
         body()
     }));
     let err = match result {
@@ -176,7 +216,7 @@ pub fn guard(name: &str, body: impl FnOnce() -> Result<(), FfiError>) -> PrflSta
 /// `fallback` (and a last-error message).
 pub fn guard_value<T>(name: &str, fallback: T, body: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(|| {
-        super::testing::maybe_panic_at_entry();
+        maybe_panic_at_entry();
         body()
     })) {
         Ok(v) => v,

@@ -1,10 +1,19 @@
-//! The `#[repr(C)]` types the calls fill in, and the step mode.
+//! The `#[repr(C)]` types the calls fill in, the step mode and the solver, and their
+//! conversions from and to the session's Rust types ([`crate::session::stats`]).
 //!
 //! Output structs carry a `struct_size` the caller sets to `sizeof` of the struct it compiled
 //! (at least ABI version 1's); the library writes that many bytes at most, so fields appended in
 //! later versions never overrun an older caller's struct.
 
 use std::mem::size_of;
+
+use super::status::FfiError;
+use crate::schedule::SolverKind;
+use crate::session::{QueueStats, SampleConfig, SampleStats, StepMode, StepStats};
+
+/// The most sampling steps `prfl_sample_early_reject` takes (the grid's timesteps are whole
+/// numbers in [0, 1000), so more steps would only repeat them).
+pub const PRFL_MAX_SAMPLE_STEPS: usize = 1000;
 
 /// Which trainer `prfl_step` / `prfl_start` drive.
 #[repr(i32)]
@@ -20,6 +29,7 @@ pub enum PrflStepMode {
 }
 
 impl PrflStepMode {
+    /// The mode of an `int32_t` argument, if it is one.
     pub fn from_i32(v: i32) -> Option<Self> {
         match v {
             0 => Some(PrflStepMode::PRFL_STEP_REWARD),
@@ -125,6 +135,7 @@ pub enum PrflSolver {
 }
 
 impl PrflSolver {
+    /// The solver of an `int32_t` field, if it is one.
     pub fn from_i32(v: i32) -> Option<Self> {
         match v {
             0 => Some(PrflSolver::PRFL_SOLVER_UNIPC),
@@ -189,3 +200,110 @@ pub struct PrflSampleStats {
 
 /// Size of ABI version 1's `PrflSampleStats`.
 pub const SAMPLE_STATS_V1_SIZE: usize = size_of::<PrflSampleStats>();
+
+impl From<PrflStepMode> for StepMode {
+    fn from(m: PrflStepMode) -> Self {
+        match m {
+            PrflStepMode::PRFL_STEP_REWARD => StepMode::Reward,
+            PrflStepMode::PRFL_STEP_PRFL => StepMode::Prfl,
+        }
+    }
+}
+
+impl From<StepMode> for PrflStepMode {
+    fn from(m: StepMode) -> Self {
+        match m {
+            StepMode::Reward => PrflStepMode::PRFL_STEP_REWARD,
+            StepMode::Prfl => PrflStepMode::PRFL_STEP_PRFL,
+        }
+    }
+}
+
+impl From<StepStats> for PrflStepStats {
+    /// Fields that do not apply become NaN (floats) or 0.
+    fn from(s: StepStats) -> Self {
+        let mut out = PrflStepStats::empty(s.mode.into());
+        out.step = s.step;
+        out.samples = s.samples as u32;
+        out.loss = s.loss;
+        out.accuracy = s.accuracy.unwrap_or(f32::NAN);
+        out.reward = s.reward.unwrap_or(f32::NAN);
+        out.grad_norm = s.grad_norm.unwrap_or(f32::NAN);
+        out.skipped_nonfinite = s.skipped_nonfinite as u32;
+        out.mid_step = s.mid_step.unwrap_or(0) as u32;
+        out.seconds = s.seconds;
+        out.peak_bytes = s.peak_bytes.unwrap_or(0);
+        out
+    }
+}
+
+impl From<QueueStats> for PrflQueueStats {
+    fn from(s: QueueStats) -> Self {
+        PrflQueueStats {
+            struct_size: QUEUE_STATS_V1_SIZE as u32,
+            capacity: s.capacity as u32,
+            queued: s.queued as u32,
+            submitted: s.submitted,
+            accepted: s.accepted,
+            rejected_full: s.rejected_full,
+            rejected_invalid: s.rejected_invalid,
+            dropped_oldest: s.dropped_oldest,
+            consumed: s.consumed,
+        }
+    }
+}
+
+impl From<SampleStats> for PrflSampleStats {
+    /// No rejection gives a NaN `reject_timestep`.
+    fn from(s: SampleStats) -> Self {
+        PrflSampleStats {
+            struct_size: SAMPLE_STATS_V1_SIZE as u32,
+            reject_timestep: s.reject_timestep.unwrap_or(f32::NAN),
+            generator_evals: s.generator_evals,
+            reward_evals: s.reward_evals,
+            full_generator_evals: s.full_generator_evals,
+            reward_cost: s.reward_cost,
+            saved_fraction: s.saved_fraction,
+            seconds: s.seconds,
+        }
+    }
+}
+
+impl TryFrom<&PrflSampleConfig> for SampleConfig {
+    type Error = FfiError;
+
+    /// Every 0 field becomes its default (`None`); an unknown solver is
+    /// `PRFL_ERR_UNKNOWN_ENUM`.
+    fn try_from(c: &PrflSampleConfig) -> Result<Self, FfiError> {
+        let solver = match PrflSolver::from_i32(c.solver) {
+            Some(PrflSolver::PRFL_SOLVER_UNIPC) => SolverKind::UniPc,
+            Some(PrflSolver::PRFL_SOLVER_EULER) => SolverKind::Euler,
+            None => {
+                return Err(FfiError::unknown_enum(
+                    "config->solver",
+                    c.solver,
+                    "PRFL_SOLVER_UNIPC (0), PRFL_SOLVER_EULER (1)",
+                ))
+            }
+        };
+        let nonzero = |v: u32| (v != 0).then_some(v as usize);
+        Ok(SampleConfig {
+            steps: nonzero(c.steps),
+            shift: (c.shift != 0.0).then_some(c.shift),
+            solver,
+            reject_at_step: nonzero(c.reject_at_step),
+            keep: nonzero(c.keep),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_header_constant_is_the_sessions() {
+        assert_eq!(
+            super::PRFL_MAX_SAMPLE_STEPS,
+            crate::session::MAX_SAMPLE_STEPS
+        );
+    }
+}

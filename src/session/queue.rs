@@ -12,15 +12,17 @@
 //! `REJECT_NEWEST` producers never take it, and under `DROP_OLDEST` only when the queue is full.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+#[cfg(feature = "test-hooks")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crossbeam::queue::ArrayQueue;
 use parking_lot::Mutex;
 
 use super::config::{Backpressure, SampleSizes};
-use super::status::{FfiError, PRFL_ERR_NON_FINITE, PRFL_ERR_QUEUE_FULL};
-use super::types::PrflQueueStats;
+use super::stats::QueueStats;
 use crate::reward::dataset::SampleKind;
+use crate::{Error, Result};
 
 /// One queued sample. The buffers have the configured sizes for the runtime's life.
 pub struct SlotData {
@@ -36,15 +38,49 @@ pub struct SlotData {
     pub image: Vec<f32>,
 }
 
-/// A sample as submitted: borrowed host memory, lengths already checked against the
-/// configuration. `lose` is empty for a clip, `image` for T2V.
+/// A sample as a host submits it: borrowed memory, copied into a queue slot by
+/// [`super::Session::submit`] (which checks every length against the session's sizes). `lose` is
+/// empty for a clip, `image` for text-to-video.
+#[derive(Clone, Copy, Debug)]
 pub struct SampleRef<'a> {
+    /// A labelled clip or a preference pair.
     pub kind: SampleKind,
+    /// The clip's clean latent `[C, F, H, W]`, or the pair's preferred ("win") one.
     pub latent: &'a [f32],
+    /// The pair's other latent (empty for a clip).
     pub lose: &'a [f32],
+    /// Text encoder states `[L, D]`.
     pub text: &'a [f32],
+    /// I2V CLIP image features `[Li, Di]` (empty for text-to-video).
     pub image: &'a [f32],
+    /// 1 (good) or 0 (bad) for a clip; ignored for a pair.
     pub label: f32,
+}
+
+impl<'a> SampleRef<'a> {
+    /// A labelled clip: `label` 1 (good) or 0 (bad).
+    pub fn labelled(latent: &'a [f32], text: &'a [f32], image: &'a [f32], label: f32) -> Self {
+        SampleRef {
+            kind: SampleKind::Clip,
+            latent,
+            lose: &[],
+            text,
+            image,
+            label,
+        }
+    }
+
+    /// A preference pair: `win` preferred over `lose` under one prompt.
+    pub fn pair(win: &'a [f32], lose: &'a [f32], text: &'a [f32], image: &'a [f32]) -> Self {
+        SampleRef {
+            kind: SampleKind::Pair,
+            latent: win,
+            lose,
+            text,
+            image,
+            label: 1.0,
+        }
+    }
 }
 
 struct Slot(UnsafeCell<SlotData>);
@@ -82,7 +118,9 @@ pub struct SampleQueue {
     policy: Backpressure,
     counters: Counters,
     /// Test hook: the first latent value of every consumed sample, when enabled.
+    #[cfg(feature = "test-hooks")]
     recording: AtomicBool,
+    #[cfg(feature = "test-hooks")]
     recorded: Mutex<Vec<f32>>,
 }
 
@@ -96,10 +134,10 @@ fn kind_index(kind: SampleKind) -> usize {
 /// A preallocated buffer whose pages are all resident. A non-zero fill is written element by
 /// element (a zero fill may become a lazily-mapped `calloc`), so the first submission into the
 /// slot does not page-fault through it. Allocation failure is an error, not an abort.
-fn buffer(n: usize) -> Result<Vec<f32>, FfiError> {
+fn buffer(n: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
-        FfiError::invalid(format!(
+        Error::InvalidArgument(format!(
             "cannot allocate a queue slot buffer of {n} floats: lower queue_capacity or the \
              sample sizes"
         ))
@@ -180,7 +218,7 @@ fn copy_finite_streaming(dst: &mut [f32], src: &[f32]) -> bool {
 
 /// An error naming the first non-finite value of `v`, if any. The common all-finite case is a
 /// branch-free, vectorised pass; the position is only searched for on failure.
-pub fn check_finite(v: &[f32], what: &str) -> Result<(), FfiError> {
+pub fn check_finite(v: &[f32], what: &str) -> Result<()> {
     let bad = v
         .iter()
         .fold(false, |b, x| b | (x.to_bits() & EXPONENT == EXPONENT));
@@ -189,10 +227,7 @@ pub fn check_finite(v: &[f32], what: &str) -> Result<(), FfiError> {
     }
     match v.iter().position(|x| !x.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(FfiError::new(
-            PRFL_ERR_NON_FINITE,
-            format!("`{what}[{i}]` is {}", v[i]),
-        )),
+        Some(i) => Err(Error::NonFinite(format!("`{what}[{i}]` is {}", v[i]))),
     }
 }
 
@@ -237,10 +272,6 @@ impl Taken<'_> {
         self.indices.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.indices.is_empty()
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = &SlotData> + '_ {
         self.indices.iter().map(|&i| {
             // SAFETY: these indices were popped from the ready queues by `take` and are owned by
@@ -261,20 +292,16 @@ impl Drop for Taken<'_> {
 
 impl SampleQueue {
     /// Allocates `capacity` slots for samples of `sizes`.
-    pub fn new(
-        capacity: usize,
-        sizes: &SampleSizes,
-        policy: Backpressure,
-    ) -> Result<Self, FfiError> {
+    pub fn new(capacity: usize, sizes: &SampleSizes, policy: Backpressure) -> Result<Self> {
         if capacity == 0 || capacity > u32::MAX as usize {
-            return Err(FfiError::invalid(format!(
+            return Err(Error::InvalidArgument(format!(
                 "queue capacity {capacity} is out of range"
             )));
         }
         let mut slots = Vec::new();
         slots
             .try_reserve_exact(capacity)
-            .map_err(|_| FfiError::invalid("cannot allocate the queue"))?;
+            .map_err(|_| Error::InvalidArgument("cannot allocate the queue".into()))?;
         let free = ArrayQueue::new(capacity);
         for i in 0..capacity {
             slots.push(Slot(UnsafeCell::new(SlotData {
@@ -295,7 +322,9 @@ impl SampleQueue {
             removal: Mutex::new(()),
             policy,
             counters: Counters::default(),
+            #[cfg(feature = "test-hooks")]
             recording: AtomicBool::new(false),
+            #[cfg(feature = "test-hooks")]
             recorded: Mutex::new(Vec::new()),
         })
     }
@@ -306,32 +335,31 @@ impl SampleQueue {
 
     /// Copies a sample into a slot and queues it (validated lengths; values checked here).
     /// Never blocks on a step and never allocates; counts the outcome.
-    pub fn submit(&self, s: &SampleRef<'_>) -> Result<(), FfiError> {
+    pub fn submit(&self, s: &SampleRef<'_>) -> Result<()> {
         let result = self.submit_uncounted(s);
-        self.note_submission(&result);
+        match &result {
+            Ok(()) => {
+                self.counters.submitted.fetch_add(1, Relaxed);
+            }
+            Err(e) => self.count_refused(e),
+        }
         result
     }
 
-    /// Counts a submission refused before it reached [`SampleQueue::submit`].
-    pub fn note_refused(&self, e: &FfiError) {
-        self.note_submission(&Err(e.clone()));
-    }
-
-    fn note_submission(&self, r: &Result<(), FfiError>) {
+    /// Counts a refused submission (also one refused before it reached
+    /// [`SampleQueue::submit`]): a full queue under `rejected_full`, anything else under
+    /// `rejected_invalid`.
+    pub fn count_refused(&self, e: &Error) {
         let c = &self.counters;
         c.submitted.fetch_add(1, Relaxed);
-        match r {
-            Ok(()) => {}
-            Err(e) if e.status == PRFL_ERR_QUEUE_FULL => {
-                c.rejected_full.fetch_add(1, Relaxed);
-            }
-            Err(_) => {
-                c.rejected_invalid.fetch_add(1, Relaxed);
-            }
-        }
+        let refusals = match e {
+            Error::QueueFull(_) => &c.rejected_full,
+            _ => &c.rejected_invalid,
+        };
+        refusals.fetch_add(1, Relaxed);
     }
 
-    fn submit_uncounted(&self, s: &SampleRef<'_>) -> Result<(), FfiError> {
+    fn submit_uncounted(&self, s: &SampleRef<'_>) -> Result<()> {
         let (index, prevalidated) = self.acquire(s)?;
         let mut held = Held {
             queue: self,
@@ -369,18 +397,15 @@ impl SampleQueue {
     /// eviction checks first, so that a refused sample never displaces a queued one. (Under
     /// `REJECT_NEWEST` a full queue refuses without reading the data: refusal stays cheap for
     /// producers that retry.)
-    fn acquire(&self, s: &SampleRef<'_>) -> Result<(u32, bool), FfiError> {
+    fn acquire(&self, s: &SampleRef<'_>) -> Result<(u32, bool)> {
         if let Some(i) = self.free.pop() {
             return Ok((i, false));
         }
         let full = || {
-            FfiError::new(
-                PRFL_ERR_QUEUE_FULL,
-                format!(
-                    "all {} queue slots are taken (queued or in use by a step)",
-                    self.capacity()
-                ),
-            )
+            Error::QueueFull(format!(
+                "all {} queue slots are taken (queued or in use by a step)",
+                self.capacity()
+            ))
         };
         if self.policy == Backpressure::RejectNewest {
             return Err(full());
@@ -412,7 +437,7 @@ impl SampleQueue {
     }
 
     /// Takes exactly `n` samples (oldest first), or nothing and the number available.
-    pub fn take(&self, want: Want, n: usize) -> Result<Taken<'_>, usize> {
+    pub fn take(&self, want: Want, n: usize) -> std::result::Result<Taken<'_>, usize> {
         let single;
         let order: &[usize] = match want {
             Want::Kind(k) => {
@@ -446,6 +471,7 @@ impl SampleQueue {
             queue: self,
             indices,
         };
+        #[cfg(feature = "test-hooks")]
         if self.recording.load(Relaxed) {
             self.recorded.lock().extend(
                 taken
@@ -456,12 +482,12 @@ impl SampleQueue {
         Ok(taken)
     }
 
-    pub fn stats(&self) -> PrflQueueStats {
+    /// The counters now (each read atomically; see [`QueueStats`] for the invariants).
+    pub fn stats(&self) -> QueueStats {
         let c = &self.counters;
-        PrflQueueStats {
-            struct_size: super::types::QUEUE_STATS_V1_SIZE as u32,
-            capacity: self.capacity() as u32,
-            queued: self.queued(Want::Any) as u32,
+        QueueStats {
+            capacity: self.capacity(),
+            queued: self.queued(Want::Any),
             submitted: c.submitted.load(Relaxed),
             accepted: c.accepted.load(Relaxed),
             rejected_full: c.rejected_full.load(Relaxed),
@@ -472,11 +498,13 @@ impl SampleQueue {
     }
 
     /// Test hook: start recording the first latent value of each consumed sample.
+    #[cfg(feature = "test-hooks")]
     pub fn record_consumed(&self, on: bool) {
         self.recording.store(on, Relaxed);
     }
 
     /// Test hook: the values recorded so far (cleared).
+    #[cfg(feature = "test-hooks")]
     pub fn take_recorded(&self) -> Vec<f32> {
         std::mem::take(&mut *self.recorded.lock())
     }
@@ -519,7 +547,7 @@ mod tests {
             q.submit(&clip(&[i as f32; 4], &[0.0; 2])).unwrap();
         }
         let e = q.submit(&clip(&[9.0; 4], &[0.0; 2])).unwrap_err();
-        assert_eq!(e.status, PRFL_ERR_QUEUE_FULL);
+        assert!(matches!(e, Error::QueueFull(_)), "{e}");
         assert_eq!(q.take(Want::Kind(SampleKind::Pair), 1).err(), Some(0));
         assert_eq!(q.take(Want::Any, 4).err(), Some(3));
         let t = q.take(Want::Kind(SampleKind::Clip), 2).unwrap();
@@ -540,8 +568,8 @@ mod tests {
         let e = q
             .submit(&clip(&[1.0, f32::NAN, 0.0, 0.0], &[0.0; 2]))
             .unwrap_err();
-        assert_eq!(e.status, PRFL_ERR_NON_FINITE);
-        assert!(e.message.contains("latent[1]"), "{}", e.message);
+        assert!(matches!(e, Error::NonFinite(_)), "{e}");
+        assert!(e.to_string().contains("latent[1]"), "{e}");
         let s = q.stats();
         assert_eq!(
             (s.accepted, s.dropped_oldest, s.rejected_invalid),
@@ -580,7 +608,7 @@ mod tests {
         let e = q
             .submit(&clip(&[0.0; 4], &[f32::INFINITY, 0.0]))
             .unwrap_err();
-        assert!(e.message.contains("text[0]"), "{}", e.message);
+        assert!(e.to_string().contains("text[0]"), "{e}");
         q.submit(&clip(&[0.0; 4], &[0.0; 2])).unwrap();
     }
 }

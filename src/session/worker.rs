@@ -1,6 +1,7 @@
-//! The background trainer (`prfl_start` / `prfl_stop`): one thread that steps whenever a full
-//! batch is queued and otherwise parks briefly. It runs the same step as `prfl_step`, so the
-//! two are mutually exclusive (`PRFL_ERR_BUSY`); submissions and scoring carry on meanwhile.
+//! The background trainer ([`super::Session::start_background`] / `stop_background`): one
+//! thread that steps whenever a full batch is queued and otherwise parks briefly. It runs the
+//! same step as a foreground step, so the two are mutually exclusive ([`Error::Busy`]);
+//! submissions and scoring carry on meanwhile.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,43 +9,44 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::runtime::Runtime;
-use super::status::{
-    panic_error, FfiError, PRFL_ERR_BUSY, PRFL_ERR_INTERNAL, PRFL_ERR_NOT_ENOUGH_SAMPLES,
-};
-use super::types::PrflStepMode;
+use super::stats::StepMode;
+use super::Runtime;
+use crate::error::panic_message;
+use crate::{Error, Result};
 
 /// How long the trainer sleeps when no full batch is queued. Short next to any step, long next
 /// to a submission, so polling costs nothing measurable.
 const IDLE_PARK: Duration = Duration::from_millis(1);
 
 struct Worker {
-    handle: JoinHandle<Result<(), FfiError>>,
+    handle: JoinHandle<Result<()>>,
     stop: Arc<AtomicBool>,
-    mode: PrflStepMode,
+    mode: StepMode,
 }
 
 /// The background trainer's handle, under the runtime's `control` lock.
 #[derive(Default)]
-pub struct Control {
+pub(crate) struct Control {
     worker: Option<Worker>,
 }
 
 impl Control {
+    /// Whether a background trainer thread exists (running, or stopped on an error not yet
+    /// collected by [`stop`]).
     pub fn is_running(&self) -> bool {
         self.worker.is_some()
     }
 }
 
 /// Starts the background trainer in `mode`. The models it needs must be there already.
-pub fn start(rt: &Arc<Runtime>, mode: PrflStepMode) -> Result<(), FfiError> {
+pub(crate) fn start(rt: &Arc<Runtime>, mode: StepMode) -> Result<()> {
     rt.check_alive()?;
     let mut control = rt.control.lock();
     if let Some(w) = &control.worker {
-        return Err(FfiError::new(
-            PRFL_ERR_BUSY,
-            format!("the background trainer already runs ({:?})", w.mode),
-        ));
+        return Err(Error::Busy(format!(
+            "the background trainer already runs ({})",
+            mode_name(w.mode)
+        )));
     }
     rt.check_can_step(mode)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -52,20 +54,23 @@ pub fn start(rt: &Arc<Runtime>, mode: PrflStepMode) -> Result<(), FfiError> {
     let handle = std::thread::Builder::new()
         .name("prfl-trainer".into())
         .spawn(move || run(&rt2, mode, &stop2))
-        .map_err(|e| {
-            FfiError::new(
-                PRFL_ERR_INTERNAL,
-                format!("cannot start the trainer thread: {e}"),
-            )
-        })?;
+        .map_err(|e| Error::Internal(format!("cannot start the trainer thread: {e}")))?;
     control.worker = Some(Worker { handle, stop, mode });
-    ::log::info!("background trainer started ({mode:?})");
+    ::log::info!("background trainer started ({})", mode_name(mode));
     Ok(())
+}
+
+/// The C ABI's name of a mode, used in messages (hosts of both APIs read the same text).
+pub(crate) fn mode_name(mode: StepMode) -> &'static str {
+    match mode {
+        StepMode::Reward => "PRFL_STEP_REWARD",
+        StepMode::Prfl => "PRFL_STEP_PRFL",
+    }
 }
 
 /// Stops the background trainer (waiting for the step in progress) and reports why it had
 /// stopped on its own, if it had. A no-op when none runs.
-pub fn stop(rt: &Runtime) -> Result<(), FfiError> {
+pub(crate) fn stop(rt: &Runtime) -> Result<()> {
     let mut control = rt.control.lock();
     let Some(w) = control.worker.take() else {
         return Ok(());
@@ -73,19 +78,14 @@ pub fn stop(rt: &Runtime) -> Result<(), FfiError> {
     w.stop.store(true, Ordering::Release);
     w.handle.thread().unpark();
     let result = match w.handle.join() {
-        Ok(r) => r.map_err(|e| {
-            FfiError::new(
-                e.status,
-                format!("the background trainer had stopped: {}", e.message),
-            )
-        }),
-        Err(payload) => Err(panic_error(payload)),
+        Ok(r) => r.map_err(|e| Error::TrainerStopped(Box::new(e))),
+        Err(payload) => Err(Error::Panic(panic_message(&*payload))),
     };
-    ::log::info!("background trainer stopped ({:?})", w.mode);
+    ::log::info!("background trainer stopped ({})", mode_name(w.mode));
     result
 }
 
-fn run(rt: &Runtime, mode: PrflStepMode, stop: &AtomicBool) -> Result<(), FfiError> {
+fn run(rt: &Runtime, mode: StepMode, stop: &AtomicBool) -> Result<()> {
     while !stop.load(Ordering::Acquire) {
         rt.check_alive()?;
         // Look before locking, so an idle trainer never holds up scoring.
@@ -99,21 +99,22 @@ fn run(rt: &Runtime, mode: PrflStepMode, stop: &AtomicBool) -> Result<(), FfiErr
         }));
         match step {
             Ok(Ok(s)) => ::log::debug!(
-                "background {mode:?} step {}: loss {:.4}, {} samples, {:.3} s",
+                "background {} step {}: loss {:.4}, {} samples, {:.3} s",
+                mode_name(mode),
                 s.step,
                 s.loss,
                 s.samples,
                 s.seconds
             ),
             // A drop-oldest eviction can take the batch between the look and the lock.
-            Ok(Err(e)) if e.status == PRFL_ERR_NOT_ENOUGH_SAMPLES => {}
+            Ok(Err(Error::NotEnoughSamples(_))) => {}
             Ok(Err(e)) => {
-                ::log::error!("background trainer stopped: {}", e.message);
+                ::log::error!("background trainer stopped: {e}");
                 return Err(e);
             }
             Err(payload) => {
-                let e = panic_error(payload);
-                ::log::error!("background trainer stopped: {}", e.message);
+                let e = Error::Panic(panic_message(&*payload));
+                ::log::error!("background trainer stopped: {e}");
                 return Err(e);
             }
         }

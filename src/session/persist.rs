@@ -1,4 +1,5 @@
-//! Saving and loading the runtime's trainers as one set (`prfl_save` / `prfl_load`).
+//! Saving and loading the session's trainers as one set ([`super::Session::save`] /
+//! [`super::Session::load`]; `prfl_save` / `prfl_load` in C).
 //!
 //! A save directory holds, for generation `g`:
 //! - `reward-<g>.safetensors`: the reward trainer's training checkpoint (weights, AdamW moments,
@@ -17,12 +18,12 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use super::runtime::Runtime;
-use super::status::{FfiError, PRFL_ERR_CORRUPT_FILE};
+use super::Runtime;
 use crate::model::checkpoint::{read_safetensors_metadata, write_safetensors};
 use crate::tensor::HostTensor;
-use crate::Error;
+use crate::{Error, Result};
 
+/// The manifest's file name inside a save directory.
 pub const MANIFEST: &str = "prfl-runtime.safetensors";
 const FORMAT: &str = "prfl-runtime/1";
 
@@ -32,11 +33,10 @@ struct Manifest {
     prfl: Option<String>,
 }
 
-fn read_manifest(dir: &Path) -> Result<Manifest, FfiError> {
+fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST);
     let meta = read_safetensors_metadata(&path)?;
-    let corrupt =
-        |m: String| FfiError::new(PRFL_ERR_CORRUPT_FILE, format!("{}: {m}", path.display()));
+    let corrupt = |m: String| Error::Corrupt(format!("{}: {m}", path.display()));
     match meta.get("format") {
         Some(f) if f == FORMAT => {}
         other => {
@@ -49,7 +49,7 @@ fn read_manifest(dir: &Path) -> Result<Manifest, FfiError> {
         .get("generation")
         .and_then(|g| g.parse().ok())
         .ok_or_else(|| corrupt("no valid `generation`".into()))?;
-    let file = |key: &str| -> Result<Option<String>, FfiError> {
+    let file = |key: &str| -> Result<Option<String>> {
         match meta.get(key) {
             None => Ok(None),
             // Files live in the directory itself; a path would escape it.
@@ -67,11 +67,11 @@ fn read_manifest(dir: &Path) -> Result<Manifest, FfiError> {
 }
 
 /// Writes the current trainers into `dir` (created if needed) as one atomic set.
-pub fn save(rt: &Runtime, dir: &Path) -> Result<(), FfiError> {
+pub(crate) fn save(rt: &Runtime, dir: &Path) -> Result<()> {
     rt.exclusive("run prfl_save", |m| {
         if m.reward.is_none() && m.prfl.is_none() {
-            return Err(FfiError::not_loaded(
-                "nothing to save: no reward model and no PRFL trainer yet",
+            return Err(Error::NotLoaded(
+                "nothing to save: no reward model and no PRFL trainer yet".into(),
             ));
         }
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -124,11 +124,13 @@ fn remove_stale(dir: &Path, meta: &HashMap<String, String>) {
 
 /// Restores the trainers saved in `dir`, replacing the runtime's; a trainer the set does not
 /// hold is kept. Nothing changes unless everything loads.
-pub fn load(rt: &Runtime, dir: &Path) -> Result<(), FfiError> {
+pub(crate) fn load(rt: &Runtime, dir: &Path) -> Result<()> {
     rt.exclusive("run prfl_load", |m| {
         let manifest = read_manifest(dir)?;
         let generator = m.generator.as_ref().ok_or_else(|| {
-            FfiError::not_loaded("no generator loaded: load the one the trainers were built from")
+            Error::NotLoaded(
+                "no generator loaded: load the one the trainers were built from".into(),
+            )
         })?;
         let reward = match &manifest.reward {
             Some(name) => Some(rt.reward_from_checkpoint(generator, &dir.join(name))?),
@@ -137,8 +139,9 @@ pub fn load(rt: &Runtime, dir: &Path) -> Result<(), FfiError> {
         let prfl = match &manifest.prfl {
             Some(name) => {
                 let source = reward.as_ref().or(m.reward.as_ref()).ok_or_else(|| {
-                    FfiError::not_loaded(
-                        "the saved set has a PRFL trainer but no reward model, and none is loaded",
+                    Error::NotLoaded(
+                        "the saved set has a PRFL trainer but no reward model, and none is loaded"
+                            .into(),
                     )
                 })?;
                 let mut p = rt.build_prfl(generator, source)?;
@@ -149,8 +152,9 @@ pub fn load(rt: &Runtime, dir: &Path) -> Result<(), FfiError> {
         };
         if let (Some(r), None, Some(p)) = (&reward, &prfl, &m.prfl) {
             if p.trainer.reward.cfg != r.trainer.model.cfg {
-                return Err(FfiError::invalid(
-                    "the saved reward model's structure differs from the PRFL trainer's copy",
+                return Err(Error::InvalidArgument(
+                    "the saved reward model's structure differs from the PRFL trainer's copy"
+                        .into(),
                 ));
             }
         }
@@ -169,4 +173,22 @@ pub fn load(rt: &Runtime, dir: &Path) -> Result<(), FfiError> {
         );
         Ok(())
     })
+}
+
+impl super::Session {
+    /// Saves the training state of the current trainers (reward and/or PRFL: weights, optimiser
+    /// moments, random streams, step counts) into the directory `dir` (created if needed), as
+    /// one atomic set: after a crash the directory holds the previous set or the new one, never
+    /// a mix. The queue and the generator's base weights are not saved.
+    /// Errors: [`Error::NotLoaded`] (no trainer yet), [`Error::Io`], [`Error::Busy`].
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        save(self.rt(), dir.as_ref())
+    }
+
+    /// Restores what [`super::Session::save`] wrote into `dir`, replacing the session's trainers
+    /// (a trainer the set lacks is kept). Needs the same generator loaded. A failed load changes
+    /// nothing; training then continues exactly as it would have from the save.
+    pub fn load(&self, dir: impl AsRef<Path>) -> Result<()> {
+        load(self.rt(), dir.as_ref())
+    }
 }

@@ -49,7 +49,6 @@ mod train;
 mod worker;
 
 pub use config::{Backpressure, SampleSizes, SessionConfig};
-pub use generator::GeneratorSource;
 pub use persist::MANIFEST;
 pub use queue::SampleRef;
 pub use sample::{SampleConfig, SampleSetup, MAX_SAMPLE_STEPS};
@@ -64,6 +63,7 @@ use crate::finetune::prfl::PrflTrainer;
 use crate::model::wan::WanModel;
 use crate::reward::train::RewardTrainer;
 use crate::{Error, Result};
+use generator::GeneratorSource;
 use queue::SampleQueue;
 use worker::Control;
 

@@ -37,6 +37,7 @@
 //! - [`ffi`]: the C ABI (`include/prfl.h`), a thin layer over [`session`].
 //! - [`demo`]: `prfl demo`, the end-to-end pipeline and its report.
 //! - [`error`]: the crate's error type (the C ABI maps it to status codes).
+//! - `testutil` (hidden): tiny model configurations for the tests and the examples.
 
 pub mod backend;
 pub mod demo;

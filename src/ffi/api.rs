@@ -90,21 +90,13 @@ fn step_mode(mode: i32) -> Result<StepMode, FfiError> {
         })
 }
 
-/// Builds a submission's sample with `build` (the raw arguments' checks: null, length,
-/// alignment); a refusal there is counted as an invalid submission, else the session takes the
-/// sample (and counts its outcome). A lost session refuses first, uncounted.
-fn submit<'a>(
-    session: &Session,
-    build: impl FnOnce(&SampleSizes) -> Result<SampleRef<'a>, FfiError>,
-) -> Result<(), FfiError> {
-    session.check_alive()?;
-    match build(session.sizes()) {
-        Ok(sample) => Ok(session.submit(&sample)?),
-        Err(e) => {
-            session.count_invalid_submission();
-            Err(e)
-        }
+/// Passes a submission's argument check through, counting a refusal (null, length,
+/// alignment) under `rejected_invalid` as the session counts its own.
+fn count_refusal<T>(session: &Session, checked: Result<T, FfiError>) -> Result<T, FfiError> {
+    if checked.is_err() {
+        session.count_invalid_submission();
     }
+    checked
 }
 
 /// The ABI version of the library (compare with `PRFL_ABI_VERSION` of the header compiled
@@ -295,19 +287,22 @@ pub unsafe extern "C" fn prfl_submit_labeled(
     guard("prfl_submit_labeled", || {
         // SAFETY: forwarded contract.
         let session = unsafe { session(rt) }?;
-        submit(session, |s| {
-            // SAFETY (all three): each non-null array holds its stated length, checked against
-            // the configuration before it is read.
-            let latent = unsafe {
-                args::required_floats(latent, latent_len, s.latent, "latent", || latent_desc(s))
-            }?;
-            // SAFETY: as above.
-            let text =
-                unsafe { args::required_floats(text, text_len, s.text, "text", || text_desc(s)) }?;
-            // SAFETY: as above.
-            let image = unsafe { image_arg(image, image_len, s) }?;
-            Ok(SampleRef::labelled(latent, text, image, label))
-        })
+        // A lost session refuses first, uncounted.
+        session.check_alive()?;
+        let s = session.sizes();
+        // SAFETY (all three): each non-null array holds its stated length, checked against the
+        // configuration before it is read.
+        let latent = unsafe {
+            args::required_floats(latent, latent_len, s.latent, "latent", || latent_desc(s))
+        };
+        let latent = count_refusal(session, latent)?;
+        // SAFETY: as above.
+        let text =
+            unsafe { args::required_floats(text, text_len, s.text, "text", || text_desc(s)) };
+        let text = count_refusal(session, text)?;
+        // SAFETY: as above.
+        let image = count_refusal(session, unsafe { image_arg(image, image_len, s) })?;
+        Ok(session.submit(&SampleRef::labelled(latent, text, image, label))?)
     })
 }
 
@@ -331,23 +326,25 @@ pub unsafe extern "C" fn prfl_submit_pair(
     guard("prfl_submit_pair", || {
         // SAFETY: forwarded contract.
         let session = unsafe { session(rt) }?;
-        submit(session, |s| {
-            // SAFETY (all four): each non-null array holds its stated length, checked against
-            // the configuration before it is read.
-            let win = unsafe {
-                args::required_floats(win, latent_len, s.latent, "win", || latent_desc(s))
-            }?;
-            // SAFETY: as above.
-            let lose = unsafe {
-                args::required_floats(lose, latent_len, s.latent, "lose", || latent_desc(s))
-            }?;
-            // SAFETY: as above.
-            let text =
-                unsafe { args::required_floats(text, text_len, s.text, "text", || text_desc(s)) }?;
-            // SAFETY: as above.
-            let image = unsafe { image_arg(image, image_len, s) }?;
-            Ok(SampleRef::pair(win, lose, text, image))
-        })
+        // A lost session refuses first, uncounted.
+        session.check_alive()?;
+        let s = session.sizes();
+        // SAFETY (all four): each non-null array holds its stated length, checked against the
+        // configuration before it is read.
+        let win =
+            unsafe { args::required_floats(win, latent_len, s.latent, "win", || latent_desc(s)) };
+        let win = count_refusal(session, win)?;
+        // SAFETY: as above.
+        let lose =
+            unsafe { args::required_floats(lose, latent_len, s.latent, "lose", || latent_desc(s)) };
+        let lose = count_refusal(session, lose)?;
+        // SAFETY: as above.
+        let text =
+            unsafe { args::required_floats(text, text_len, s.text, "text", || text_desc(s)) };
+        let text = count_refusal(session, text)?;
+        // SAFETY: as above.
+        let image = count_refusal(session, unsafe { image_arg(image, image_len, s) })?;
+        Ok(session.submit(&SampleRef::pair(win, lose, text, image))?)
     })
 }
 

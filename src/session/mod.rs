@@ -62,6 +62,7 @@ use crate::model::checkpoint::Checkpoint;
 use crate::model::wan::WanModel;
 use crate::reward::train::RewardTrainer;
 use crate::{Error, Result};
+use generator::GeneratorSource;
 use queue::SampleQueue;
 use worker::Control;
 
@@ -396,6 +397,31 @@ mod tests {
                 assert!(e.to_string().contains("cuda:0"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn dropping_the_last_handle_stops_the_background_trainer() {
+        use crate::model::{checkpoint::save_checkpoint, init::random_weights, names::Layout};
+        let dir = std::env::temp_dir().join(format!("prfl-session-drop-{}", std::process::id()));
+        let wan = crate::testutil::tiny_wan(crate::model::ModelType::T2V, 16, 2, 2, 4);
+        save_checkpoint(&random_weights(&wan, 1), &wan, Layout::Original, &dir, None).unwrap();
+        let s = Session::new(SessionConfig {
+            reward_blocks: 1,
+            ..small(DeviceSpec::Cpu, false)
+        })
+        .unwrap();
+        s.load_generator(&dir).unwrap();
+        s.init_reward().unwrap();
+        s.start_background(StepMode::Reward).unwrap();
+        let runtime = Arc::downgrade(&s.handle.rt);
+        let other = s.clone();
+        drop(s);
+        // A clone keeps the session, and its trainer, alive.
+        assert!(matches!(other.step(StepMode::Reward), Err(Error::Busy(_))));
+        drop(other);
+        // The trainer thread held the runtime: joined, it let go of it.
+        assert!(runtime.upgrade().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

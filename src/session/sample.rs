@@ -270,3 +270,85 @@ impl Session {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::device::DeviceSpec;
+    use crate::session::{SampleSizes, SessionConfig};
+
+    #[test]
+    fn sample_configs_resolve_defaults_and_refuse_out_of_range_values() {
+        let sizes = SampleSizes::new([1, 1, 2, 2], [1, 2], [0, 0]).unwrap();
+        let s = Session::new(SessionConfig {
+            device: DeviceSpec::Cpu,
+            ..SessionConfig::new(sizes)
+        })
+        .unwrap();
+        let d = s.sample_setup(&SampleConfig::default(), 8).unwrap();
+        assert_eq!((d.steps, d.keep), (40, 2));
+        assert_eq!(d.stage.map(|st| st.at_step), Some(16));
+        let all = SampleConfig {
+            keep: Some(8),
+            ..SampleConfig::default()
+        };
+        assert!(s.sample_setup(&all, 8).unwrap().stage.is_none());
+        for (bad, word) in [
+            (
+                SampleConfig {
+                    keep: Some(0),
+                    ..SampleConfig::default()
+                },
+                "keep",
+            ),
+            (
+                SampleConfig {
+                    keep: Some(9),
+                    ..SampleConfig::default()
+                },
+                "keep",
+            ),
+            (
+                SampleConfig {
+                    steps: Some(1),
+                    ..SampleConfig::default()
+                },
+                "steps",
+            ),
+            (
+                SampleConfig {
+                    shift: Some(-1.0),
+                    ..SampleConfig::default()
+                },
+                "shift",
+            ),
+            (
+                SampleConfig {
+                    steps: Some(4),
+                    reject_at_step: Some(4),
+                    ..SampleConfig::default()
+                },
+                "reject_at_step",
+            ),
+            (
+                SampleConfig {
+                    reject_at_step: Some(0),
+                    ..SampleConfig::default()
+                },
+                "reject_at_step",
+            ),
+        ] {
+            let e = s.sample_setup(&bad, 8).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+            assert!(e.to_string().contains(word), "{e}");
+        }
+        let e = s
+            .sample(&[0.0; 3], &[0.0; 2], &SampleConfig::default())
+            .unwrap_err();
+        assert!(matches!(e, Error::Shape(_)), "{e}");
+        let e = s
+            .sample(&[0.0; 4], &[0.0; 2], &SampleConfig::default())
+            .unwrap_err();
+        assert!(matches!(e, Error::NotLoaded(_)), "{e}");
+    }
+}

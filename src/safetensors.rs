@@ -29,8 +29,9 @@ use crate::{Error, Result};
 /// The name that errors give a file parsed from memory (where a mapped file has its path).
 pub const MEMORY_SOURCE: &str = "<memory>";
 
-/// The bytes of a safetensors file: mapped read-only from disk, or owned.
-pub enum Bytes {
+/// The bytes of a safetensors file: mapped read-only from disk, or owned. Everything after the
+/// source is chosen reads them as one `&[u8]`, so both sources share every check.
+enum Bytes {
     /// A read-only map of a file. Files are replaced by rename, never rewritten in place (see
     /// [`atomic_write`]), so the mapped bytes do not change underneath.
     Mapped(Mmap),

@@ -311,6 +311,7 @@ fn bad_inputs_give_the_same_error_from_a_file_and_from_bytes() {
             let json = with_config.then_some(config_text.as_str());
             let from_bytes =
                 open_and_verify(Checkpoint::from_bytes(case.bytes.clone(), json)).unwrap_err();
+            eprintln!("{what}: {from_bytes}");
             if with_config || !case.needs_config {
                 assert!((case.kind)(&from_file), "{what}: {from_file}");
                 assert!(

@@ -62,7 +62,6 @@ use crate::model::checkpoint::Checkpoint;
 use crate::model::wan::WanModel;
 use crate::reward::train::RewardTrainer;
 use crate::{Error, Result};
-use generator::GeneratorSource;
 use queue::SampleQueue;
 use worker::Control;
 

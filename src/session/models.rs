@@ -280,7 +280,8 @@ impl Session {
     /// new session). A failed load changes nothing.
     pub fn load_generator(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        self.rt().load_generator(|| Checkpoint::open(path).and_then(verified))
+        self.rt()
+            .load_generator(|| Checkpoint::open(path).and_then(verified))
     }
 
     /// Loads the generator from a whole `.safetensors` file held in memory (copied).

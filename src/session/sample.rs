@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::model::checkpoint::Checkpoint;
 use super::stats::SampleStats;
 use super::{no_generator, no_reward, Models, Runtime, Session};
 use crate::backend::device::Device;
@@ -12,6 +11,7 @@ use crate::finetune::early_reject::{
     sample_candidates, sample_with_early_rejection, Candidates, RejectStage,
 };
 use crate::finetune::sample::SamplingPlan;
+use crate::model::checkpoint::Checkpoint;
 use crate::model::wan::{VideoShape, WanModel};
 use crate::schedule::SolverKind;
 use crate::session::queue::check_finite;
@@ -79,11 +79,7 @@ pub struct Sampled {
 
 impl Runtime {
     /// The generator sampling runs: the cached inference generator, built now on first use.
-    fn sampling_generator(
-        &self,
-        m: &Models,
-        source: &Checkpoint,
-    ) -> Result<Arc<WanModel<Device>>> {
+    fn sampling_generator(&self, m: &Models, source: &Checkpoint) -> Result<Arc<WanModel<Device>>> {
         let mut cache = m.sampling_generator.lock();
         if let Some(g) = cache.as_ref() {
             return Ok(Arc::clone(g));

@@ -291,7 +291,9 @@ fn read_clip(json: &Path, i2v: bool, rng: &mut Rng) -> Result<Clip> {
             )),
         }
     };
-    let label = if good("physics_quality")? && good("human_quality")? {
+    // Both are read (and checked) before they are combined.
+    let (physics, human) = (good("physics_quality")?, good("human_quality")?);
+    let label = if physics && human {
         1.0
     } else {
         0.0

@@ -98,7 +98,10 @@ fn expected_scores() -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -214,13 +217,16 @@ fn cli_import_score_export_round_trip() {
         4,
     )
     .unwrap();
-    assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
     for (k, t) in &a.tensors {
         assert_eq!(t.to_f32(), b.tensors[k].to_f32(), "{k}");
     }
     // The export's embeddings are the generator's, in the original layout.
-    let exported = read_safetensors(&out.join("checkpoint-100/diffusion_pytorch_model.safetensors"))
-        .unwrap();
+    let exported =
+        read_safetensors(&out.join("checkpoint-100/diffusion_pytorch_model.safetensors")).unwrap();
     let gen = Checkpoint::open(&f.join("generator")).unwrap();
     assert_eq!(
         exported["text_embedding.0.weight"].to_f32(),
@@ -279,18 +285,28 @@ fn torch_files_that_try_to_run_code_are_refused_without_running_it() {
     let e = read_state_dict_from(std::io::Cursor::new(torch_zip(&pkl, &[])))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("`os.system` is not allowed") && e.contains("nothing was executed"), "{e}");
+    assert!(
+        e.contains("`os.system` is not allowed") && e.contains("nothing was executed"),
+        "{e}"
+    );
     assert!(!marker.exists());
     // The same hidden inside an otherwise valid state dict, after a tensor, via
     // subprocess.Popen, and via builtins.exec.
-    for (module, name) in [("subprocess", "Popen"), ("builtins", "exec"), ("posix", "system")] {
+    for (module, name) in [
+        ("subprocess", "Popen"),
+        ("builtins", "exec"),
+        ("posix", "system"),
+    ] {
         let mut p = b"\x80\x02ccollections\nOrderedDict\n)R(X\x01\x00\x00\x00a".to_vec();
         p.extend_from_slice(format!("c{module}\n{name}\n").as_bytes());
         p.extend_from_slice(b"X\x01\x00\x00\x00xtRu.");
         let e = read_state_dict_from(std::io::Cursor::new(torch_zip(&p, &[])))
             .unwrap_err()
             .to_string();
-        assert!(e.contains(&format!("`{module}.{name}` is not allowed")), "{e}");
+        assert!(
+            e.contains(&format!("`{module}.{name}` is not allowed")),
+            "{e}"
+        );
     }
 }
 
@@ -298,7 +314,12 @@ fn torch_files_that_try_to_run_code_are_refused_without_running_it() {
 fn truncated_and_corrupt_torch_files_are_errors_naming_the_file() {
     let dir = TempDir::new("corrupt");
     let good = std::fs::read(fixture().join("mlp_step_100.ckpt")).unwrap();
-    assert_eq!(read_state_dict(&fixture().join("mlp_step_100.ckpt")).unwrap().len(), 6);
+    assert_eq!(
+        read_state_dict(&fixture().join("mlp_step_100.ckpt"))
+            .unwrap()
+            .len(),
+        6
+    );
     for cut in [10, good.len() / 2, good.len() - 10] {
         let p = dir.path().join(format!("cut{cut}.ckpt"));
         std::fs::write(&p, &good[..cut]).unwrap();
@@ -318,8 +339,8 @@ fn truncated_and_corrupt_torch_files_are_errors_naming_the_file() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("holds 8 bytes") && e.contains("needs 16"), "{e}");
-    let ok = read_state_dict_from(std::io::Cursor::new(torch_zip(&pkl, &[("0", &[0u8; 16])])))
-        .unwrap();
+    let ok =
+        read_state_dict_from(std::io::Cursor::new(torch_zip(&pkl, &[("0", &[0u8; 16])]))).unwrap();
     assert_eq!(ok["w"].shape, vec![4]);
 }
 
@@ -363,11 +384,27 @@ impl RefData {
         let d = dir.path();
         let mut rng = TestRng::new(11);
         for i in 0..3 {
-            write_npy(&d.join(format!("lat{i}.npy")), &[1, 16, 2, 2, 4], &rng.vec(256));
-            write_npy(&d.join(format!("cond{i}.npy")), &[1, 16, 2, 2, 4], &rng.vec(256));
+            write_npy(
+                &d.join(format!("lat{i}.npy")),
+                &[1, 16, 2, 2, 4],
+                &rng.vec(256),
+            );
+            write_npy(
+                &d.join(format!("cond{i}.npy")),
+                &[1, 16, 2, 2, 4],
+                &rng.vec(256),
+            );
         }
-        write_npy(&d.join("short.npy"), &[1, 3, TEXT_DIM], &rng.vec(3 * TEXT_DIM));
-        write_npy(&d.join("long.npy"), &[1, 5, TEXT_DIM], &rng.vec(5 * TEXT_DIM));
+        write_npy(
+            &d.join("short.npy"),
+            &[1, 3, TEXT_DIM],
+            &rng.vec(3 * TEXT_DIM),
+        );
+        write_npy(
+            &d.join("long.npy"),
+            &[1, 5, TEXT_DIM],
+            &rng.vec(5 * TEXT_DIM),
+        );
         write_npy(&d.join("en.npy"), &[1, 4, TEXT_DIM], &rng.vec(4 * TEXT_DIM));
         write_npy(&d.join("clip.npy"), &[1, 257, 6], &rng.vec(257 * 6));
         let labels = [
@@ -440,9 +477,16 @@ fn the_long_caption_is_drawn_seven_times_in_ten() {
     let list: String = (0..400).map(|_| "m0.json\n").collect();
     std::fs::write(r.path("many.list"), list).unwrap();
     let ds = open_data(&r.path("many.list"), false, 9).unwrap();
-    let long = ds.samples().iter().filter(|s| s.cond().text.len == 5).count();
+    let long = ds
+        .samples()
+        .iter()
+        .filter(|s| s.cond().text.len == 5)
+        .count();
     let frac = long as f64 / 400.0;
-    assert!((0.63..=0.77).contains(&frac), "long caption fraction {frac}");
+    assert!(
+        (0.63..=0.77).contains(&frac),
+        "long caption fraction {frac}"
+    );
     // Deterministic for a seed.
     let again = open_data(&r.path("many.list"), false, 9).unwrap();
     assert_eq!(again.samples(), ds.samples());
@@ -454,27 +498,45 @@ fn reference_data_errors_name_the_file_and_the_key() {
     let err = |json: &str| {
         std::fs::write(r.path("bad.json"), json).unwrap();
         std::fs::write(r.path("bad.list"), "bad.json\n").unwrap();
-        open_data(&r.path("bad.list"), false, 0).unwrap_err().to_string()
+        open_data(&r.path("bad.list"), false, 0)
+            .unwrap_err()
+            .to_string()
     };
     let e = err(r#"{"vae_latent_path": "missing.npy", "text_en_path": "en.npy"}"#);
-    assert!(e.contains("bad.json") && e.contains("`vae_latent_path`") && e.contains("missing.npy"), "{e}");
+    assert!(
+        e.contains("bad.json") && e.contains("`vae_latent_path`") && e.contains("missing.npy"),
+        "{e}"
+    );
     write_npy(&r.path("flat.npy"), &[16], &[0.0; 16]);
     let e = err(r#"{"vae_latent_path": "lat0.npy", "text_en_path": "flat.npy"}"#);
-    assert!(e.contains("bad.json") && e.contains("`text_en_path`") && e.contains("[16]"), "{e}");
+    assert!(
+        e.contains("bad.json") && e.contains("`text_en_path`") && e.contains("[16]"),
+        "{e}"
+    );
     let mut nan = vec![0.0; 256];
     nan[17] = f32::NAN;
     write_npy(&r.path("nan.npy"), &[1, 16, 2, 2, 4], &nan);
     let e = err(r#"{"latents_path": "nan.npy", "text_en_path": "en.npy"}"#);
-    assert!(e.contains("`latents_path`") && e.contains("non-finite value at element 17"), "{e}");
-    let e = err(r#"{"vae_latent_path": "lat0.npy", "text_en_path": "en.npy", "human_quality": "meh"}"#);
+    assert!(
+        e.contains("`latents_path`") && e.contains("non-finite value at element 17"),
+        "{e}"
+    );
+    let e =
+        err(r#"{"vae_latent_path": "lat0.npy", "text_en_path": "en.npy", "human_quality": "meh"}"#);
     assert!(e.contains("`human_quality`") && e.contains("meh"), "{e}");
     let e = err(r#"{"vae_latent_path": "lat0.npy"}"#);
     assert!(e.contains("`text_en_path`"), "{e}");
-    let e = open_data(&r.path("all.list"), true, 0).map(|_| ()).and_then(|()| {
-        std::fs::write(r.path("noclip.json"), r#"{"vae_latent_path": "lat0.npy", "text_en_path": "en.npy"}"#).unwrap();
-        std::fs::write(r.path("noclip.list"), "noclip.json").unwrap();
-        open_data(&r.path("noclip.list"), true, 0).map(|_| ())
-    });
+    let e = open_data(&r.path("all.list"), true, 0)
+        .map(|_| ())
+        .and_then(|()| {
+            std::fs::write(
+                r.path("noclip.json"),
+                r#"{"vae_latent_path": "lat0.npy", "text_en_path": "en.npy"}"#,
+            )
+            .unwrap();
+            std::fs::write(r.path("noclip.list"), "noclip.json").unwrap();
+            open_data(&r.path("noclip.list"), true, 0).map(|_| ())
+        });
     assert!(e.unwrap_err().to_string().contains("`imgclip_path`"));
 }
 
@@ -513,7 +575,8 @@ fn cli_eval_reward_reads_a_reference_list() {
 // ------------------------------------------------------------------------------------------
 
 fn key_fixture() -> serde_json::Value {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/interop/lora_keys.json")).unwrap();
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/interop/lora_keys.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -528,7 +591,13 @@ fn names(v: &serde_json::Value) -> Vec<String> {
 #[test]
 fn lora_exports_carry_the_names_and_the_scale_diffusers_and_comfyui_read() {
     let fx = key_fixture();
-    let cfg = tiny_wan(ModelType::T2V, 16, 2, fx["num_layers"].as_u64().unwrap() as usize, 8);
+    let cfg = tiny_wan(
+        ModelType::T2V,
+        16,
+        2,
+        fx["num_layers"].as_u64().unwrap() as usize,
+        8,
+    );
     let mut lora = LoraConfig {
         rank: 2,
         alpha: 4.0,
@@ -543,23 +612,36 @@ fn lora_exports_carry_the_names_and_the_scale_diffusers_and_comfyui_read() {
     let keys: Vec<String> = read_safetensors(&p).unwrap().into_keys().collect();
     assert_eq!(keys, names(&fx["diffusers"]));
     let meta = read_safetensors_metadata(&p).unwrap();
-    let adapter: serde_json::Value =
-        serde_json::from_str(&meta["lora_adapter_metadata"]).unwrap();
+    let adapter: serde_json::Value = serde_json::from_str(&meta["lora_adapter_metadata"]).unwrap();
     assert_eq!(adapter["transformer.r"], 2);
     assert_eq!(adapter["transformer.lora_alpha"], 4.0);
-    assert_eq!(adapter["transformer.target_modules"].as_array().unwrap().len(), keys.len() / 2);
+    assert_eq!(
+        adapter["transformer.target_modules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        keys.len() / 2
+    );
     let (back, tensors) = load_peft(&p).unwrap();
     assert_eq!(back, lora);
-    assert_eq!(tensors.keys().collect::<Vec<_>>(), adapters.keys().collect::<Vec<_>>());
+    assert_eq!(
+        tensors.keys().collect::<Vec<_>>(),
+        adapters.keys().collect::<Vec<_>>()
+    );
 
     lora.key_names = LoraKeyNames::ComfyUi;
     let p = dir.path().join("comfyui.safetensors");
     save_peft(&p, &adapters, &lora).unwrap();
     let file = read_safetensors(&p).unwrap();
-    assert_eq!(file.keys().cloned().collect::<Vec<_>>(), names(&fx["comfyui"]));
+    assert_eq!(
+        file.keys().cloned().collect::<Vec<_>>(),
+        names(&fx["comfyui"])
+    );
     let alpha = &file["diffusion_model.blocks.1.ffn.2.alpha"];
     assert_eq!((alpha.shape.clone(), alpha.to_f32()), (vec![], vec![4.0]));
-    assert!(!read_safetensors_metadata(&p).unwrap().contains_key("lora_adapter_metadata"));
+    assert!(!read_safetensors_metadata(&p)
+        .unwrap()
+        .contains_key("lora_adapter_metadata"));
     let (back, tensors) = load_peft(&p).unwrap();
     assert_eq!(back, lora);
     for (k, t) in &adapters {
@@ -598,8 +680,14 @@ fn diffusers_applies_the_lora_at_its_trained_strength() {
         })
         .collect();
     let m = dir.path().join("merged");
-    save_checkpoint(&merge_lora(&base, &adapters, &lora).unwrap(), &cfg, Layout::Original, &m, None)
-        .unwrap();
+    save_checkpoint(
+        &merge_lora(&base, &adapters, &lora).unwrap(),
+        &cfg,
+        Layout::Original,
+        &m,
+        None,
+    )
+    .unwrap();
     for layout in [LoraKeyNames::Diffusers, LoraKeyNames::ComfyUi] {
         lora.key_names = layout;
         let l = dir.path().join(format!("lora-{layout:?}.safetensors"));
@@ -614,7 +702,10 @@ fn diffusers_applies_the_lora_at_its_trained_strength() {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        assert!(o.status.success(), "{layout:?}: diffusers output differs from prfl's merged model:\n{text}");
+        assert!(
+            o.status.success(),
+            "{layout:?}: diffusers output differs from prfl's merged model:\n{text}"
+        );
         eprintln!("{layout:?}: {}", text.lines().last().unwrap_or(""));
     }
 }

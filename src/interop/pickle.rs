@@ -536,8 +536,7 @@ impl<'a> Machine<'a> {
             [Value::Str(tag), Value::Global(Global::Storage(dtype)), Value::Str(key), Value::Str(_location), Value::Int(numel)]
                 if tag == "storage" && *numel >= 0 =>
             {
-                if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
+                if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                     return Err(self.err(format!("storage key `{key}` is not a record name")));
                 }
                 Ok(Value::Storage {
@@ -764,7 +763,9 @@ mod tests {
         let e = parse(evil4).unwrap_err().to_string();
         assert!(e.contains("`os.system` is not allowed"), "{e}");
         // builtins.eval, and an INST opcode (which imports and calls in one step).
-        let e = parse(b"\x80\x02cbuiltins\neval\n.").unwrap_err().to_string();
+        let e = parse(b"\x80\x02cbuiltins\neval\n.")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("builtins.eval"), "{e}");
         let e = parse(b"(ios\nsystem\n.").unwrap_err().to_string();
         assert!(e.contains("INST"), "{e}");

@@ -177,7 +177,10 @@ fn read_clip(json: &Path, i2v: bool, rng: &mut Rng) -> Result<Clip> {
             Error::InvalidInput(format!(
                 "{}: none of {} is given",
                 json.display(),
-                keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                keys.iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })
     };
@@ -188,8 +191,13 @@ fn read_clip(json: &Path, i2v: bool, rng: &mut Rng) -> Result<Clip> {
 
     let (lkey, lpath) = need(&["video_vae_latent_path", "vae_latent_path", "latents_path"])?;
     let (lshape, latent) = load(lkey, lpath)?;
-    let shape = batch_one(&lshape, 4)
-        .ok_or_else(|| json_err(json, lkey, format!("shape {lshape:?}, expected [1, C, F, H, W]")))?;
+    let shape = batch_one(&lshape, 4).ok_or_else(|| {
+        json_err(
+            json,
+            lkey,
+            format!("shape {lshape:?}, expected [1, C, F, H, W]"),
+        )
+    })?;
     let [_, _, h, w] = shape;
     if shape.contains(&0) || h % 2 != 0 || w % 2 != 0 {
         return Err(json_err(
@@ -214,8 +222,13 @@ fn read_clip(json: &Path, i2v: bool, rng: &mut Rng) -> Result<Clip> {
         _ => need(&["text_en_path"])?,
     };
     let (tshape, tdata) = load(tkey, tpath)?;
-    let [len, dim] = batch_one(&tshape, 2)
-        .ok_or_else(|| json_err(json, tkey, format!("shape {tshape:?}, expected [1, L, text_dim]")))?;
+    let [len, dim] = batch_one(&tshape, 2).ok_or_else(|| {
+        json_err(
+            json,
+            tkey,
+            format!("shape {tshape:?}, expected [1, L, text_dim]"),
+        )
+    })?;
     let text = TokenStates {
         data: tdata,
         len,
@@ -246,13 +259,22 @@ fn read_clip(json: &Path, i2v: bool, rng: &mut Rng) -> Result<Clip> {
         };
         let (ckey, cpath) = need(&["latents_condition_path", "f1_black_path"])?;
         let (cshape, cdata) = load(ckey, cpath)?;
-        let [cy, f, hh, ww] = batch_one(&cshape, 4)
-            .ok_or_else(|| json_err(json, ckey, format!("shape {cshape:?}, expected [1, C, F, H, W]")))?;
+        let [cy, f, hh, ww] = batch_one(&cshape, 4).ok_or_else(|| {
+            json_err(
+                json,
+                ckey,
+                format!("shape {cshape:?}, expected [1, C, F, H, W]"),
+            )
+        })?;
         if [f, hh, ww] != shape[1..] {
             return Err(json_err(
                 json,
                 ckey,
-                format!("condition [F, H, W] = {:?} differs from the latent's {:?}", [f, hh, ww], &shape[1..]),
+                format!(
+                    "condition [F, H, W] = {:?} differs from the latent's {:?}",
+                    [f, hh, ww],
+                    &shape[1..]
+                ),
             ));
         }
         let (y, y_channels) = if cy == shape[0] {
@@ -293,11 +315,7 @@ fn read_clip(json: &Path, i2v: bool, rng: &mut Rng) -> Result<Clip> {
     };
     // Both are read (and checked) before they are combined.
     let (physics, human) = (good("physics_quality")?, good("human_quality")?);
-    let label = if physics && human {
-        1.0
-    } else {
-        0.0
-    };
+    let label = if physics && human { 1.0 } else { 0.0 };
     Ok(Clip {
         json: json.to_path_buf(),
         latent,
@@ -340,7 +358,11 @@ fn read_npy(path: &Path) -> std::result::Result<(Vec<usize>, Vec<f32>), String> 
             .into_iter()
             .map(|v| v as f32)
             .collect(),
-        other => return Err(format!("dtype {other} (expected float32, float16 or float64)")),
+        other => {
+            return Err(format!(
+                "dtype {other} (expected float32, float16 or float64)"
+            ))
+        }
     };
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         return Err(format!("non-finite value at element {i}"));

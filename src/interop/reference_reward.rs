@@ -96,13 +96,20 @@ fn read_transformer_blocks(path: &Path) -> Result<BTreeMap<String, HostTensor>> 
         vec![path.to_path_buf()]
     };
     if files.is_empty() {
-        return Err(Error::checkpoint(path, "no *.safetensors file in the directory"));
+        return Err(Error::checkpoint(
+            path,
+            "no *.safetensors file in the directory",
+        ));
     }
     let mut out = BTreeMap::new();
     for f in &files {
         for (name, t) in read_safetensors(f)? {
             let mut bare = strip_repack_prefix(&name).to_string();
-            for wrapper in ["_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "module."] {
+            for wrapper in [
+                "_fsdp_wrapped_module.",
+                "_checkpoint_wrapped_module.",
+                "module.",
+            ] {
                 bare = bare.replace(wrapper, "");
             }
             if is_ignored_buffer(&bare) || block_index(&bare).is_none() {
@@ -114,13 +121,19 @@ fn read_transformer_blocks(path: &Path) -> Result<BTreeMap<String, HostTensor>> 
                 || bare.ends_with(".scale_shift_table")
             {
                 from_diffusers(&bare).ok_or_else(|| {
-                    Error::checkpoint(f, format!("tensor `{name}` is not a Wan2.1 block parameter"))
+                    Error::checkpoint(
+                        f,
+                        format!("tensor `{name}` is not a Wan2.1 block parameter"),
+                    )
                 })?
             } else {
                 bare
             };
             if out.insert(canonical.clone(), as_f32(&t)?).is_some() {
-                return Err(Error::checkpoint(f, format!("tensor `{canonical}` given twice")));
+                return Err(Error::checkpoint(
+                    f,
+                    format!("tensor `{canonical}` given twice"),
+                ));
             }
         }
     }
@@ -227,16 +240,39 @@ pub fn import_reference(
             "{heads} pooling heads do not divide the width {dim}"
         )));
     }
-    let w = take(&mut qa, query_attention, "multihead_attn.in_proj_weight", Some(&[3 * dim, dim]))?;
-    let b = take(&mut qa, query_attention, "multihead_attn.in_proj_bias", Some(&[3 * dim]))?;
-    let ow = take(&mut qa, query_attention, "multihead_attn.out_proj.weight", Some(&[dim, dim]))?;
-    let ob = take(&mut qa, query_attention, "multihead_attn.out_proj.bias", Some(&[dim]))?;
+    let w = take(
+        &mut qa,
+        query_attention,
+        "multihead_attn.in_proj_weight",
+        Some(&[3 * dim, dim]),
+    )?;
+    let b = take(
+        &mut qa,
+        query_attention,
+        "multihead_attn.in_proj_bias",
+        Some(&[3 * dim]),
+    )?;
+    let ow = take(
+        &mut qa,
+        query_attention,
+        "multihead_attn.out_proj.weight",
+        Some(&[dim, dim]),
+    )?;
+    let ob = take(
+        &mut qa,
+        query_attention,
+        "multihead_attn.out_proj.bias",
+        Some(&[dim]),
+    )?;
     no_leftovers(&qa, query_attention, "QueryAttention")?;
     let (wf, bf) = (w.to_f32(), b.to_f32());
     for (i, proj) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
         tensors.insert(
             format!("pool.{proj}.weight"),
-            HostTensor::from_f32(vec![dim, dim], wf[i * dim * dim..(i + 1) * dim * dim].to_vec())?,
+            HostTensor::from_f32(
+                vec![dim, dim],
+                wf[i * dim * dim..(i + 1) * dim * dim].to_vec(),
+            )?,
         );
         tensors.insert(
             format!("pool.{proj}.bias"),
@@ -256,7 +292,12 @@ pub fn import_reference(
         .iter()
         .enumerate()
     {
-        let w = take(&mut m, mlp, &format!("{fc}.weight"), Some(&[widths[i + 1], widths[i]]))?;
+        let w = take(
+            &mut m,
+            mlp,
+            &format!("{fc}.weight"),
+            Some(&[widths[i + 1], widths[i]]),
+        )?;
         let b = take(&mut m, mlp, &format!("{fc}.bias"), Some(&[widths[i + 1]]))?;
         tensors.insert(format!("{ours}.weight"), w);
         tensors.insert(format!("{ours}.bias"), b);
@@ -306,15 +347,19 @@ pub fn export_reference(
     out_dir: &Path,
 ) -> Result<ReferenceFiles> {
     let (saved, meta) = load_training_checkpoint(reward)?;
-    let cfg: RewardModelConfig = serde_json::from_value(meta["config"]["model"].clone())
-        .map_err(|e| {
-            Error::checkpoint(reward, format!("not a reward-model checkpoint (config.model: {e})"))
+    let cfg: RewardModelConfig =
+        serde_json::from_value(meta["config"]["model"].clone()).map_err(|e| {
+            Error::checkpoint(
+                reward,
+                format!("not a reward-model checkpoint (config.model: {e})"),
+            )
         })?;
     let step = meta["step"].as_u64().unwrap_or(0);
     let trained = |name: &str| saved.get(&format!("{PARAM_PREFIX}{name}"));
     let need = |name: &str| {
-        trained(name)
-            .ok_or_else(|| Error::checkpoint(reward, format!("missing tensor `{PARAM_PREFIX}{name}`")))
+        trained(name).ok_or_else(|| {
+            Error::checkpoint(reward, format!("missing tensor `{PARAM_PREFIX}{name}`"))
+        })
     };
 
     // The transformer: the generator's embeddings and kept blocks, trained blocks from the checkpoint.

@@ -68,7 +68,9 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, TorchTensor>> {
 }
 
 /// [`read_state_dict`] from any seekable reader (errors as [`Error::InvalidInput`]).
-pub fn read_state_dict_from<R: Read + Seek>(mut reader: R) -> Result<BTreeMap<String, TorchTensor>> {
+pub fn read_state_dict_from<R: Read + Seek>(
+    mut reader: R,
+) -> Result<BTreeMap<String, TorchTensor>> {
     let mut magic = [0u8; 4];
     let legacy = reader
         .read_exact(&mut magic)
@@ -132,7 +134,9 @@ pub fn read_state_dict_from<R: Read + Seek>(mut reader: R) -> Result<BTreeMap<St
             )
             .is_some()
         {
-            return Err(Error::InvalidInput(format!("tensor `{name}` appears twice")));
+            return Err(Error::InvalidInput(format!(
+                "tensor `{name}` appears twice"
+            )));
         }
     }
     Ok(out)
@@ -176,12 +180,7 @@ fn gather(t: &TensorRef, storage: &[u8]) -> std::result::Result<Vec<u8>, String>
     let mut out = Vec::with_capacity(numel * es);
     let mut idx = vec![0usize; t.shape.len()];
     for _ in 0..numel {
-        let at = t.offset
-            + idx
-                .iter()
-                .zip(&t.stride)
-                .map(|(i, s)| i * s)
-                .sum::<usize>();
+        let at = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
         out.extend_from_slice(&storage[at * es..(at + 1) * es]);
         for d in (0..idx.len()).rev() {
             idx[d] += 1;
@@ -199,9 +198,7 @@ pub fn read_host_state_dict(path: &Path) -> Result<BTreeMap<String, HostTensor>>
     read_state_dict(path)?
         .into_iter()
         .map(|(k, t)| {
-            let h = t
-                .to_host(&k)
-                .map_err(|e| file_err(path, e.to_string()))?;
+            let h = t.to_host(&k).map_err(|e| file_err(path, e.to_string()))?;
             Ok((k, h))
         })
         .collect()
@@ -321,7 +318,9 @@ mod tests {
         .unwrap();
         assert_eq!(v, vec![0., 3., 1., 4., 2., 5.]);
         let past = TensorRef { offset: 1, ..t };
-        assert!(gather(&past, &bytes).unwrap_err().contains("past its storage"));
+        assert!(gather(&past, &bytes)
+            .unwrap_err()
+            .contains("past its storage"));
     }
 
     #[test]

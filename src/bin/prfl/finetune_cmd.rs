@@ -90,7 +90,12 @@ pub fn finetune(config: &Path, device: &DeviceArgs) -> Result<(), String> {
         iteration = trainer.resume(&be, &ckpt_path).map_err(err)?;
         println!("resumed from {} at step {iteration}", ckpt_path.display());
     }
-    let ds = open_data(&rel(config, &c.data), gen_ckpt.config().is_i2v(), c.prfl.seed).map_err(err)?;
+    let ds = open_data(
+        &rel(config, &c.data),
+        gen_ckpt.config().is_i2v(),
+        c.prfl.seed,
+    )
+    .map_err(err)?;
     let per_epoch = ds.batches(c.batch_size, c.prfl.seed, 0).len() as u64;
     if per_epoch == 0 {
         return Err("the dataset is empty".into());

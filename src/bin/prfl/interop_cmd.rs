@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use prfl::interop::reference_reward::{
-    export_reference, fits_reference_mlp, import_reference, save_reward_checkpoint,
-    REFERENCE_HEADS,
+    export_reference, fits_reference_mlp, import_reference, save_reward_checkpoint, REFERENCE_HEADS,
 };
 use prfl::model::checkpoint::Checkpoint;
 
@@ -47,7 +46,8 @@ pub struct ExportArgs {
 }
 
 pub fn import_reward(a: &ImportArgs) -> Result<(), String> {
-    let model = import_reference(&a.transformer, &a.query_attention, &a.mlp, a.heads).map_err(err)?;
+    let model =
+        import_reference(&a.transformer, &a.query_attention, &a.mlp, a.heads).map_err(err)?;
     save_reward_checkpoint(&model, &a.out).map_err(err)?;
     println!(
         "imported a reward model of {} blocks, {} pooling heads, MLP {:?} (step {}) into {}",
@@ -70,8 +70,7 @@ pub fn export_reward(a: &ExportArgs) -> Result<(), String> {
         files.query_attention.display(),
         files.mlp.display()
     );
-    let (_, meta) =
-        prfl::optim::checkpoint::load_training_checkpoint(&a.reward).map_err(err)?;
+    let (_, meta) = prfl::optim::checkpoint::load_training_checkpoint(&a.reward).map_err(err)?;
     if let Ok(cfg) = serde_json::from_value(meta["config"]["model"].clone()) {
         if !fits_reference_mlp(&cfg) {
             eprintln!(

@@ -15,9 +15,9 @@ use std::process::Command;
 use prfl::backend::cpu::Cpu;
 use prfl::interop::reference_dataset::{is_reference_data, open_data};
 use prfl::interop::reference_reward::{import_reference, save_reward_checkpoint};
-use prfl::interop::torch_file::{read_state_dict, read_state_dict_from};
+use prfl::interop::torch_file::{read_host_state_dict, read_state_dict, read_state_dict_from};
 use prfl::model::checkpoint::{
-    read_safetensors, read_safetensors_metadata, save_checkpoint, Checkpoint,
+    read_safetensors, read_safetensors_metadata, save_checkpoint, write_safetensors, Checkpoint,
 };
 use prfl::model::init::random_weights;
 use prfl::model::lora::{init_lora, load_peft, merge_lora, save_peft, LoraConfig, LoraKeyNames};
@@ -152,6 +152,20 @@ fn imported_reference_reward_scores_as_torch_does() {
         .unwrap();
     let err = max_abs_diff(&scores, &expected_scores());
     assert!(err <= 1e-5, "scores {scores:?} vs torch: {err:e}");
+
+    // The safetensors conversions of the two torch files import to the same tensors.
+    let mut converted = Vec::new();
+    for name in ["query_attention_step_100", "mlp_step_100"] {
+        let sd = read_host_state_dict(&f.join(format!("{name}.ckpt"))).unwrap();
+        let p = dir.path().join(format!("{name}.safetensors"));
+        write_safetensors(&p, sd.iter().map(|(k, v)| (k.as_str(), v)), None).unwrap();
+        converted.push(p);
+    }
+    let again =
+        import_reference(&f.join("checkpoint-100"), &converted[0], &converted[1], 4).unwrap();
+    for (k, t) in &model.tensors {
+        assert_eq!(t.to_f32(), again.tensors[k].to_f32(), "{k}");
+    }
 }
 
 #[test]
@@ -568,6 +582,20 @@ fn cli_eval_reward_reads_a_reference_list() {
         "cpu",
     ]);
     assert!(out.contains("400"), "{out}");
+}
+
+#[test]
+fn cli_train_reward_accepts_a_reference_list_as_data() {
+    let r = RefData::new("cli-train");
+    let toml = format!(
+        "generator = \"{}\"\ndata = \"all.list\"\nout = \"run\"\nsteps = 2\nbatch_size = 1\nholdout = 0.0\n\
+         [model]\nblocks = 2\nheads = 4\nhidden = [8, 8]\n[train]\nloss = \"ce\"\n",
+        fixture().join("generator").display()
+    );
+    std::fs::write(r.path("reward.toml"), toml).unwrap();
+    let out = prfl(&["train-reward", s(&r.path("reward.toml")), "--device", "cpu"]);
+    assert!(out.contains("3 training samples"), "{out}");
+    assert!(r.path("run/checkpoint.safetensors").exists());
 }
 
 // ------------------------------------------------------------------------------------------

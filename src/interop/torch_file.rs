@@ -94,7 +94,7 @@ pub fn read_state_dict_from<R: Read + Seek>(
         .map(str::to_string)
         .ok_or_else(|| Error::InvalidInput("the archive has no data.pkl".into()))?;
     let prefix = pkl_name.strip_suffix("data.pkl").unwrap_or("").to_string();
-    let pkl = read_record(&mut zip, &pkl_name)?;
+    let pkl = read_record(&mut zip, &pkl_name, MAX_PICKLE_BYTES)?;
     let value = pickle::parse(&pkl)?;
     let Value::Dict(items) = value else {
         return Err(Error::InvalidInput(
@@ -111,8 +111,11 @@ pub fn read_state_dict_from<R: Read + Seek>(
         };
         if !storages.contains_key(&t.key) {
             let rec = format!("{prefix}data/{}", t.key);
-            let bytes = read_record(&mut zip, &rec)?;
-            let want = t.storage_numel * t.dtype.size_in_bytes();
+            let want = t
+                .storage_numel
+                .checked_mul(t.dtype.size_in_bytes())
+                .ok_or_else(|| Error::InvalidInput(format!("storage of `{name}` overflows")))?;
+            let bytes = read_record(&mut zip, &rec, want as u64)?;
             if bytes.len() != want {
                 return Err(Error::InvalidInput(format!(
                     "record {rec} of tensor `{name}` holds {} bytes; its storage needs {want}",
@@ -142,12 +145,28 @@ pub fn read_state_dict_from<R: Read + Seek>(
     Ok(out)
 }
 
-fn read_record<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, name: &str) -> Result<Vec<u8>> {
-    let mut f = zip
+/// The largest pickle accepted: a state dict's pickle is a few bytes per tensor.
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
+/// Reads one record, at most `limit` bytes (one more is read to notice a longer record), so that a
+/// record whose declared or deflated size lies cannot make the reader allocate without bound.
+fn read_record<R: Read + Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    let f = zip
         .by_name(name)
         .map_err(|e| Error::InvalidInput(format!("record {name}: {e}")))?;
-    let mut buf = Vec::with_capacity(f.size().min(1 << 30) as usize);
-    f.read_to_end(&mut buf)
+    if f.size() > limit {
+        return Err(Error::InvalidInput(format!(
+            "record {name} holds {} bytes; at most {limit} expected",
+            f.size()
+        )));
+    }
+    let mut buf = Vec::with_capacity(f.size() as usize);
+    f.take(limit + 1)
+        .read_to_end(&mut buf)
         .map_err(|e| Error::InvalidInput(format!("record {name}: {e}")))?;
     Ok(buf)
 }

@@ -104,14 +104,16 @@ fn read_transformer_blocks(path: &Path) -> Result<BTreeMap<String, HostTensor>> 
     let mut out = BTreeMap::new();
     for f in &files {
         for (name, t) in read_safetensors(f)? {
-            let mut bare = strip_repack_prefix(&name).to_string();
-            for wrapper in [
-                "_fsdp_wrapped_module.",
-                "_checkpoint_wrapped_module.",
-                "module.",
-            ] {
-                bare = bare.replace(wrapper, "");
+            if name.contains(".lora_") || name.contains(".base_layer.") {
+                return Err(Error::checkpoint(
+                    f,
+                    format!(
+                        "tensor `{name}`: a reward transformer trained with LoRA (peft names) is \
+                         not supported; merge the adapter into the weights first"
+                    ),
+                ));
             }
+            let bare = unwrap_name(&name);
             if is_ignored_buffer(&bare) || block_index(&bare).is_none() {
                 continue; // embeddings (the generator's, frozen), a head, buffers
             }
@@ -138,6 +140,18 @@ fn read_transformer_blocks(path: &Path) -> Result<BTreeMap<String, HostTensor>> 
         }
     }
     Ok(out)
+}
+
+/// A parameter name without the wrappers training may leave in it: FSDP's and activation
+/// checkpointing's module wrappers anywhere in the path, DDP's leading `module.`, the repack prefix.
+fn unwrap_name(name: &str) -> String {
+    let mut bare = name
+        .replace("_fsdp_wrapped_module.", "")
+        .replace("_checkpoint_wrapped_module.", "");
+    while let Some(rest) = bare.strip_prefix("module.") {
+        bare = rest.to_string();
+    }
+    strip_repack_prefix(&bare).to_string()
 }
 
 /// The step number in a reference file name (`mlp_step_100.ckpt` -> 100).
@@ -444,4 +458,36 @@ pub fn export_reference(
 /// Whether an exported model fits the reference's `MLP` class (fixed widths 1024 and 512).
 pub fn fits_reference_mlp(cfg: &RewardModelConfig) -> bool {
     cfg.hidden == REFERENCE_HIDDEN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_wrappers_are_removed_from_names() {
+        assert_eq!(
+            unwrap_name(
+                "_fsdp_wrapped_module.blocks.0._checkpoint_wrapped_module.self_attn.q.weight"
+            ),
+            "blocks.0.self_attn.q.weight"
+        );
+        assert_eq!(
+            unwrap_name("module.model.diffusion_model.blocks.1.norm3.bias"),
+            "blocks.1.norm3.bias"
+        );
+        assert_eq!(
+            unwrap_name("blocks.2.ffn.0.weight"),
+            "blocks.2.ffn.0.weight"
+        );
+    }
+
+    #[test]
+    fn the_step_comes_from_the_file_name() {
+        assert_eq!(
+            step_in_name(Path::new("out/mlp_step_1200.ckpt")),
+            Some(1200)
+        );
+        assert_eq!(step_in_name(Path::new("mlp.safetensors")), None);
+    }
 }

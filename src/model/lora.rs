@@ -301,9 +301,7 @@ pub fn diffusers_adapter_metadata(
         "transformer.r": lora.rank,
         "transformer.lora_alpha": lora.alpha,
         "transformer.target_modules": modules,
-        "transformer.init_lora_weights": true,
         "transformer.use_dora": false,
-        "transformer.lora_bias": false,
     })
     .to_string()
 }

@@ -44,6 +44,7 @@ pub mod demo;
 pub mod error;
 pub mod ffi;
 pub mod finetune;
+pub mod interop;
 pub mod model;
 pub mod optim;
 pub mod reward;

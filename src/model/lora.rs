@@ -6,6 +6,26 @@
 //! `blocks.3.self_attn.q.lora_A.weight` `[r, in]` and `blocks.3.self_attn.q.lora_B.weight`
 //! `[out, r]`, and the layer computes `x W^T + b + (alpha / r) (x A^T) B^T`. As in peft, `A` starts
 //! random and `B` at zero, so an attached adapter does not change the model until trained.
+//!
+//! # Exported files
+//!
+//! [`save_peft`] writes one of two key layouts ([`LoraKeyNames`]):
+//! - **diffusers / peft** (default): `transformer.blocks.3.attn1.to_q.lora_A.weight`, with the
+//!   scale carried as diffusers (>= 0.35, checked against 0.42.1's `lora_base.py` and
+//!   `peft.py`) reads it: the safetensors metadata key `lora_adapter_metadata` holds a JSON object
+//!   of `LoraConfig` arguments prefixed with the component, `{"transformer.r": 4,
+//!   "transformer.lora_alpha": 8.0, "transformer.target_modules": [...]}`.
+//!   `WanTransformer3DModel.load_lora_adapter` and `WanPipeline.load_lora_weights` strip the
+//!   prefix and build peft's `LoraConfig` from it, so the adapter runs at `alpha / r`. (Without
+//!   that key diffusers infers `lora_alpha = r`, i.e. strength 1.)
+//! - **ComfyUI** (`key_names = "comfyui"`): the original Wan names under `diffusion_model.`,
+//!   `diffusion_model.blocks.3.self_attn.q.lora_A.weight` / `.lora_B.weight`, and the scale as a
+//!   scalar `diffusion_model.blocks.3.self_attn.q.alpha` tensor per layer (ComfyUI's LoRA loader
+//!   applies `alpha / rank` from it; diffusers' Wan converter reads the same layout and folds the
+//!   alpha into the weights). No `lora_adapter_metadata` there: diffusers would apply the scale
+//!   twice.
+//!
+//! Both carry prfl's own `rank`, `alpha` and `targets` metadata, so [`load_peft`] reads either.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +50,19 @@ pub struct LoraConfig {
     /// Per-block layer names: `self_attn.{q,k,v,o}`, `cross_attn.{q,k,v,o,k_img,v_img}`,
     /// `ffn.{0,2}`.
     pub targets: Vec<String>,
+    /// The key layout of the exported `lora.safetensors` (see the module docs).
+    pub key_names: LoraKeyNames,
+}
+
+/// The tensor names [`save_peft`] writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraKeyNames {
+    /// diffusers / peft names with `lora_adapter_metadata` (what diffusers loads).
+    #[default]
+    Diffusers,
+    /// ComfyUI's Wan LoRA names: `diffusion_model.<original name>` with `.alpha` tensors.
+    ComfyUi,
 }
 
 impl Default for LoraConfig {
@@ -50,6 +83,7 @@ impl Default for LoraConfig {
             ]
             .map(String::from)
             .to_vec(),
+            key_names: LoraKeyNames::Diffusers,
         }
     }
 }
@@ -230,24 +264,77 @@ pub fn merge_lora(
     Ok(out)
 }
 
-/// Writes adapters as a peft/diffusers LoRA file (atomically), with `rank`, `alpha` and the
-/// targets in the safetensors metadata so that [`load_peft`] restores the configuration.
+/// Adapter tensors under ComfyUI's Wan LoRA names, with one scalar `.alpha` tensor per layer:
+/// `diffusion_model.blocks.3.self_attn.q.lora_A.weight`, `diffusion_model.blocks.3.self_attn.q.alpha`.
+pub fn to_comfyui_names(
+    adapters: &BTreeMap<String, HostTensor>,
+    lora: &LoraConfig,
+) -> Result<BTreeMap<String, HostTensor>> {
+    let mut out = BTreeMap::new();
+    for (name, t) in adapters {
+        out.insert(format!("{COMFYUI_PREFIX}{name}"), t.clone());
+        if let Some(layer) = name.strip_suffix(".lora_A.weight") {
+            out.insert(
+                format!("{COMFYUI_PREFIX}{layer}.alpha"),
+                HostTensor::from_f32(vec![], vec![lora.alpha])?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The prefix of ComfyUI's (and the original repacks') diffusion-model tensor names.
+pub const COMFYUI_PREFIX: &str = "diffusion_model.";
+
+/// The `lora_adapter_metadata` JSON that diffusers turns into peft's `LoraConfig` for the
+/// `transformer` component: rank, alpha and the adapted modules under diffusers names.
+pub fn diffusers_adapter_metadata(
+    adapters: &BTreeMap<String, HostTensor>,
+    lora: &LoraConfig,
+) -> String {
+    let modules: std::collections::BTreeSet<String> = to_peft_names(adapters)
+        .keys()
+        .filter_map(|k| k.rsplit_once(".lora_").map(|(m, _)| m.to_string()))
+        .map(|m| m.strip_prefix("transformer.").unwrap_or(&m).to_string())
+        .collect();
+    serde_json::json!({
+        "transformer.r": lora.rank,
+        "transformer.lora_alpha": lora.alpha,
+        "transformer.target_modules": modules,
+        "transformer.use_dora": false,
+    })
+    .to_string()
+}
+
+/// Writes adapters as a LoRA file (atomically) in the layout `lora.key_names` selects (see the
+/// module docs), with `rank`, `alpha` and the targets in the safetensors metadata so that
+/// [`load_peft`] restores the configuration.
 pub fn save_peft(
     path: &std::path::Path,
     adapters: &BTreeMap<String, HostTensor>,
     lora: &LoraConfig,
 ) -> Result<()> {
-    let meta: std::collections::HashMap<String, String> = [
-        ("format".to_string(), "prfl-lora/1".to_string()),
+    let mut meta: std::collections::HashMap<String, String> = [
+        ("format".to_string(), "pt".to_string()),
+        ("prfl_format".to_string(), "prfl-lora/1".to_string()),
         ("rank".to_string(), lora.rank.to_string()),
         ("alpha".to_string(), lora.alpha.to_string()),
         ("targets".to_string(), lora.targets.join(",")),
     ]
     .into();
-    let peft = to_peft_names(adapters);
+    let tensors = match lora.key_names {
+        LoraKeyNames::Diffusers => {
+            meta.insert(
+                "lora_adapter_metadata".to_string(),
+                diffusers_adapter_metadata(adapters, lora),
+            );
+            to_peft_names(adapters)
+        }
+        LoraKeyNames::ComfyUi => to_comfyui_names(adapters, lora)?,
+    };
     crate::safetensors::write_safetensors(
         path,
-        peft.iter().map(|(k, v)| (k.as_str(), v)),
+        tensors.iter().map(|(k, v)| (k.as_str(), v)),
         Some(&meta),
     )
 }
@@ -270,7 +357,15 @@ pub fn load_peft(path: &std::path::Path) -> Result<(LoraConfig, BTreeMap<String,
         .map_err(|_| Error::checkpoint(path, "bad LoRA alpha"))?;
     let targets = field("targets")?.split(',').map(String::from).collect();
     let mut adapters = BTreeMap::new();
+    let mut key_names = LoraKeyNames::Diffusers;
     for (name, t) in file.read_all()? {
+        if let Some(original) = name.strip_prefix(COMFYUI_PREFIX) {
+            key_names = LoraKeyNames::ComfyUi;
+            if !original.ends_with(".alpha") {
+                adapters.insert(original.to_string(), t);
+            }
+            continue;
+        }
         let bare = name.strip_prefix("transformer.").unwrap_or(&name);
         let (layer, which) = bare
             .rsplit_once(".lora_")
@@ -285,6 +380,7 @@ pub fn load_peft(path: &std::path::Path) -> Result<(LoraConfig, BTreeMap<String,
             rank,
             alpha,
             targets,
+            key_names,
         },
         adapters,
     ))

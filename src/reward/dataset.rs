@@ -195,6 +195,15 @@ impl Dataset {
         })
     }
 
+    /// A dataset of samples read elsewhere (e.g. [`crate::interop::reference_dataset`]), checked
+    /// for consistency as [`Dataset::open`] checks files; `paths[i]` names sample `i` in errors.
+    pub fn from_samples(samples: Vec<Sample>, paths: Vec<PathBuf>) -> Result<Dataset> {
+        for (s, path) in samples.iter().zip(&paths).skip(1) {
+            check_consistent(&samples[0], &paths[0], s).map_err(|msg| file_error(path, msg))?;
+        }
+        Ok(Dataset { samples, paths })
+    }
+
     pub fn len(&self) -> usize {
         self.samples.len()
     }

@@ -8,11 +8,12 @@ use prfl::backend::device::Device;
 use prfl::backend::Backend;
 use prfl::finetune::prfl::{PrflTrainConfig, PrflTrainer};
 use prfl::finetune::sample::{sample, Cond, Guidance, SamplingPlan};
+use prfl::interop::reference_dataset::open_data;
 use prfl::model::checkpoint::{read_safetensors, save_checkpoint, write_safetensors, Checkpoint};
 use prfl::model::lora::{init_lora, load_peft, merge_lora, save_peft};
 use prfl::model::names::Layout;
 use prfl::model::wan::{VideoShape, WanModel};
-use prfl::reward::dataset::{BatchLatents, Dataset, SampleKind};
+use prfl::reward::dataset::{BatchLatents, SampleKind};
 use prfl::reward::model::RewardModel;
 use prfl::schedule::rng::Rng;
 use prfl::schedule::SolverKind;
@@ -89,7 +90,12 @@ pub fn finetune(config: &Path, device: &DeviceArgs) -> Result<(), String> {
         iteration = trainer.resume(&be, &ckpt_path).map_err(err)?;
         println!("resumed from {} at step {iteration}", ckpt_path.display());
     }
-    let ds = Dataset::open(&rel(config, &c.data)).map_err(err)?;
+    let ds = open_data(
+        &rel(config, &c.data),
+        gen_ckpt.config().is_i2v(),
+        c.prfl.seed,
+    )
+    .map_err(err)?;
     let per_epoch = ds.batches(c.batch_size, c.prfl.seed, 0).len() as u64;
     if per_epoch == 0 {
         return Err("the dataset is empty".into());

@@ -6,6 +6,7 @@ mod config_file;
 mod demo_cmd;
 mod device_args;
 mod finetune_cmd;
+mod interop_cmd;
 mod progress;
 mod queue_bench;
 mod reward_cmd;
@@ -112,6 +113,11 @@ enum Cmd {
     Demo(demo_cmd::DemoArgs),
     /// The compute devices: the CPU, the CUDA libraries found, and every CUDA GPU.
     Devices(device_args::DevicesArgs),
+    /// Imports a reward model saved by the reference implementation (HY-Video-PRFL): its
+    /// transformer, QueryAttention and MLP files, into a prfl reward checkpoint.
+    ImportReward(interop_cmd::ImportArgs),
+    /// Exports a prfl reward model as the reference implementation's three files.
+    ExportReward(interop_cmd::ExportArgs),
 }
 
 fn inspect(path: Option<&Path>) -> Result<(), String> {
@@ -230,6 +236,8 @@ fn main() -> ExitCode {
         Cmd::Sample(a) => finetune_cmd::sample_cmd(a),
         Cmd::Demo(a) => demo_cmd::demo(a),
         Cmd::Devices(a) => device_args::devices(a),
+        Cmd::ImportReward(a) => interop_cmd::import_reward(a),
+        Cmd::ExportReward(a) => interop_cmd::export_reward(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

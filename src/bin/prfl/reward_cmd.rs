@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use prfl::backend::device::Device;
 use prfl::backend::Backend;
+use prfl::interop::reference_dataset::open_data;
 use prfl::model::checkpoint::{read_safetensors, write_safetensors, Checkpoint};
 use prfl::model::wan::{Inputs, VideoShape};
-use prfl::reward::dataset::{Dataset, SampleKind};
+use prfl::reward::dataset::SampleKind;
 use prfl::reward::model::{RewardModel, RewardModelConfig};
 use prfl::reward::train::{
     evaluate, EvalRow, RewardLoss, RewardTrainConfig, RewardTrainer, EVAL_TIMESTEPS,
@@ -105,7 +106,7 @@ pub fn train_reward(config: &Path, device: &DeviceArgs) -> Result<(), String> {
         gen.total_bytes() as f64 / 1048576.0,
         c.train.loss
     );
-    let (train, held) = Dataset::open(&data)
+    let (train, held) = open_data(&data, gen.config().is_i2v(), c.train.seed)
         .map_err(err)?
         .split(c.holdout, c.train.seed);
     let want = match c.train.loss {
@@ -218,7 +219,7 @@ pub fn eval_reward(
     let be = device.open()?;
     let gen = Checkpoint::open(generator).map_err(err)?;
     let model = RewardModel::load(&be, &gen, reward).map_err(err)?;
-    let ds = Dataset::open(data).map_err(err)?;
+    let ds = open_data(data, gen.config().is_i2v(), 0).map_err(err)?;
     let rows = evaluate(&be, &model, &ds, timesteps, batch_size, 0).map_err(err)?;
     print_eval(&rows);
     Ok(())

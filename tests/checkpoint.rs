@@ -6,11 +6,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use prfl::model::checkpoint::{
-    read_safetensors, save_checkpoint, write_safetensors, Checkpoint, ConfigSource, INDEX_NAME,
-    WEIGHTS_NAME,
+    save_checkpoint, Checkpoint, ConfigSource, INDEX_NAME, WEIGHTS_NAME,
 };
 use prfl::model::names::{blocks_below, canonical_params, to_diffusers, Layout, REPACK_PREFIX};
 use prfl::model::{ModelType, WanConfig};
+use prfl::safetensors::{read_safetensors, write_safetensors};
 use prfl::tensor::{DType, HostTensor, Storage};
 use prfl::Error;
 

@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use prfl::model::checkpoint::{read_safetensors, save_checkpoint, write_safetensors};
+use prfl::model::checkpoint::save_checkpoint;
 use prfl::model::init::random_weights;
 use prfl::model::names::Layout;
 use prfl::model::ModelType;
+use prfl::safetensors::{read_safetensors, write_safetensors};
 use prfl::synthetic::{generate_dataset, prompt_states, WorldConfig};
 use prfl::tensor::HostTensor;
 use prfl::testutil::tiny_wan;

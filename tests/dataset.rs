@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use prfl::model::checkpoint::write_safetensors;
 use prfl::reward::dataset::{
     write_clip, write_pair, BatchLatents, Conditioning, Dataset, I2vConditioning, Sample,
     SampleKind, TokenStates,
 };
+use prfl::safetensors::write_safetensors;
 use prfl::synthetic::{self, WorldConfig};
 use prfl::tensor::{DType, HostTensor};
 

@@ -16,9 +16,7 @@ use prfl::backend::cpu::Cpu;
 use prfl::interop::reference_dataset::{is_reference_data, open_data};
 use prfl::interop::reference_reward::{import_reference, save_reward_checkpoint};
 use prfl::interop::torch_file::{read_host_state_dict, read_state_dict, read_state_dict_from};
-use prfl::model::checkpoint::{
-    read_safetensors, read_safetensors_metadata, save_checkpoint, write_safetensors, Checkpoint,
-};
+use prfl::model::checkpoint::{save_checkpoint, Checkpoint};
 use prfl::model::init::random_weights;
 use prfl::model::lora::{init_lora, load_peft, merge_lora, save_peft, LoraConfig, LoraKeyNames};
 use prfl::model::names::Layout;
@@ -26,6 +24,7 @@ use prfl::model::wan::{Inputs, VideoShape};
 use prfl::model::ModelType;
 use prfl::reward::dataset::Sample;
 use prfl::reward::model::RewardModel;
+use prfl::safetensors::{read_safetensors, read_safetensors_metadata, write_safetensors};
 use prfl::tensor::HostTensor;
 use prfl::testutil::{tiny_wan, TestRng};
 

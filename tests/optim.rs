@@ -8,12 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use prfl::backend::cpu::Cpu;
-use prfl::model::checkpoint::write_safetensors;
 use prfl::model::params::{Grads, ParamStore};
 use prfl::optim::{
     load_training_checkpoint, save_training_checkpoint, AdamW, AdamWConfig, TrainingKind,
     TrainingMeta, FORMAT,
 };
+use prfl::safetensors::write_safetensors;
 use prfl::schedule::rng::Rng;
 use prfl::tensor::{DType, HostTensor, Storage};
 use prfl::testutil::TestRng;

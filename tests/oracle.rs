@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use prfl::backend::cpu::Cpu;
-use prfl::model::checkpoint::{read_safetensors, Checkpoint};
+use prfl::model::checkpoint::Checkpoint;
 use prfl::model::host::{run_forward, RunOptions};
 use prfl::model::names::Layout;
+use prfl::safetensors::read_safetensors;
 use prfl::testutil::max_rel_err;
 
 fn fixture(case: &str) -> PathBuf {

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 
 use prfl::backend::cpu::Cpu;
 use prfl::backend::Backend;
-use prfl::model::checkpoint::read_safetensors;
 use prfl::model::params::{Grads, ParamStore};
 use prfl::reward::head::{init_head_params, RewardHead, RewardHeadConfig};
 use prfl::reward::loss::{bce_with_logits, bradley_terry};
 use prfl::reward::pool::AttnPool;
+use prfl::safetensors::read_safetensors;
 use prfl::tensor::HostTensor;
 use prfl::testutil::{assert_grad_close, max_rel_err, numeric_grad, TestRng};
 

@@ -30,13 +30,14 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::torch_file::{read_host_state_dict, write_state_dict};
-use crate::model::checkpoint::{read_safetensors, write_safetensors, Checkpoint};
+use crate::model::checkpoint::Checkpoint;
 use crate::model::names::{block_index, from_diffusers, is_ignored_buffer, strip_repack_prefix};
 use crate::optim::checkpoint::{
     load_training_checkpoint, save_training_checkpoint, TrainingKind, TrainingMeta,
 };
 use crate::optim::state::PARAM_PREFIX;
 use crate::reward::model::{backbone_filter, RewardModelConfig};
+use crate::safetensors::{read_safetensors, write_safetensors};
 use crate::schedule::rng::Rng;
 use crate::tensor::{HostTensor, Storage};
 use crate::{Error, Result};

@@ -23,12 +23,11 @@ use super::names::{
     block_index, canonical_params, check_exact, check_shapes, from_diffusers, is_ignored_buffer,
     original_to_diffusers, strip_repack_prefix, Layout, REPACK_PREFIX,
 };
-use crate::safetensors::{atomic_write, sync_dir, Safetensors, TensorEntry, MEMORY_SOURCE};
+use crate::safetensors::{
+    atomic_write, sync_dir, write_safetensors, Safetensors, TensorEntry, MEMORY_SOURCE,
+};
 use crate::tensor::{DType, HostTensor};
 use crate::{Error, Result};
-
-// The plain safetensors helpers, where the CLI, the C ABI and older callers look for them.
-pub use crate::safetensors::{read_safetensors, read_safetensors_metadata, write_safetensors};
 
 /// File names of the released checkpoints (both layouts use diffusers' weight names).
 pub const WEIGHTS_NAME: &str = "diffusion_pytorch_model.safetensors";

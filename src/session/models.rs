@@ -40,7 +40,7 @@ pub(crate) fn assign_trained_from(
 /// the trainer's `resume`). The `prfl` key holds it (see [`crate::optim::checkpoint`]).
 fn read_training_meta(path: &Path) -> Result<TrainingMeta> {
     let corrupt = |m: String| Error::Corrupt(format!("{}: {m}", path.display()));
-    let header = crate::model::checkpoint::read_safetensors_metadata(path)?;
+    let header = crate::safetensors::read_safetensors_metadata(path)?;
     let text = header
         .get("prfl")
         .ok_or_else(|| corrupt("not a prfl training checkpoint (no `prfl` metadata)".into()))?;

@@ -19,7 +19,7 @@ use std::fs;
 use std::path::Path;
 
 use super::Runtime;
-use crate::model::checkpoint::{read_safetensors_metadata, write_safetensors};
+use crate::safetensors::{read_safetensors_metadata, write_safetensors};
 use crate::tensor::HostTensor;
 use crate::{Error, Result};
 

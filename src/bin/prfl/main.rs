@@ -16,8 +16,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use device_args::DeviceArgs;
-use prfl::model::checkpoint::{read_safetensors, write_safetensors, Checkpoint};
+use prfl::model::checkpoint::Checkpoint;
 use prfl::model::host::{run_forward, RunOptions};
+use prfl::safetensors::{read_safetensors, write_safetensors};
 
 #[global_allocator]
 static GLOBAL: alloc::Counting = alloc::Counting;

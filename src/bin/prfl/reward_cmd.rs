@@ -7,13 +7,14 @@ use std::time::Instant;
 use prfl::backend::device::Device;
 use prfl::backend::Backend;
 use prfl::interop::reference_dataset::open_data;
-use prfl::model::checkpoint::{read_safetensors, write_safetensors, Checkpoint};
+use prfl::model::checkpoint::Checkpoint;
 use prfl::model::wan::{Inputs, VideoShape};
 use prfl::reward::dataset::SampleKind;
 use prfl::reward::model::{RewardModel, RewardModelConfig};
 use prfl::reward::train::{
     evaluate, EvalRow, RewardLoss, RewardTrainConfig, RewardTrainer, EVAL_TIMESTEPS,
 };
+use prfl::safetensors::{read_safetensors, write_safetensors};
 use prfl::tensor::{DType, HostTensor};
 use serde::Deserialize;
 

@@ -362,6 +362,16 @@ pub fn load_peft(path: &std::path::Path) -> Result<(LoraConfig, BTreeMap<String,
         if let Some(original) = name.strip_prefix(COMFYUI_PREFIX) {
             key_names = LoraKeyNames::ComfyUi;
             if !original.ends_with(".alpha") {
+                // The same check as the diffusers names below: an adapter of a Wan2.1 layer.
+                let known = original.rsplit_once(".lora_").is_some_and(|(layer, which)| {
+                    matches!(which, "A.weight" | "B.weight")
+                        && super::names::Layout::Original
+                            .to_canonical(&format!("{layer}.weight"))
+                            .is_some()
+                });
+                if !known {
+                    return Err(Error::UnexpectedTensor(name.clone()));
+                }
                 adapters.insert(original.to_string(), t);
             }
             continue;

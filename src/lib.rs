@@ -31,6 +31,8 @@
 //! - [`optim`]: AdamW, clipping, accumulation, training checkpoints.
 //! - [`reward`]: the latent reward model, its trainer, datasets and metrics.
 //! - [`finetune`]: the PRFL trainer, guided sampling, early rejection.
+//! - [`interop`]: the reference implementation's files (torch pickles read without executing
+//!   anything, its `.list`/`.npy` datasets, its reward models) and LoRA layouts for other tools.
 //! - [`synthetic`]: a procedural world of latent videos with rule-known motion quality.
 //! - [`session`]: the safe streaming runtime: queue, background trainer, steps, scoring,
 //!   sampling, persistence. The API for Rust hosts.

@@ -95,7 +95,7 @@ impl std::fmt::Debug for Safetensors {
 impl Safetensors {
     /// Maps a file and parses (and validates) its header; tensor bytes are not touched.
     pub fn map(path: &Path) -> Result<Safetensors> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::fs::open_regular(path)?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < 8 {
             // Checked before mapping: some platforms refuse to map an empty file.

@@ -300,3 +300,55 @@ fn fifos_where_files_are_expected_are_refused_at_once() {
     ok(submit_labeled(&rt, 0, 1.0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ------------------------------------------------------------------ queue memory
+
+#[test]
+fn a_queue_larger_than_memory_is_refused_before_allocating() {
+    // 2^20 slots of 2^20-channel latents: 2^20 x 32 MiB = 32 TiB.
+    let mut c = config();
+    c.queue_capacity = 1 << 20;
+    c.latent_channels = 1 << 20;
+    c.latent_frames = 1;
+    let started = Instant::now();
+    let mut rt = null_mut();
+    // SAFETY: valid pointers.
+    let s = unsafe { prfl_create(&c, &mut rt) };
+    let msg = last_error();
+    assert_eq!(s, PRFL_ERR_INVALID_ARGUMENT, "{msg}");
+    assert!(rt.is_null());
+    assert!(
+        msg.contains("queue") && msg.contains("physical memory"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The Rust API: the same check, including sizes whose product overflows u64.
+    let sizes = SampleSizes::new([1 << 20, 1, 2, 2], [TEXT_LEN, TEXT_DIM], [0, 0]).unwrap();
+    let mut cfg = SessionConfig::new(sizes);
+    cfg.device = "cpu".parse().unwrap();
+    cfg.queue_capacity = 1 << 20;
+    assert!(cfg.queue_bytes().unwrap() > prfl::session::queue_memory_limit());
+    let started = Instant::now();
+    let e = Session::new(cfg.clone())
+        .err()
+        .expect("a 32 TiB queue was accepted");
+    assert!(matches!(e, prfl::Error::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("physical memory"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    cfg.sizes = SampleSizes::new([1 << 30, 1 << 10, 1 << 10, 1 << 10], [1, 1], [0, 0]).unwrap();
+    cfg.queue_capacity = u32::MAX as usize;
+    assert_eq!(cfg.queue_bytes(), None);
+    let e = Session::new(cfg)
+        .err()
+        .expect("an overflowing queue was accepted");
+    assert!(e.to_string().contains("(overflow)"), "{e}");
+
+    // A queue that fits is still created.
+    drop(create(&config()));
+}

@@ -352,3 +352,47 @@ fn a_queue_larger_than_memory_is_refused_before_allocating() {
     // A queue that fits is still created.
     drop(create(&config()));
 }
+
+// ------------------------------------------------------------------ stale temporaries
+
+#[test]
+fn saves_remove_stale_temporaries_of_their_own_naming_only() {
+    let rt = ready(&config());
+    let dir = temp_dir("stale");
+    let c = cstr(&dir);
+    // SAFETY: valid pointers.
+    ok(unsafe { prfl_save(rt.0, c.as_ptr()) });
+    // What saves killed midway leave (writers that no longer run: no process has these ids),
+    // then files that are not ours or not stale.
+    let stale = [
+        ".prfl-runtime.safetensors.tmp-999999999-0",
+        ".reward-2.safetensors.tmp-4000000000-17",
+        ".prfl-7.safetensors.tmp-999999999-3",
+    ];
+    let kept = [
+        "notes.txt",
+        ".notes.txt.tmp-999999999-0", // not one of our file names
+        ".reward-2.safetensors.tmp-999999999", // not our exact pattern
+        "reward-2.safetensors.tmp-999999999-1", // no leading dot
+        ".reward-2.safetensors.tmp-999999999-x1", // not our exact pattern
+    ];
+    for name in stale.iter().chain(&kept) {
+        std::fs::write(dir.join(name), b"partial").unwrap();
+    }
+    // A temporary of a process that still runs (this one) may be a write in progress.
+    let live = format!(".reward-9.safetensors.tmp-{}-123456", std::process::id());
+    std::fs::write(dir.join(&live), b"in progress").unwrap();
+    // SAFETY: valid pointers.
+    ok(unsafe { prfl_save(rt.0, c.as_ptr()) });
+    for name in stale {
+        assert!(!dir.join(name).exists(), "{name} was left behind");
+    }
+    for name in kept.iter().chain([&live.as_str()]) {
+        assert!(dir.join(name).exists(), "{name} was removed");
+    }
+    assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"partial");
+    // The set itself still loads.
+    // SAFETY: valid pointers.
+    ok(unsafe { prfl_load(rt.0, c.as_ptr()) });
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -396,3 +396,71 @@ fn saves_remove_stale_temporaries_of_their_own_naming_only() {
     ok(unsafe { prfl_load(rt.0, c.as_ptr()) });
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ------------------------------------------------------------------ queue statistics
+
+/// Reads the statistics from one thread as fast as it can while four producers submit (some
+/// of them invalid samples) and the background trainer consumes, under both policies: every
+/// snapshot satisfies the invariants.
+#[test]
+fn queue_stats_are_consistent_while_producers_and_the_trainer_run() {
+    for policy in [
+        PrflBackpressure::PRFL_BACKPRESSURE_REJECT_NEWEST,
+        PrflBackpressure::PRFL_BACKPRESSURE_DROP_OLDEST,
+    ] {
+        let c = PrflConfig {
+            queue_capacity: 4,
+            backpressure: policy as i32,
+            ..config()
+        };
+        let rt = ready(&c);
+        ok(unsafe { prfl_start(rt.0, PrflStepMode::PRFL_STEP_REWARD as i32) });
+        let done = AtomicBool::new(false);
+        let snapshots = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut n = 0u64;
+                let mut last = queue_stats(&rt);
+                while !done.load(Ordering::Relaxed) {
+                    let s = queue_stats(&rt);
+                    check_invariants(&s);
+                    // Counters only grow.
+                    assert!(
+                        s.accepted >= last.accepted && s.consumed >= last.consumed,
+                        "{s:?}"
+                    );
+                    assert!(s.dropped_oldest >= last.dropped_oldest, "{s:?}");
+                    last = s;
+                    n += 1;
+                }
+                n
+            });
+            let producers: Vec<_> = (0..4)
+                .map(|p| {
+                    let rt = &rt;
+                    scope.spawn(move || {
+                        for k in 0..2000 {
+                            let index = p * 1000 + k;
+                            // Every seventh an invalid label, refused and counted.
+                            let label = if k % 7 == 0 { 0.5 } else { (k % 2) as f32 };
+                            match submit_labeled(rt, index, label) {
+                                PRFL_OK | PRFL_ERR_QUEUE_FULL | PRFL_ERR_INVALID_ARGUMENT => {}
+                                s => panic!("{s:?}: {}", last_error()),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for p in producers {
+                p.join().unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+            reader.join().unwrap()
+        });
+        ok(unsafe { prfl_stop(rt.0) });
+        let s = queue_stats(&rt);
+        check_invariants(&s);
+        assert_eq!(s.submitted, 8000, "{s:?}");
+        assert!(s.rejected_invalid > 0 && s.consumed > 0, "{s:?}");
+        assert!(snapshots > 100, "only {snapshots} snapshots read");
+    }
+}

@@ -242,9 +242,8 @@ fn fifos_where_files_are_expected_are_refused_at_once() {
 
     let cdir = dir.join("config-dir");
     std::fs::create_dir(&cdir).unwrap();
-    for name in ["diffusion_pytorch_model.safetensors"] {
-        std::fs::copy(generator_dir().join(name), cdir.join(name)).unwrap();
-    }
+    let weights = "diffusion_pytorch_model.safetensors";
+    std::fs::copy(generator_dir().join(weights), cdir.join(weights)).unwrap();
     mkfifo(&cdir.join("config.json"));
     let (r, p) = (fresh.clone(), cstr(&cdir));
     // SAFETY: as above.

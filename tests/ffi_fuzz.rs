@@ -186,8 +186,27 @@ struct Paths {
     fifo: PathBuf,
 }
 
+/// A reward checkpoint the last successful save left, if any.
+fn saved_reward(save: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(save)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+            name.starts_with("reward-") && name.ends_with(".safetensors")
+        })
+}
+
 fn path_arg(rng: &mut Rng, p: &Paths) -> Option<CString> {
-    let path: &Path = match rng.below(11) {
+    let reward;
+    let path: &Path = match rng.below(12) {
+        9 => {
+            reward = saved_reward(&p.save).unwrap_or_else(|| p.save.clone());
+            &reward
+        }
         0 => return None,
         1 => Path::new(""),
         2 => Path::new("/nonexistent/prfl/fuzz"),

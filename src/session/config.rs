@@ -259,7 +259,8 @@ impl SessionConfig {
         match self.queue_bytes() {
             Some(bytes) if bytes <= limit => Ok(()),
             bytes => Err(Error::InvalidArgument(format!(
-                "the queue would take {} slots x {} bytes = {} bytes, more than the {limit} bytes                  of this machine's physical memory: lower queue_capacity or the sample sizes",
+                "the queue would take {} slots x {} bytes = {} bytes, more than the {limit} bytes \
+                 of this machine's physical memory: lower queue_capacity or the sample sizes",
                 self.queue_capacity,
                 self.sizes
                     .slot_bytes()

@@ -510,9 +510,10 @@ impl SampleQueue {
             }
             tries += 1;
             if tries >= STATS_RETRIES {
+                // No removal can happen (or be counted) while this is held.
                 let _removal = self.removal.lock();
-                let removed = removed();
-                break (c.accepted.load(SeqCst), removed);
+                let frozen = removed();
+                break (c.accepted.load(SeqCst), frozen);
             }
             before = after;
         };

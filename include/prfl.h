@@ -930,8 +930,11 @@ PrflStatus prfl_save(struct PrflRuntime *rt, const char *path);
 PrflStatus prfl_load(struct PrflRuntime *rt, const char *path);
 
 /**
- * Fills `*out` with the queue's counters (set `out->struct_size` first). Lock-free;
- * thread-safe.
+ * Fills `*out` with the queue's counters (set `out->struct_size` first): one consistent
+ * snapshot, also while producers submit and the trainer steps, in which
+ * `submitted = accepted + rejected_full + rejected_invalid`,
+ * `accepted = consumed + dropped_oldest + queued` and `queued <= capacity` always hold.
+ * Does not wait for a training step; thread-safe.
  *
  * # Safety
  * `rt` is a live handle; `out` points to a writable `PrflQueueStats` of `out->struct_size`

@@ -38,6 +38,7 @@
 //!   sampling, persistence. The API for Rust hosts.
 //! - [`ffi`]: the C ABI (`include/prfl.h`), a thin layer over [`session`].
 //! - [`demo`]: `prfl demo`, the end-to-end pipeline and its report.
+//! - [`fs`]: opening the files a caller names (regular files only, never blocking).
 //! - [`error`]: the crate's error type (the C ABI maps it to status codes).
 //! - `testutil` (hidden): tiny model configurations for the tests and the examples.
 
@@ -46,6 +47,7 @@ pub mod demo;
 pub mod error;
 pub mod ffi;
 pub mod finetune;
+pub mod fs;
 pub mod interop;
 pub mod model;
 pub mod optim;

@@ -95,7 +95,7 @@ impl std::fmt::Debug for Safetensors {
 impl Safetensors {
     /// Maps a file and parses (and validates) its header; tensor bytes are not touched.
     pub fn map(path: &Path) -> Result<Safetensors> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::fs::open_regular(path)?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < 8 {
             // Checked before mapping: some platforms refuse to map an empty file.
@@ -444,6 +444,76 @@ pub fn atomic_write(
 /// Distinguishes the temporaries of concurrent writes from one process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The target file name and the writing process of a temporary [`atomic_write`] names
+/// `.<target>.tmp-<pid>-<n>`, or `None` for any other name.
+pub fn parse_temporary(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix('.')?;
+    let (target, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, n) = tail.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if target.is_empty() || !digits(pid) || !digits(n) {
+        return None;
+    }
+    Some((target, pid.parse().ok()?))
+}
+
+/// Removes the temporaries [`atomic_write`] left in `dir` for target names `is_target`
+/// accepts, when the process that wrote them no longer runs (a write killed midway; on
+/// platforms where that cannot be asked, when they are over an hour old). Nothing else is
+/// touched: only names of exactly our temporary pattern, and only for the caller's targets.
+/// Best effort (a file that cannot be removed is logged and left); returns how many went.
+pub fn remove_stale_temporaries(dir: &Path, is_target: impl Fn(&str) -> bool) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((target, pid)) = parse_temporary(&name) else {
+            continue;
+        };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file || !is_target(target) || !writer_gone(pid, &entry) {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => {
+                ::log::info!("removed the stale temporary {}", entry.path().display());
+                removed += 1;
+            }
+            Err(e) => ::log::warn!("could not remove {}: {e}", entry.path().display()),
+        }
+    }
+    removed
+}
+
+/// Whether the process that wrote a temporary has ended (so its write never completes).
+#[cfg(unix)]
+fn writer_gone(pid: u32, _entry: &fs::DirEntry) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true; // no process can have this id
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    !alive
+}
+
+/// Whether the process that wrote a temporary has ended: without a way to ask, a temporary
+/// untouched for an hour is taken as abandoned.
+#[cfg(not(unix))]
+fn writer_gone(_pid: u32, entry: &fs::DirEntry) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+}
+
 /// Makes a rename durable (a no-op where directories cannot be opened, e.g. Windows).
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -458,6 +528,26 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporaries_are_recognised_by_their_exact_pattern() {
+        assert_eq!(
+            parse_temporary(".prfl-runtime.safetensors.tmp-123-4"),
+            Some(("prfl-runtime.safetensors", 123))
+        );
+        assert_eq!(parse_temporary(".a.tmp-b.tmp-7-0"), Some(("a.tmp-b", 7)));
+        for other in [
+            "prfl-runtime.safetensors.tmp-1-2",
+            ".prfl-runtime.safetensors.tmp-1",
+            ".prfl-runtime.safetensors.tmp-1-",
+            ".prfl-runtime.safetensors.tmp-x-2",
+            ".prfl-runtime.safetensors.tmp-1-2-3",
+            "..tmp-1-2",
+            ".notes.txt",
+        ] {
+            assert_eq!(parse_temporary(other), None, "{other}");
+        }
+    }
 
     /// A tiny two-tensor file with metadata, as bytes.
     fn sample() -> (Vec<u8>, HostTensor, HostTensor) {

@@ -725,8 +725,11 @@ pub unsafe extern "C" fn prfl_load(rt: *mut PrflRuntime, path: *const c_char) ->
     })
 }
 
-/// Fills `*out` with the queue's counters (set `out->struct_size` first). Lock-free;
-/// thread-safe.
+/// Fills `*out` with the queue's counters (set `out->struct_size` first): one consistent
+/// snapshot, also while producers submit and the trainer steps, in which
+/// `submitted = accepted + rejected_full + rejected_invalid`,
+/// `accepted = consumed + dropped_oldest + queued` and `queued <= capacity` always hold.
+/// Does not wait for a training step; thread-safe.
 ///
 /// # Safety
 /// `rt` is a live handle; `out` points to a writable `PrflQueueStats` of `out->struct_size`

@@ -135,7 +135,7 @@ fn resolve(p: &Path, base: Option<&Path>) -> PathBuf {
 }
 
 fn read_list(list: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(list).map_err(|e| Error::io(list, e))?;
+    let text = crate::fs::read_regular_to_string(list)?;
     let out: Vec<PathBuf> = text
         .lines()
         .map(str::trim)
@@ -162,7 +162,7 @@ fn first_key<'a>(obj: &'a Value, keys: &[&'a str]) -> Option<(&'a str, &'a str)>
 }
 
 fn read_clip(json: &Path, i2v: bool, rng: &mut Rng) -> Result<Clip> {
-    let text = std::fs::read_to_string(json).map_err(|e| Error::io(json, e))?;
+    let text = crate::fs::read_regular_to_string(json)?;
     let obj: Value = serde_json::from_str(&text)
         .map_err(|e| Error::InvalidInput(format!("{}: not JSON: {e}", json.display())))?;
     if !obj.is_object() {
@@ -337,7 +337,7 @@ fn batch_one<const N: usize>(shape: &[usize], rank: usize) -> Option<[usize; N]>
 
 /// A `.npy` array as f32 with its shape; every value finite.
 fn read_npy(path: &Path) -> std::result::Result<(Vec<usize>, Vec<f32>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = crate::fs::read_regular(path).map_err(|e| format!("cannot read: {e}"))?;
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("not a .npy file: {e}"))?;
     if npy.order() == npyz::Order::Fortran {
         return Err("Fortran-order arrays are not supported (save with C order)".into());

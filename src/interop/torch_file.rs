@@ -60,7 +60,7 @@ fn file_err(path: &Path, msg: impl std::fmt::Display) -> Error {
 
 /// Reads a state dict (a flat dict from names to tensors) from a torch zip file.
 pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, TorchTensor>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::fs::open_regular(path)?;
     read_state_dict_from(file).map_err(|e| match e {
         Error::InvalidInput(msg) => file_err(path, msg),
         other => other,

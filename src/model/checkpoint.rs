@@ -128,7 +128,7 @@ impl Checkpoint {
             Source::Index(p) => (open_index(p)?, p),
         };
         let config_path = weights.parent().unwrap_or(Path::new(".")).join(CONFIG_NAME);
-        let config = if config_path.is_file() {
+        let config = if config_path.exists() {
             ConfigInput::File(config_path)
         } else {
             ConfigInput::Infer
@@ -476,7 +476,7 @@ fn resolve_config(
     match input {
         ConfigInput::File(path) => {
             let label = path.display().to_string();
-            let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let text = crate::fs::read_regular_to_string(&path)?;
             let cfg = parse_config(&text, &label, shapes)?;
             Ok((cfg, ConfigSource::Json(path)))
         }
@@ -694,7 +694,7 @@ fn resolve_dir(dir: &Path) -> Result<Source> {
 /// Reads an index json and maps its shards. Tensors are taken from the shard headers; the index
 /// must agree with them (a tensor it places in a shard must be there).
 fn open_index(index: &Path) -> Result<Vec<Safetensors>> {
-    let text = fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let text = crate::fs::read_regular_to_string(index)?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| Error::checkpoint(index, format!("not valid JSON: {e}")))?;
     let map = v

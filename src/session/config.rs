@@ -80,6 +80,47 @@ impl SampleSizes {
             image: product(&image, "image_len x image_dim")?,
         })
     }
+
+    /// Bytes one queue slot holds: two latents (a pair's), the text states and the image
+    /// features, as f32; `None` if that overflows.
+    pub fn slot_bytes(&self) -> Option<u64> {
+        let floats = self
+            .latent
+            .checked_mul(2)?
+            .checked_add(self.text)?
+            .checked_add(self.image)?;
+        u64::try_from(floats).ok()?.checked_mul(4)
+    }
+}
+
+/// Used as the bound on queue memory where the machine's physical memory cannot be queried.
+pub const QUEUE_MEMORY_FALLBACK_LIMIT: u64 = 1 << 40;
+
+/// The most memory a session's queue may take, all slots together: the machine's physical
+/// memory (Linux, Android, macOS), else [`QUEUE_MEMORY_FALLBACK_LIMIT`]. A queue above it
+/// could never be resident, so it is refused before anything is allocated (instead of
+/// allocating slot after slot until memory runs out); one below it may still fail to
+/// allocate, which is an error too.
+pub fn queue_memory_limit() -> u64 {
+    physical_memory().unwrap_or(QUEUE_MEMORY_FALLBACK_LIMIT)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let (pages, page) = (u64::try_from(pages).ok()?, u64::try_from(page).ok()?);
+    pages.checked_mul(page).filter(|&b| b > 0)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos")))]
+fn physical_memory() -> Option<u64> {
+    None
 }
 
 /// Everything a [`super::Session`] is created with.
@@ -160,6 +201,7 @@ impl SessionConfig {
                 self.queue_capacity, self.batch_size
             ));
         }
+        self.check_queue_memory()?;
         for (name, v) in [
             ("reward_backbone_lr", self.reward_backbone_lr),
             ("reward_head_lr", self.reward_head_lr),
@@ -201,5 +243,30 @@ impl SessionConfig {
             return bad(format!("the sample sizes {s:?} are inconsistent"));
         }
         Ok(())
+    }
+
+    /// Bytes of every queue slot together (`queue_capacity` x [`SampleSizes::slot_bytes`]);
+    /// `None` if that overflows.
+    pub fn queue_bytes(&self) -> Option<u64> {
+        self.sizes
+            .slot_bytes()?
+            .checked_mul(u64::try_from(self.queue_capacity).ok()?)
+    }
+
+    /// Refuses a queue larger than [`queue_memory_limit`], before anything is allocated.
+    fn check_queue_memory(&self) -> Result<()> {
+        let limit = queue_memory_limit();
+        match self.queue_bytes() {
+            Some(bytes) if bytes <= limit => Ok(()),
+            bytes => Err(Error::InvalidArgument(format!(
+                "the queue would take {} slots x {} bytes = {} bytes, more than the {limit} bytes \
+                 of this machine's physical memory: lower queue_capacity or the sample sizes",
+                self.queue_capacity,
+                self.sizes
+                    .slot_bytes()
+                    .map_or("(overflow)".to_string(), |b| b.to_string()),
+                bytes.map_or("(overflow)".to_string(), |b| b.to_string()),
+            ))),
+        }
     }
 }

@@ -46,7 +46,7 @@ mod score;
 mod train;
 mod worker;
 
-pub use config::{Backpressure, SampleSizes, SessionConfig};
+pub use config::{queue_memory_limit, Backpressure, SampleSizes, SessionConfig};
 pub use persist::MANIFEST;
 pub use queue::SampleRef;
 pub use sample::{SampleConfig, SampleSetup, MAX_SAMPLE_STEPS};

@@ -11,7 +11,10 @@
 //!
 //! Every file is written to a temporary, fsynced and renamed into place, and the manifest last:
 //! its rename is the commit point. A crash at any moment leaves a manifest naming a complete
-//! set (the previous one until the commit). Files of other generations are removed after it.
+//! set (the previous one until the commit). Files of other generations are removed after it,
+//! and each save first removes the temporaries that saves killed midway left (see
+//! [`crate::safetensors::remove_stale_temporaries`]: only files of that exact naming, for these
+//! file names, whose writing process has ended).
 //! The queue's contents are not saved; the generator itself is not either (load the same one).
 
 use std::collections::HashMap;
@@ -19,7 +22,7 @@ use std::fs;
 use std::path::Path;
 
 use super::Runtime;
-use crate::safetensors::{read_safetensors_metadata, write_safetensors};
+use crate::safetensors::{read_safetensors_metadata, remove_stale_temporaries, write_safetensors};
 use crate::tensor::HostTensor;
 use crate::{Error, Result};
 
@@ -75,6 +78,8 @@ pub(crate) fn save(rt: &Runtime, dir: &Path) -> Result<()> {
             ));
         }
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // Saves killed midway leave their temporaries behind; only ours, of our file names.
+        remove_stale_temporaries(dir, |target| target == MANIFEST || is_trainer_file(target));
         let generation = read_manifest(dir).map_or(1, |m| m.generation + 1);
         let mut meta: HashMap<String, String> = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
@@ -103,6 +108,13 @@ pub(crate) fn save(rt: &Runtime, dir: &Path) -> Result<()> {
     })
 }
 
+/// Whether `name` is a trainer checkpoint's name in a save directory (of any generation).
+fn is_trainer_file(name: &str) -> bool {
+    (name.starts_with("reward-") || name.starts_with("prfl-"))
+        && name.ends_with(".safetensors")
+        && name != MANIFEST
+}
+
 /// Removes trainer checkpoints of other generations (best effort: a leftover file is harmless,
 /// the manifest decides what is loaded).
 fn remove_stale(dir: &Path, meta: &HashMap<String, String>) {
@@ -111,10 +123,7 @@ fn remove_stale(dir: &Path, meta: &HashMap<String, String>) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = (name.starts_with("reward-") || name.starts_with("prfl-"))
-            && name.ends_with(".safetensors")
-            && name != MANIFEST;
-        if ours && !meta.values().any(|v| *v == name) {
+        if is_trainer_file(&name) && !meta.values().any(|v| *v == name) {
             if let Err(e) = fs::remove_file(entry.path()) {
                 ::log::warn!("could not remove {}: {e}", entry.path().display());
             }

@@ -14,7 +14,7 @@
 use std::cell::UnsafeCell;
 #[cfg(feature = "test-hooks")]
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
 use crossbeam::queue::ArrayQueue;
 use parking_lot::Mutex;
@@ -99,9 +99,12 @@ pub enum Want {
     Any,
 }
 
+/// The queue's counters. Each only grows, and all are updated `SeqCst` (on x86 as cheap as
+/// relaxed read-modify-writes), so that [`SampleQueue::stats`] can reason about one order of
+/// every update. `submitted` and `queued` are not counted: [`SampleQueue::stats`] derives them,
+/// so its invariants hold in every snapshot.
 #[derive(Default)]
 struct Counters {
-    submitted: AtomicU64,
     accepted: AtomicU64,
     rejected_full: AtomicU64,
     rejected_invalid: AtomicU64,
@@ -145,6 +148,9 @@ fn buffer(n: usize) -> Result<Vec<f32>> {
     v.resize(n, 1.0);
     Ok(v)
 }
+
+/// Reads of the removal counters [`SampleQueue::stats`] tries before it takes what it has.
+const STATS_RETRIES: u32 = 1000;
 
 const EXPONENT: u32 = 0x7f80_0000;
 
@@ -337,11 +343,8 @@ impl SampleQueue {
     /// Never blocks on a step and never allocates; counts the outcome.
     pub fn submit(&self, s: &SampleRef<'_>) -> Result<()> {
         let result = self.submit_uncounted(s);
-        match &result {
-            Ok(()) => {
-                self.counters.submitted.fetch_add(1, Relaxed);
-            }
-            Err(e) => self.count_refused(e),
+        if let Err(e) = &result {
+            self.count_refused(e);
         }
         result
     }
@@ -351,12 +354,11 @@ impl SampleQueue {
     /// `rejected_invalid`.
     pub fn count_refused(&self, e: &Error) {
         let c = &self.counters;
-        c.submitted.fetch_add(1, Relaxed);
         let refusals = match e {
             Error::QueueFull(_) => &c.rejected_full,
             _ => &c.rejected_invalid,
         };
-        refusals.fetch_add(1, Relaxed);
+        refusals.fetch_add(1, SeqCst);
     }
 
     fn submit_uncounted(&self, s: &SampleRef<'_>) -> Result<()> {
@@ -386,7 +388,7 @@ impl SampleQueue {
         slot.label = s.label;
         held.index = None;
         // Counted before it becomes visible, so `consumed` never runs ahead of `accepted`.
-        self.counters.accepted.fetch_add(1, Relaxed);
+        self.counters.accepted.fetch_add(1, SeqCst);
         let pushed = self.ready[kind_index(s.kind)].push(index);
         debug_assert!(pushed.is_ok(), "a ready queue holds every index");
         Ok(())
@@ -416,13 +418,15 @@ impl SampleQueue {
         let k = kind_index(s.kind);
         let victim = {
             let _removal = self.removal.lock();
-            self.ready[k].pop().or_else(|| self.ready[1 - k].pop())
+            let victim = self.ready[k].pop().or_else(|| self.ready[1 - k].pop());
+            if victim.is_some() {
+                // Counted under the lock, with the removal (see `stats`).
+                self.counters.dropped_oldest.fetch_add(1, SeqCst);
+            }
+            victim
         };
         match victim {
-            Some(i) => {
-                self.counters.dropped_oldest.fetch_add(1, Relaxed);
-                Ok((i, true))
-            }
+            Some(i) => Ok((i, true)),
             // Every slot is being written or read right now; one may have been freed since.
             None => self.free.pop().map(|i| (i, true)).ok_or_else(full),
         }
@@ -461,12 +465,13 @@ impl SampleQueue {
                     }
                 }
             }
+            // Counted under the lock, with the removal (see `stats`).
+            self.counters
+                .consumed
+                .fetch_add(indices.len() as u64, SeqCst);
         }
         // Only lock holders remove from the ready queues, so the count checked above was there.
         debug_assert_eq!(indices.len(), n);
-        self.counters
-            .consumed
-            .fetch_add(indices.len() as u64, Relaxed);
         let taken = Taken {
             queue: self,
             indices,
@@ -482,18 +487,48 @@ impl SampleQueue {
         Ok(taken)
     }
 
-    /// The counters now (each read atomically; see [`QueueStats`] for the invariants).
+    /// A consistent snapshot of the counters (see [`QueueStats`] for what it promises).
+    ///
+    /// `queued` is derived as `accepted - consumed - dropped_oldest` at the moment `accepted`
+    /// is read, between two reads of `consumed` and `dropped_oldest` that agree, so it is
+    /// exactly the number of accepted samples not yet taken or dropped at that moment: never
+    /// negative (a sample is counted accepted before it is pushed, and taken or dropped after
+    /// it is popped) and never above the capacity (each such sample holds a slot). Steps change
+    /// `consumed` once per batch, so the lock-free reads rarely need a retry; after
+    /// [`STATS_RETRIES`] disagreeing ones the snapshot is taken under the removal lock, which
+    /// both removals count under. `submitted` is the sum of its three outcomes.
     pub fn stats(&self) -> QueueStats {
         let c = &self.counters;
+        let removed = || (c.consumed.load(SeqCst), c.dropped_oldest.load(SeqCst));
+        let mut before = removed();
+        let mut tries = 0;
+        let (accepted, (consumed, dropped_oldest)) = loop {
+            let accepted = c.accepted.load(SeqCst);
+            let after = removed();
+            if after == before {
+                break (accepted, before);
+            }
+            tries += 1;
+            if tries >= STATS_RETRIES {
+                // No removal can happen (or be counted) while this is held.
+                let _removal = self.removal.lock();
+                let frozen = removed();
+                break (c.accepted.load(SeqCst), frozen);
+            }
+            before = after;
+        };
+        let rejected_full = c.rejected_full.load(SeqCst);
+        let rejected_invalid = c.rejected_invalid.load(SeqCst);
+        let queued = accepted.saturating_sub(consumed + dropped_oldest);
         QueueStats {
             capacity: self.capacity(),
-            queued: self.queued(Want::Any),
-            submitted: c.submitted.load(Relaxed),
-            accepted: c.accepted.load(Relaxed),
-            rejected_full: c.rejected_full.load(Relaxed),
-            rejected_invalid: c.rejected_invalid.load(Relaxed),
-            dropped_oldest: c.dropped_oldest.load(Relaxed),
-            consumed: c.consumed.load(Relaxed),
+            queued: usize::try_from(queued).unwrap_or(usize::MAX),
+            submitted: accepted + rejected_full + rejected_invalid,
+            accepted,
+            rejected_full,
+            rejected_invalid,
+            dropped_oldest,
+            consumed,
         }
     }
 

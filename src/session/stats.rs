@@ -39,9 +39,12 @@ pub struct StepStats {
     pub peak_bytes: Option<u64>,
 }
 
-/// The queue's counters. At any moment with no call in flight:
-/// `submitted = accepted + rejected_full + rejected_invalid` and
-/// `accepted = consumed + dropped_oldest + queued`.
+/// The queue's counters. Every snapshot, also one taken while producers submit and steps
+/// consume, satisfies `submitted = accepted + rejected_full + rejected_invalid`,
+/// `accepted = consumed + dropped_oldest + queued` and `queued <= capacity`: `queued` counts the
+/// accepted samples not yet taken by a step or dropped (a sample being copied in counts from
+/// the moment its copy is complete). Each counter is a value it held during the call; with no
+/// call in flight they are exact.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
     /// Slots.

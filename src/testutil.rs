@@ -91,3 +91,37 @@ pub fn tiny_wan(
         text_len: 512,
     }
 }
+
+/// A fresh directory under the system temp dir, removed (with its contents) when dropped. Named
+/// by `tag`, the process id and a per-process counter, so parallel tests never share one.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `prfl-<tag>-<pid>-<n>` under [`std::env::temp_dir`], emptied if it existed.
+    /// Panics if it cannot be created (a test helper: the test cannot run without it).
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "prfl-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create the test directory {}: {e}", dir.display());
+        }
+        TempDir(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use prfl::model::checkpoint::{
     save_checkpoint, Checkpoint, ConfigSource, INDEX_NAME, WEIGHTS_NAME,
@@ -12,34 +12,8 @@ use prfl::model::names::{blocks_below, canonical_params, to_diffusers, Layout, R
 use prfl::model::{ModelType, WanConfig};
 use prfl::safetensors::{read_safetensors, write_safetensors};
 use prfl::tensor::{DType, HostTensor, Storage};
+use prfl::testutil::TempDir;
 use prfl::Error;
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "prfl-ckpt-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn tiny(model_type: ModelType, layers: usize) -> WanConfig {
     let i2v = model_type == ModelType::I2V;

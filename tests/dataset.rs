@@ -11,34 +11,7 @@ use prfl::reward::dataset::{
 use prfl::safetensors::write_safetensors;
 use prfl::synthetic::{self, WorldConfig};
 use prfl::tensor::{DType, HostTensor};
-
-/// A fresh directory under the system temp dir, removed on drop (also when a test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "prfl-test-dataset-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use prfl::testutil::TempDir;
 
 fn text(len: usize, dim: usize) -> Conditioning {
     Conditioning {

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use prfl::backend::cpu::Cpu;
 use prfl::model::params::{Grads, ParamStore};
@@ -16,36 +15,10 @@ use prfl::optim::{
 use prfl::safetensors::write_safetensors;
 use prfl::schedule::rng::Rng;
 use prfl::tensor::{DType, HostTensor, Storage};
+use prfl::testutil::TempDir;
 use prfl::testutil::TestRng;
 use prfl::Error;
 use serde_json::json;
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "prfl-optim-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn t(shape: &[usize], data: &[f32]) -> HostTensor {
     HostTensor::from_f32(shape.to_vec(), data.to_vec()).unwrap()

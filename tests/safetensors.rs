@@ -5,42 +5,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use prfl::model::checkpoint::{save_checkpoint, Checkpoint, ConfigSource, WEIGHTS_NAME};
 use prfl::model::names::{canonical_params, Layout, REPACK_PREFIX};
 use prfl::model::{ModelType, WanConfig};
 use prfl::safetensors::{write_safetensors, Safetensors, MEMORY_SOURCE};
 use prfl::tensor::{DType, HostTensor, Storage};
+use prfl::testutil::TempDir;
 use prfl::{Error, Result};
 use serde_json::Value;
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "prfl-st-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Small, with 128-wide heads so that a bare file's configuration can be inferred too.
 fn cfg(model_type: ModelType) -> WanConfig {

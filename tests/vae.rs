@@ -70,6 +70,7 @@ fn check_cases(vae: &WanVae, name: &str, what: &str) -> Vec<Video> {
         let mean = vae.encode_mean(&frames).unwrap();
         assert_eq!(mean.shape(), want_mean.shape(), "{name}/{case} mean shape");
         let e = rel_err(&mean.data, &want_mean.data);
+        eprintln!("{name}/{case} ({what}): encode mean rel err {e:e}");
         assert!(e <= TOL, "{name}/{case} ({what}): encode mean rel err {e:e}");
 
         let latent = video4(&cases[&format!("{case}.latent")]);
@@ -77,6 +78,7 @@ fn check_cases(vae: &WanVae, name: &str, what: &str) -> Vec<Video> {
         let decoded = vae.decode_raw(&latent).unwrap();
         assert_eq!(decoded.shape(), want.shape(), "{name}/{case} decoded shape");
         let e = rel_err(&decoded.data, &want.data);
+        eprintln!("{name}/{case} ({what}): decode rel err {e:e}");
         assert!(e <= TOL, "{name}/{case} ({what}): decode rel err {e:e}");
         assert_eq!(decoded.t, frames.t, "1 + 4 (F - 1) frames come back");
         outs.push(mean);

@@ -56,8 +56,8 @@ pub mod schedule;
 pub mod session;
 pub mod synthetic;
 pub mod tensor;
-pub mod vae;
 #[doc(hidden)]
 pub mod testutil;
+pub mod vae;
 
 pub use error::{Error, Result};

@@ -71,7 +71,10 @@ fn check_cases(vae: &WanVae, name: &str, what: &str) -> Vec<Video> {
         assert_eq!(mean.shape(), want_mean.shape(), "{name}/{case} mean shape");
         let e = rel_err(&mean.data, &want_mean.data);
         eprintln!("{name}/{case} ({what}): encode mean rel err {e:e}");
-        assert!(e <= TOL, "{name}/{case} ({what}): encode mean rel err {e:e}");
+        assert!(
+            e <= TOL,
+            "{name}/{case} ({what}): encode mean rel err {e:e}"
+        );
 
         let latent = video4(&cases[&format!("{case}.latent")]);
         let want = video4(&cases[&format!("{case}.decoded")]);
@@ -104,8 +107,17 @@ fn the_original_pth_loads_to_the_same_model_as_the_diffusers_layout() {
         let a = check_cases(&from_pth, name, "pth");
         let cases = read_safetensors(&fixture(name).join("cases.safetensors")).unwrap();
         // Same weights, same arithmetic: bit-identical outputs.
-        let latent = video4(cases.iter().find(|(k, _)| k.ends_with(".latent")).unwrap().1);
-        assert_eq!(from_st.decode_raw(&latent).unwrap(), from_pth.decode_raw(&latent).unwrap());
+        let latent = video4(
+            cases
+                .iter()
+                .find(|(k, _)| k.ends_with(".latent"))
+                .unwrap()
+                .1,
+        );
+        assert_eq!(
+            from_st.decode_raw(&latent).unwrap(),
+            from_pth.decode_raw(&latent).unwrap()
+        );
         assert!(!a.is_empty());
     }
 }
@@ -137,11 +149,20 @@ fn latents_are_normalised_with_the_config_mean_and_std() {
 #[test]
 fn bad_inputs_are_refused_with_a_message() {
     let vae = WanVae::load(&fixture("tiny_z4")).unwrap();
-    let msg = vae.encode_mean(&Video::zeros(3, 4, 16, 24)).unwrap_err().to_string();
+    let msg = vae
+        .encode_mean(&Video::zeros(3, 4, 16, 24))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("1 + 4k"), "{msg}");
-    let msg = vae.encode_mean(&Video::zeros(3, 1, 12, 24)).unwrap_err().to_string();
+    let msg = vae
+        .encode_mean(&Video::zeros(3, 1, 12, 24))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("multiple of 8"), "{msg}");
-    let msg = vae.decode(&Video::zeros(5, 1, 2, 3)).unwrap_err().to_string();
+    let msg = vae
+        .decode(&Video::zeros(5, 1, 2, 3))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("[4, F, h, w]"), "{msg}");
 }
 
@@ -166,10 +187,14 @@ fn truncated_corrupt_and_mismatched_files_fail_naming_the_file_and_tensor() {
 
     // A tensor missing: rewrite the file without one.
     let mut all = read_safetensors(&src.join("diffusion_pytorch_model.safetensors")).unwrap();
-    all.remove("decoder.mid_block.attentions.0.proj.bias").unwrap();
-    prfl::safetensors::write_safetensors(&weights, all.iter().map(|(k, v)| (k, v)), None).unwrap();
+    all.remove("decoder.mid_block.attentions.0.proj.bias")
+        .unwrap();
+    prfl::safetensors::write_safetensors(&weights, all.iter(), None).unwrap();
     let msg = WanVae::load(&dir).unwrap_err().to_string();
-    assert!(msg.contains("decoder.mid_block.attentions.0.proj.bias"), "{msg}");
+    assert!(
+        msg.contains("decoder.mid_block.attentions.0.proj.bias"),
+        "{msg}"
+    );
     assert!(msg.contains("diffusion_pytorch_model.safetensors"), "{msg}");
 
     // A tensor of the wrong shape.
@@ -178,9 +203,12 @@ fn truncated_corrupt_and_mismatched_files_fail_naming_the_file_and_tensor() {
         "encoder.conv_in.bias".into(),
         HostTensor::from_f32(vec![3], vec![0.0; 3]).unwrap(),
     );
-    prfl::safetensors::write_safetensors(&weights, all.iter().map(|(k, v)| (k, v)), None).unwrap();
+    prfl::safetensors::write_safetensors(&weights, all.iter(), None).unwrap();
     let msg = WanVae::load(&dir).unwrap_err().to_string();
-    assert!(msg.contains("encoder.conv_in.bias") && msg.contains("shape"), "{msg}");
+    assert!(
+        msg.contains("encoder.conv_in.bias") && msg.contains("shape"),
+        "{msg}"
+    );
 
     // A configuration that does not fit the weights (another z_dim).
     std::fs::write(&weights, &st).unwrap();

@@ -102,7 +102,11 @@ impl VaeConfig {
                 self.z_dim
             ));
         }
-        if self.latents_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        if self
+            .latents_std
+            .iter()
+            .any(|s| !(s.is_finite() && *s > 0.0))
+        {
             return Err("latents_std must be positive".into());
         }
         Ok(())

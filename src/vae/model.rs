@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::config::VaeConfig;
 use super::layers::{
-    AttentionBlock, Conv, ConvGeometry, FeatCache, MidBlock, ResampleMode, Resample,
-    ResidualBlock, RmsNorm,
+    AttentionBlock, Conv, ConvGeometry, FeatCache, MidBlock, Resample, ResampleMode, ResidualBlock,
+    RmsNorm,
 };
 use super::video::Video;
 use super::weights::{read_diffusers_dir, read_original_pth, WeightSet};
@@ -65,7 +65,9 @@ impl Encoder {
                     ResampleMode::Downsample2d
                 };
                 let prefix = format!("encoder.down_blocks.{}", down.len());
-                down.push(DownLayer::Resample(Resample::load(ws, &prefix, c_out, mode)?));
+                down.push(DownLayer::Resample(Resample::load(
+                    ws, &prefix, c_out, mode,
+                )?));
                 scale /= 2.0;
             }
         }

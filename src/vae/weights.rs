@@ -44,9 +44,10 @@ impl WeightSet {
 
     /// Removes tensor `name`, checking its shape, as f32.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self.tensors.remove(name).ok_or_else(|| {
-            Error::checkpoint(&self.source, format!("missing tensor `{name}`"))
-        })?;
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| Error::checkpoint(&self.source, format!("missing tensor `{name}`")))?;
         if t.shape != shape {
             return Err(Error::checkpoint(
                 &self.source,
@@ -192,7 +193,10 @@ pub fn diffusers_name(original: &str, config: &VaeConfig) -> Option<String> {
         let per_level = config.num_res_blocks + 2;
         let (level, j) = (i / per_level, i % per_level);
         return Some(if j <= config.num_res_blocks {
-            format!("decoder.up_blocks.{level}.resnets.{j}.{}", residual_tail(tail)?)
+            format!(
+                "decoder.up_blocks.{level}.resnets.{j}.{}",
+                residual_tail(tail)?
+            )
         } else {
             format!("decoder.up_blocks.{level}.upsamplers.0.{tail}")
         });
@@ -213,14 +217,38 @@ mod tests {
             ("encoder.conv1.weight", "encoder.conv_in.weight"),
             ("encoder.head.0.gamma", "encoder.norm_out.gamma"),
             ("decoder.head.2.bias", "decoder.conv_out.bias"),
-            ("encoder.middle.1.to_qkv.weight", "encoder.mid_block.attentions.0.to_qkv.weight"),
-            ("decoder.middle.2.residual.3.gamma", "decoder.mid_block.resnets.1.norm2.gamma"),
-            ("encoder.downsamples.3.resample.1.weight", "encoder.down_blocks.3.resample.1.weight"),
-            ("encoder.downsamples.4.shortcut.bias", "encoder.down_blocks.4.conv_shortcut.bias"),
-            ("decoder.upsamples.4.shortcut.weight", "decoder.up_blocks.1.resnets.0.conv_shortcut.weight"),
-            ("decoder.upsamples.6.residual.6.weight", "decoder.up_blocks.1.resnets.2.conv2.weight"),
-            ("decoder.upsamples.7.time_conv.bias", "decoder.up_blocks.1.upsamplers.0.time_conv.bias"),
-            ("decoder.upsamples.14.residual.0.gamma", "decoder.up_blocks.3.resnets.2.norm1.gamma"),
+            (
+                "encoder.middle.1.to_qkv.weight",
+                "encoder.mid_block.attentions.0.to_qkv.weight",
+            ),
+            (
+                "decoder.middle.2.residual.3.gamma",
+                "decoder.mid_block.resnets.1.norm2.gamma",
+            ),
+            (
+                "encoder.downsamples.3.resample.1.weight",
+                "encoder.down_blocks.3.resample.1.weight",
+            ),
+            (
+                "encoder.downsamples.4.shortcut.bias",
+                "encoder.down_blocks.4.conv_shortcut.bias",
+            ),
+            (
+                "decoder.upsamples.4.shortcut.weight",
+                "decoder.up_blocks.1.resnets.0.conv_shortcut.weight",
+            ),
+            (
+                "decoder.upsamples.6.residual.6.weight",
+                "decoder.up_blocks.1.resnets.2.conv2.weight",
+            ),
+            (
+                "decoder.upsamples.7.time_conv.bias",
+                "decoder.up_blocks.1.upsamplers.0.time_conv.bias",
+            ),
+            (
+                "decoder.upsamples.14.residual.0.gamma",
+                "decoder.up_blocks.3.resnets.2.norm1.gamma",
+            ),
         ];
         for (orig, want) in cases {
             assert_eq!(diffusers_name(orig, &c).as_deref(), Some(want), "{orig}");

@@ -71,6 +71,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `y = conv3d(x, weight) + bias` (see the module doc). Panics if a buffer's length disagrees with
 /// `s` (the VAE layers check shapes when they load their weights).
 pub fn conv3d_forward(x: &[f32], s: &Conv3dShape, weight: &[f32], bias: &[f32], y: &mut [f32]) {
@@ -95,16 +102,15 @@ pub fn conv3d_forward(x: &[f32], s: &Conv3dShape, weight: &[f32], bias: &[f32], 
         let n = (r1 - r0) * wo;
         let mut col = vec![0.0f32; k * n];
         im2col(x, s, to, r0, r1, wo, &mut col);
-        let out = out;
         // SAFETY: this block owns the elements `co * plane + (to * ho + r) * wo + ox` for its
         // rows r in r0..r1, every co and ox: disjoint from every other block's, inside `y`
         // (checked above), and `y` outlives the parallel loop.
         unsafe {
-            let dst = out.0.add((to * ho + r0) * wo);
-            for co in 0..s.c_out {
+            let dst = out.get().add((to * ho + r0) * wo);
+            for (co, b) in bias.iter().enumerate() {
                 let row = dst.add(co * plane);
                 for i in 0..n {
-                    *row.add(i) = bias[co];
+                    *row.add(i) = *b;
                 }
             }
             gemm(
@@ -222,8 +228,12 @@ mod tests {
 
     fn check(s: Conv3dShape) {
         let (nx, nw, ny) = s.lens();
-        let x: Vec<f32> = (0..nx).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-        let w: Vec<f32> = (0..nw).map(|i| ((i * 13 % 29) as f32 - 14.0) / 30.0).collect();
+        let x: Vec<f32> = (0..nx)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let w: Vec<f32> = (0..nw)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 30.0)
+            .collect();
         let b: Vec<f32> = (0..s.c_out).map(|i| i as f32 * 0.1 - 0.2).collect();
         let mut y = vec![f32::NAN; ny];
         conv3d_forward(&x, &s, &w, &b, &mut y);

@@ -112,14 +112,18 @@ mod tests {
     #[test]
     fn attention_matches_the_definition() {
         let (c, n) = (3, 300);
-        let qkv: Vec<f32> = (0..3 * c * n).map(|i| ((i * 7 % 23) as f32 - 11.0) / 9.0).collect();
+        let qkv: Vec<f32> = (0..3 * c * n)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) / 9.0)
+            .collect();
         let mut out = vec![0.0; c * n];
         vae_attention(&qkv, c, n, &mut out);
         let (q, k, v) = (&qkv[..c * n], &qkv[c * n..2 * c * n], &qkv[2 * c * n..]);
         for i in [0, 255, 256, 299] {
             let s: Vec<f64> = (0..n)
                 .map(|j| {
-                    (0..c).map(|ch| (q[ch * n + i] * k[ch * n + j]) as f64).sum::<f64>()
+                    (0..c)
+                        .map(|ch| (q[ch * n + i] * k[ch * n + j]) as f64)
+                        .sum::<f64>()
                         / (c as f64).sqrt()
                 })
                 .collect();

@@ -33,12 +33,12 @@ pub fn vae_rms_norm(x: &mut [f32], c: usize, m: usize, gamma: &[f32], silu_after
     let blocks = m.div_ceil(BLOCK);
     let ptr = SharedMut(x.as_mut_ptr());
     (0..blocks).into_par_iter().for_each(|b| {
-        let ptr = ptr;
         let m0 = b * BLOCK;
         let n = BLOCK.min(m - m0);
         // SAFETY: block b touches only the columns m0..m0+n of every row: disjoint from the other
         // blocks' columns, inside `x` (length checked above), which outlives the loop.
-        let row = |ch: usize| unsafe { std::slice::from_raw_parts_mut(ptr.0.add(ch * m + m0), n) };
+        let row =
+            |ch: usize| unsafe { std::slice::from_raw_parts_mut(ptr.get().add(ch * m + m0), n) };
         let mut sumsq = [0.0f32; BLOCK];
         for ch in 0..c {
             for (s, v) in sumsq.iter_mut().zip(row(ch).iter()) {
@@ -64,6 +64,13 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,7 +83,10 @@ mod tests {
         let gamma = [1.0, 2.0, -0.5];
         vae_rms_norm(&mut x, c, m, &gamma, false);
         for p in [0, 511, 512, 999] {
-            let norm: f32 = (0..c).map(|ch| orig[ch * m + p].powi(2)).sum::<f32>().sqrt();
+            let norm: f32 = (0..c)
+                .map(|ch| orig[ch * m + p].powi(2))
+                .sum::<f32>()
+                .sqrt();
             for ch in 0..c {
                 let want = orig[ch * m + p] / norm * (c as f32).sqrt() * gamma[ch];
                 assert!((x[ch * m + p] - want).abs() < 1e-5);

@@ -69,7 +69,9 @@ pub fn encode(a: &EncodeArgs) -> Result<(), String> {
 pub fn decode(a: &DecodeArgs) -> Result<(), String> {
     let vae = WanVae::load(&a.vae).map_err(err)?;
     let file = Safetensors::map(&a.input).map_err(err)?;
-    let t = file.read("latent").map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let t = file
+        .read("latent")
+        .map_err(|e| format!("{}: {e}", a.input.display()))?;
     let (batch, dims) = match t.shape.as_slice() {
         [c, f, h, w] => (1, [*c, *f, *h, *w]),
         [b, c, f, h, w] => (*b, [*c, *f, *h, *w]),
@@ -174,7 +176,11 @@ fn read_frames_safetensors(path: &Path) -> Result<Frames, String> {
         ));
     };
     let data = if entry.stored_dtype == "U8" {
-        file.data(entry).map_err(err)?.iter().map(|b| to_unit(*b)).collect()
+        file.data(entry)
+            .map_err(err)?
+            .iter()
+            .map(|b| to_unit(*b))
+            .collect()
     } else {
         file.read_entry(entry).map_err(err)?.to_f32()
     };
@@ -221,11 +227,15 @@ fn read_png(path: &Path) -> Result<(usize, usize, Vec<u8>), String> {
     let px = &buf[..info.buffer_size()];
     let rgb: Vec<u8> = match info.color_type {
         png::ColorType::Rgb => px.to_vec(),
-        png::ColorType::Rgba => px.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Rgba => px
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
         png::ColorType::Grayscale => px.iter().flat_map(|g| [*g, *g, *g]).collect(),
-        png::ColorType::GrayscaleAlpha => {
-            px.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect()
-        }
+        png::ColorType::GrayscaleAlpha => px
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
         other => return Err(e(&format!("unsupported PNG colour type {other:?}"))),
     };
     if rgb.len() != w * h * 3 {

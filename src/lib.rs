@@ -33,6 +33,7 @@
 //! - [`finetune`]: the PRFL trainer, guided sampling, early rejection.
 //! - [`interop`]: the reference implementation's files (torch pickles read without executing
 //!   anything, its `.list`/`.npy` datasets, its reward models) and LoRA layouts for other tools.
+//! - [`vae`]: the Wan2.1 video VAE (frames to latents and back), on the CPU.
 //! - [`synthetic`]: a procedural world of latent videos with rule-known motion quality.
 //! - [`session`]: the safe streaming runtime: queue, background trainer, steps, scoring,
 //!   sampling, persistence. The API for Rust hosts.
@@ -59,5 +60,6 @@ pub mod synthetic;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testutil;
+pub mod vae;
 
 pub use error::{Error, Result};

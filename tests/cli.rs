@@ -229,3 +229,165 @@ fn devices_lists_each_cuda_library_with_its_file_and_version() {
         }
     }
 }
+
+/// `prfl encode` / `prfl decode` on the tiny VAE fixture (tests/fixtures/vae/tiny_z4): frames
+/// from safetensors (f32 and u8), a GIF and a PNG folder; latents normalised as the library's
+/// `WanVae::encode` gives them; decoded frames to safetensors, a GIF and PNGs.
+#[test]
+fn vae_encode_and_decode_from_the_command_line() {
+    use prfl::vae::{Video, WanVae};
+    let dir = std::env::temp_dir().join(format!("prfl-cli-vae-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let vae_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae/tiny_z4");
+    let cases = read_safetensors(&vae_dir.join("cases.safetensors")).unwrap();
+    let frames = &cases["t5.frames"]; // [5, 16, 24, 3] in [-1, 1]
+    let input = dir.join("frames.safetensors");
+    write_safetensors(&input, [("frames", frames)], None).unwrap();
+
+    let latent = dir.join("latent.safetensors");
+    prfl(&[
+        "encode",
+        "--vae",
+        s(&vae_dir),
+        "--input",
+        s(&input),
+        "--out",
+        s(&latent),
+    ]);
+    let z = read_safetensors(&latent).unwrap().remove("latent").unwrap();
+    assert_eq!(z.shape, vec![4, 2, 2, 3]);
+    // The library's normalised encoding of the same frames.
+    let vae = WanVae::load(&vae_dir).unwrap();
+    let src = frames.to_f32();
+    let mut v = Video::zeros(3, 5, 16, 24);
+    for (i, px) in src.chunks(3).enumerate() {
+        for (c, val) in px.iter().enumerate() {
+            v.data[c * 5 * 384 + i] = *val;
+        }
+    }
+    assert_eq!(z.to_f32(), vae.encode(&v).unwrap().data);
+
+    // The original .pth gives the same latents.
+    let latent_pth = dir.join("latent_pth.safetensors");
+    let pth = vae_dir.join("Wan2.1_VAE.pth");
+    prfl(&[
+        "encode",
+        "--vae",
+        s(&pth),
+        "--input",
+        s(&input),
+        "--out",
+        s(&latent_pth),
+    ]);
+    assert_eq!(read_safetensors(&latent_pth).unwrap()["latent"], z);
+
+    // Decode to each output kind.
+    let out_st = dir.join("decoded.safetensors");
+    prfl(&[
+        "decode",
+        "--vae",
+        s(&vae_dir),
+        "--input",
+        s(&latent),
+        "--out",
+        s(&out_st),
+    ]);
+    let decoded = read_safetensors(&out_st).unwrap().remove("frames").unwrap();
+    assert_eq!(decoded.shape, vec![5, 16, 24, 3]);
+    assert!(decoded.to_f32().iter().all(|x| (-1.0..=1.0).contains(x)));
+    let gif = dir.join("decoded.gif");
+    prfl(&[
+        "decode",
+        "--vae",
+        s(&vae_dir),
+        "--input",
+        s(&latent),
+        "--out",
+        s(&gif),
+    ]);
+    let pngs = dir.join("pngs");
+    prfl(&[
+        "decode",
+        "--vae",
+        s(&vae_dir),
+        "--input",
+        s(&latent),
+        "--out",
+        s(&pngs),
+    ]);
+    let n = std::fs::read_dir(&pngs).unwrap().count();
+    assert_eq!(n, 5);
+
+    // Frames back in from the GIF and the PNG folder.
+    for source in [&gif, &pngs] {
+        let again = dir.join("again.safetensors");
+        prfl(&[
+            "encode",
+            "--vae",
+            s(&vae_dir),
+            "--input",
+            s(source),
+            "--out",
+            s(&again),
+        ]);
+        let z2 = read_safetensors(&again).unwrap().remove("latent").unwrap();
+        assert_eq!(z2.shape, z.shape, "{}", source.display());
+    }
+    // PNG frames are the decoded frames quantised to 8 bits: the same latents as their u8
+    // safetensors form.
+    let bytes: Vec<u8> = decoded
+        .to_f32()
+        .iter()
+        .map(|x| ((x + 1.0) * 127.5).round() as u8)
+        .collect();
+    let u8_file = dir.join("frames_u8.safetensors");
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![5, 16, 24, 3], &bytes)
+            .unwrap();
+    safetensors::serialize_to_file([("frames", view)], &None, &u8_file).unwrap();
+    let from_u8 = dir.join("from_u8.safetensors");
+    prfl(&[
+        "encode",
+        "--vae",
+        s(&vae_dir),
+        "--input",
+        s(&u8_file),
+        "--out",
+        s(&from_u8),
+    ]);
+    let from_png = dir.join("from_png.safetensors");
+    prfl(&[
+        "encode",
+        "--vae",
+        s(&vae_dir),
+        "--input",
+        s(&pngs),
+        "--out",
+        s(&from_png),
+    ]);
+    assert_eq!(
+        read_safetensors(&from_u8).unwrap()["latent"],
+        read_safetensors(&from_png).unwrap()["latent"]
+    );
+
+    // A frame count the VAE cannot chunk fails with a message.
+    let four = HostTensor::from_f32(vec![4, 16, 24, 3], vec![0.0; 4 * 16 * 24 * 3]).unwrap();
+    write_safetensors(&input, [("frames", &four)], None).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_prfl"))
+        .args([
+            "encode",
+            "--vae",
+            s(&vae_dir),
+            "--input",
+            s(&input),
+            "--out",
+            s(&latent),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 + 4k"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,12 +6,16 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv3d;
 pub mod matmul;
 pub mod modulate;
 pub mod norm;
 pub mod optim;
 pub mod patch;
 pub mod rope;
+pub mod vae_attention;
+pub mod vae_norm;
+pub mod vae_resample;
 
 use super::{
     AdamWHyper, AttnShape, Backend, BroadcastShape, GatedAddGrads, LayerNormGrads, LayerNormStats,

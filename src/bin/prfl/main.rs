@@ -10,6 +10,7 @@ mod interop_cmd;
 mod progress;
 mod queue_bench;
 mod reward_cmd;
+mod vae_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -119,6 +120,10 @@ enum Cmd {
     ImportReward(interop_cmd::ImportArgs),
     /// Exports a prfl reward model as the reference implementation's three files.
     ExportReward(interop_cmd::ExportArgs),
+    /// Encodes frames (safetensors, a PNG folder or a GIF) into normalised Wan2.1 VAE latents.
+    Encode(vae_cmd::EncodeArgs),
+    /// Decodes VAE latents into frames (safetensors, a GIF or a PNG folder, by extension).
+    Decode(vae_cmd::DecodeArgs),
 }
 
 fn inspect(path: Option<&Path>) -> Result<(), String> {
@@ -239,6 +244,8 @@ fn main() -> ExitCode {
         Cmd::Devices(a) => device_args::devices(a),
         Cmd::ImportReward(a) => interop_cmd::import_reward(a),
         Cmd::ExportReward(a) => interop_cmd::export_reward(a),
+        Cmd::Encode(a) => vae_cmd::encode(a),
+        Cmd::Decode(a) => vae_cmd::decode(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,7 +30,10 @@ fn main() {
         Err(why) => panic!("build.rs: {why}"),
     };
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libprfl.so.{abi}");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", map.display());
+    println!(
+        "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
+        map.display()
+    );
 }
 
 /// The value of `pub const PRFL_ABI_VERSION: u32 = N;` in `src/ffi/config.rs`.
@@ -38,9 +41,22 @@ fn abi_major(config: &Path) -> Result<u32, String> {
     let text = std::fs::read_to_string(config)
         .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
     text.lines()
-        .filter_map(|line| line.trim().strip_prefix("pub const PRFL_ABI_VERSION: u32 ="))
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("pub const PRFL_ABI_VERSION: u32 =")
+        })
         .map(|rest| rest.trim().trim_end_matches(';').trim().parse::<u32>())
         .next()
-        .ok_or_else(|| format!("{} defines no `pub const PRFL_ABI_VERSION: u32`", config.display()))?
-        .map_err(|e| format!("PRFL_ABI_VERSION in {} is not a number: {e}", config.display()))
+        .ok_or_else(|| {
+            format!(
+                "{} defines no `pub const PRFL_ABI_VERSION: u32`",
+                config.display()
+            )
+        })?
+        .map_err(|e| {
+            format!(
+                "PRFL_ABI_VERSION in {} is not a number: {e}",
+                config.display()
+            )
+        })
 }

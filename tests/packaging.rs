@@ -17,21 +17,19 @@ use std::process::Command;
 #[path = "common/hosts.rs"]
 mod hosts;
 
-use hosts::{deps_dir, found, header_functions, root, run_ok, scratch};
+use hosts::{deps_dir, found, header_functions, root, run_ok, scratch, stdout_of};
 
 /// The `SONAME` of an ELF shared library, from `readelf -d`.
 fn soname(lib: &Path) -> Option<String> {
-    let out = run_ok(Command::new("readelf").arg("-d").arg(lib), "readelf -d");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
+    stdout_of(Command::new("readelf").arg("-d").arg(lib), "readelf -d")
+        .lines()
         .find(|l| l.contains("(SONAME)"))
         .and_then(|l| Some(l[l.find('[')? + 1..l.rfind(']')?].to_string()))
 }
 
 /// The `NEEDED` entries of an ELF file.
 fn needed(file: &Path) -> Vec<String> {
-    let out = run_ok(Command::new("readelf").arg("-d").arg(file), "readelf -d");
-    String::from_utf8_lossy(&out.stdout)
+    stdout_of(Command::new("readelf").arg("-d").arg(file), "readelf -d")
         .lines()
         .filter(|l| l.contains("(NEEDED)"))
         .filter_map(|l| Some(l[l.find('[')? + 1..l.rfind(']')?].to_string()))
@@ -43,7 +41,10 @@ fn expected_soname() -> String {
 }
 
 #[test]
-#[cfg_attr(not(target_os = "linux"), ignore = "the SONAME and version script are Linux's")]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "the SONAME and version script are Linux's"
+)]
 fn shared_library_soname_is_the_abi_major_version() {
     let lib = deps_dir().join("libprfl.so");
     assert_eq!(
@@ -58,12 +59,12 @@ fn shared_library_soname_is_the_abi_major_version() {
 #[cfg_attr(not(target_os = "linux"), ignore = "nm -D reads ELF libraries")]
 fn shared_library_exports_only_the_c_abi() {
     let lib = deps_dir().join("libprfl.so");
-    let out = run_ok(
+    let symbols = stdout_of(
         Command::new("nm").args(["-D", "--defined-only"]).arg(&lib),
         "nm -D --defined-only",
     );
     let mut exported = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in symbols.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (kind, name) = match fields.as_slice() {
             [_, kind, name] | [kind, name] => (*kind, *name),
@@ -83,7 +84,10 @@ fn shared_library_exports_only_the_c_abi() {
     exported.sort();
     let mut declared = header_functions();
     declared.sort();
-    assert!(declared.len() >= 20, "too few functions found in include/prfl.h: {declared:?}");
+    assert!(
+        declared.len() >= 20,
+        "too few functions found in include/prfl.h: {declared:?}"
+    );
     assert_eq!(
         exported, declared,
         "the exported functions must be exactly those include/prfl.h declares"
@@ -126,7 +130,10 @@ fn def_file_lists_the_header_functions() {
 }
 
 #[test]
-#[cfg_attr(not(target_os = "linux"), ignore = "tools/install.sh installs the Linux library")]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "tools/install.sh installs the Linux library"
+)]
 fn install_then_build_the_cpp_sample_with_cmake() {
     let have_cmake = found("cmake");
     if !have_cmake && !hosts::required("PRFL_PACKAGING_REQUIRE", "cmake") {
@@ -136,7 +143,10 @@ fn install_then_build_the_cpp_sample_with_cmake() {
         );
         return;
     }
-    assert!(have_cmake, "cmake is needed (PRFL_PACKAGING_REQUIRE includes cmake)");
+    assert!(
+        have_cmake,
+        "cmake is needed (PRFL_PACKAGING_REQUIRE includes cmake)"
+    );
     for tool in ["bash", "readelf", "g++", "pkg-config"] {
         assert!(found(tool), "`{tool}` is needed for the install test");
     }
@@ -164,7 +174,10 @@ fn install_then_build_the_cpp_sample_with_cmake() {
     ] {
         assert!(prefix.join(f).is_file(), "install did not produce {f}");
     }
-    assert!(lib.join(&soname).is_file(), "install did not produce lib/{soname}");
+    assert!(
+        lib.join(&soname).is_file(),
+        "install did not produce lib/{soname}"
+    );
     assert_eq!(
         std::fs::read_link(lib.join("libprfl.so")).expect("lib/libprfl.so is a symlink"),
         Path::new(&soname),
@@ -184,7 +197,11 @@ fn install_then_build_the_cpp_sample_with_cmake() {
         format!("-L{}", lib.display()),
         "-lprfl".to_string(),
     ] {
-        assert!(flags.contains(&want), "pkg-config prints `{}`, missing `{want}`", flags.trim());
+        assert!(
+            flags.contains(&want),
+            "pkg-config prints `{}`, missing `{want}`",
+            flags.trim()
+        );
     }
     let static_pc = run_ok(
         Command::new("pkg-config")

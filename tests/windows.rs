@@ -60,7 +60,10 @@ fn rust_target_installed() -> bool {
         return false;
     };
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&sysroot).join("lib/rustlib").join(TARGET).is_dir()
+    Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(TARGET)
+        .is_dir()
 }
 
 /// A Unix path as the Windows program sees it (Wine maps `/` to drive `Z:`).
@@ -95,9 +98,12 @@ fn toolchain() -> Result<Toolchain, String> {
         missing.push("Wine (apt-get install wine wine64)".into());
     }
     match (gcc, gxx, dlltool, wine) {
-        (Some(gcc), Some(gxx), Some(dlltool), Some(wine)) if missing.is_empty() => {
-            Ok(Toolchain { gcc, gxx, dlltool, wine })
-        }
+        (Some(gcc), Some(gxx), Some(dlltool), Some(wine)) if missing.is_empty() => Ok(Toolchain {
+            gcc,
+            gxx,
+            dlltool,
+            wine,
+        }),
         _ => Err(missing.join(", ")),
     }
 }
@@ -120,7 +126,11 @@ fn build_dll() -> PathBuf {
     );
     let dir = target_dir.join(TARGET).join("debug");
     for f in ["prfl.dll", "libprfl.dll.a"] {
-        assert!(dir.join(f).is_file(), "the cross-build did not produce {}", dir.join(f).display());
+        assert!(
+            dir.join(f).is_file(),
+            "the cross-build did not produce {}",
+            dir.join(f).display()
+        );
     }
     dir
 }
@@ -178,7 +188,16 @@ fn samples_run_under_wine() {
     let cpp_exe = bin.join("prfl_sample_cpp.exe");
     run_ok(
         Command::new(&tools.gxx)
-            .args(["-std=c++17", "-O1", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Werror", "-I"])
+            .args([
+                "-std=c++17",
+                "-O1",
+                "-Wall",
+                "-Wextra",
+                "-Wpedantic",
+                "-Wshadow",
+                "-Werror",
+                "-I",
+            ])
             .arg(&include)
             .arg("-I")
             .arg(root().join("bindings/cpp"))
@@ -202,7 +221,10 @@ fn samples_run_under_wine() {
     );
     let win64 = plugins.join("PrflPlugin/Source/ThirdParty/PrflLibrary/lib/Win64");
     for f in ["prfl.dll", "prfl.dll.lib"] {
-        assert!(win64.join(f).is_file(), "stage_plugin.sh did not stage Win64/{f}");
+        assert!(
+            win64.join(f).is_file(),
+            "stage_plugin.sh did not stage Win64/{f}"
+        );
     }
 
     let fixture = root().join("tests/fixtures/wan/t2v_small");
@@ -234,15 +256,26 @@ fn samples_run_under_wine() {
     // 1. The C sample, device = auto: the CUDA probe finds no driver, the CPU runs everything.
     let start = Instant::now();
     run_ok(
-        &mut wine(&c_exe, &[generator.clone(), work("c")], &[("PRFL_SAMPLE_DEVICE", "auto")]),
+        &mut wine(
+            &c_exe,
+            &[generator.clone(), work("c")],
+            &[("PRFL_SAMPLE_DEVICE", "auto")],
+        ),
         "the C sample under Wine (device = auto)",
     );
-    println!("windows: C sample under Wine: {:.1}s", start.elapsed().as_secs_f64());
+    println!(
+        "windows: C sample under Wine: {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
 
     // 2. device = cuda: a clear error from prfl_create, a normal exit.
-    let out = wine(&c_exe, &[generator.clone(), work("c-cuda")], &[("PRFL_SAMPLE_DEVICE", "cuda")])
-        .output()
-        .expect("run the C sample under Wine");
+    let out = wine(
+        &c_exe,
+        &[generator.clone(), work("c-cuda")],
+        &[("PRFL_SAMPLE_DEVICE", "cuda")],
+    )
+    .output()
+    .expect("run the C sample under Wine");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     println!("windows: device = cuda under Wine: {}", stderr.trim());
     assert_eq!(
@@ -252,7 +285,9 @@ fn samples_run_under_wine() {
          not crash; stderr:\n{stderr}"
     );
     assert!(
-        stderr.contains("prfl_create") && stderr.contains("CUDA library") && stderr.contains("not found"),
+        stderr.contains("prfl_create")
+            && stderr.contains("CUDA library")
+            && stderr.contains("not found"),
         "prfl_create with device = cuda must name the missing CUDA library; stderr:\n{stderr}"
     );
 
@@ -271,7 +306,10 @@ fn samples_run_under_wine() {
         ),
         "the C++ sample under Wine",
     );
-    println!("windows: C++ sample under Wine: {:.1}s", start.elapsed().as_secs_f64());
+    println!(
+        "windows: C++ sample under Wine: {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
 
     // The prefix's wineserver would otherwise linger for a few seconds.
     let _ = Command::new(&tools.wine)

@@ -363,12 +363,14 @@ pub fn load_peft(path: &std::path::Path) -> Result<(LoraConfig, BTreeMap<String,
             key_names = LoraKeyNames::ComfyUi;
             if !original.ends_with(".alpha") {
                 // The same check as the diffusers names below: an adapter of a Wan2.1 layer.
-                let known = original.rsplit_once(".lora_").is_some_and(|(layer, which)| {
-                    matches!(which, "A.weight" | "B.weight")
-                        && super::names::Layout::Original
-                            .to_canonical(&format!("{layer}.weight"))
-                            .is_some()
-                });
+                let known = original
+                    .rsplit_once(".lora_")
+                    .is_some_and(|(layer, which)| {
+                        matches!(which, "A.weight" | "B.weight")
+                            && super::names::Layout::Original
+                                .to_canonical(&format!("{layer}.weight"))
+                                .is_some()
+                    });
                 if !known {
                     return Err(Error::UnexpectedTensor(name.clone()));
                 }

@@ -48,7 +48,8 @@ pub fn required(var: &str, part: &str) -> bool {
 
 /// A fresh, empty scratch folder under cargo's per-test temporary directory.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the scratch folder");
     dir
@@ -61,8 +62,27 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
         .unwrap_or_else(|e| panic!("{what}: cannot start {:?}: {e}", cmd.get_program()));
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{what} failed ({}); its output is above", out.status);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}); its output is above",
+        out.status
+    );
     out
+}
+
+/// Runs `cmd` and returns its standard output; panics with `what` and the output when it fails.
+pub fn stdout_of(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start {:?}: {e}", cmd.get_program()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// The functions `include/prfl.h` declares (every `prfl_*` name followed by `(` outside
@@ -79,7 +99,8 @@ pub fn header_functions() -> Vec<String> {
         while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
             end += 1;
         }
-        let word_start = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let word_start =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let rest = code[end..].trim_start();
         if word_start && rest.starts_with('(') {
             let name = code[start..end].to_string();
@@ -99,19 +120,23 @@ fn strip_comments(src: &str) -> String {
     loop {
         let block = rest.find("/*");
         let line = rest.find("//");
-        match (block, line) {
-            (Some(b), l) if l.map_or(true, |l| b < l) => {
-                out.push_str(&rest[..b]);
-                rest = rest[b + 2..].find("*/").map_or("", |e| &rest[b + 2 + e + 2..]);
-            }
-            (_, Some(l)) => {
-                out.push_str(&rest[..l]);
-                rest = rest[l..].find('\n').map_or("", |e| &rest[l + e..]);
-            }
-            _ => {
-                out.push_str(rest);
-                return out;
-            }
+        // Whichever comment opens first: a `//` inside a block comment is part of it.
+        let block_first = match (block, line) {
+            (Some(b), Some(l)) => b < l,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if let (true, Some(b)) = (block_first, block) {
+            out.push_str(&rest[..b]);
+            rest = rest[b + 2..]
+                .find("*/")
+                .map_or("", |e| &rest[b + 2 + e + 2..]);
+        } else if let Some(l) = line {
+            out.push_str(&rest[..l]);
+            rest = rest[l..].find('\n').map_or("", |e| &rest[l + e..]);
+        } else {
+            out.push_str(rest);
+            return out;
         }
     }
 }

@@ -202,9 +202,9 @@ fn samples_run_under_wine() {
             .arg("-I")
             .arg(root().join("bindings/cpp"))
             .arg(root().join("samples/cpp/main.cpp"))
-            .arg("-L")
-            .arg(&dll_dir)
-            .args(["-lprfl", "-static", "-o"])
+            // By path: with -static, -lprfl would pick libprfl.a (the staticlib) instead.
+            .arg(dll_dir.join("libprfl.dll.a"))
+            .args(["-static", "-o"])
             .arg(&cpp_exe),
         "mingw g++: the C++ sample against libprfl.dll.a",
     );
@@ -287,8 +287,10 @@ fn samples_run_under_wine() {
     assert!(
         stderr.contains("prfl_create")
             && stderr.contains("CUDA library")
-            && stderr.contains("not found"),
-        "prfl_create with device = cuda must name the missing CUDA library; stderr:\n{stderr}"
+            && stderr.contains("not found")
+            && stderr.contains("nvcuda.dll"),
+        "prfl_create with device = cuda must name the missing CUDA library and the names searched \
+         (the driver is nvcuda.dll on Windows); stderr:\n{stderr}"
     );
 
     // 3. The C++ sample (CPU).

@@ -73,7 +73,21 @@ else
     trap 'rm -rf "$out"' EXIT
 fi
 out="$(cd "$out" && pwd)"
-echo "library: $lib_dir"
+
+# libprfl.so carries a SONAME with the ABI major version (libprfl.so.1, see build.rs): a program
+# linked with -lprfl asks the loader for that name. Stage the library under both names, as an
+# install does (tools/install.sh), so that LD_LIBRARY_PATH finds it.
+soname="$(readelf -d "$lib_dir/libprfl.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
+staged_lib="$out/lib"
+rm -rf "$staged_lib"
+mkdir -p "$staged_lib"
+ln -s "$lib_dir/libprfl.a" "$staged_lib/libprfl.a"
+ln -s "$lib_dir/libprfl.so" "$staged_lib/libprfl.so"
+if [[ -n "$soname" && "$soname" != libprfl.so ]]; then
+    ln -s "$lib_dir/libprfl.so" "$staged_lib/$soname"
+fi
+lib_dir="$staged_lib"
+echo "library: $lib_dir (SONAME ${soname:-none})"
 echo "scratch: $out"
 
 # What Rust's staticlib needs from the system when linked into a C/C++ program.

@@ -13,7 +13,9 @@
  *   WORK_DIR       an existing directory for the saved runtime
  *
  * environment (optional):
- *   PRFL_SAMPLE_DEVICE        cpu (default) or cuda: where the runtime trains and scores
+ *   PRFL_SAMPLE_DEVICE        cpu (default), cuda or auto: where the runtime trains and scores
+ *                             (auto: the first usable GPU, else the CPU; the Windows run under
+ *                             Wine uses it, where the CUDA probe finds no driver)
  *   PRFL_SAMPLE_CUDA_LIB_DIR  a folder holding libcuda, libnvrtc, libcublas and libcublasLt
  *                             (`cuda_library_dir`); CI points it at the emulated device's
  *                             stand-ins (tests/cuda_emu/), a GPU machine at the CUDA wheels
@@ -187,8 +189,10 @@ static PrflConfig sample_config(void) {
         cfg.device_index = 0;
         cfg.cuda_library_dir = getenv("PRFL_SAMPLE_CUDA_LIB_DIR"); /* NULL: the system's search path */
         cfg.cpu_fallback = 0;
+    } else if (strcmp(device, "auto") == 0) {
+        cfg.device = PRFL_DEVICE_AUTO;
     } else {
-        fail("PRFL_SAMPLE_DEVICE=%s: expected cpu or cuda", device);
+        fail("PRFL_SAMPLE_DEVICE=%s: expected cpu, cuda or auto", device);
     }
     cfg.queue_capacity = QUEUE_CAPACITY;
     cfg.backpressure = PRFL_BACKPRESSURE_REJECT_NEWEST;

@@ -292,7 +292,16 @@ pub fn check_libraries(opts: &CudaOptions) -> Result<(), CudaError> {
     let report = library_report(opts)?;
     for (status, lib) in report.iter().zip(LIBS.iter()) {
         if !status.found {
-            let mut names = cudarc::get_lib_name_candidates(lib.stem);
+            // cudarc tries the driver as `cuda` and as `nvcuda` (Windows' nvcuda.dll).
+            let stems: &[&str] = if lib.which == Which::Driver {
+                &["cuda", "nvcuda"]
+            } else {
+                std::slice::from_ref(&lib.stem)
+            };
+            let mut names: Vec<String> = stems
+                .iter()
+                .flat_map(|s| cudarc::get_lib_name_candidates(s))
+                .collect();
             let mut seen = std::collections::HashSet::new();
             names.retain(|n| seen.insert(n.clone()));
             let folder = match &opts.lib_dir {

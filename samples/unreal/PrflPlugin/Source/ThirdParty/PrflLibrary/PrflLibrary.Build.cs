@@ -1,8 +1,9 @@
 // The prebuilt prfl library as an external module. Stage it with samples/unreal/stage_plugin.sh,
 // which fills:
 //   include/prfl.h, include/prfl.hpp         (include/ and bindings/cpp/ of the prfl repository)
-//   lib/Win64/prfl.dll, lib/Win64/prfl.dll.lib
-//   lib/Linux/libprfl.so
+//   lib/Win64/prfl.dll, lib/Win64/prfl.dll.lib   (the import library: cargo's with the MSVC target;
+//                                                for a mingw-built prfl.dll, made from prfl.def)
+//   lib/Linux/libprfl.so.1, lib/Linux/libprfl.so -> libprfl.so.1   (SONAME: the ABI major version)
 //   lib/Mac/libprfl.dylib
 // The shared library is used rather than libprfl.a: it keeps Rust's runtime and allocator out of
 // the engine's link and lets tools swap a CUDA-enabled build in without relinking.
@@ -26,8 +27,10 @@ public class PrflLibrary : ModuleRules
 		}
 		else if (Target.Platform == UnrealTargetPlatform.Linux)
 		{
+			// libprfl.so (a symlink) is what the linker reads; the module then asks the loader for
+			// the library's SONAME, libprfl.so.<ABI major>, which is what ships.
 			PublicAdditionalLibraries.Add(Path.Combine(LibDir, "libprfl.so"));
-			RuntimeDependencies.Add("$(BinaryOutputDir)/libprfl.so", Path.Combine(LibDir, "libprfl.so"));
+			RuntimeDependencies.Add("$(BinaryOutputDir)/libprfl.so.1", Path.Combine(LibDir, "libprfl.so.1"));
 		}
 		else if (Target.Platform == UnrealTargetPlatform.Mac)
 		{

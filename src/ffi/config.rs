@@ -363,3 +363,20 @@ pub fn validate(c: &PrflConfig, cuda_library_dir: Option<&str>) -> Result<Sessio
         seed: c.seed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SampleSizes;
+
+    /// The C default and the Rust default are written in two places (a `#[repr(C)]` literal and
+    /// `SessionConfig::new`); this keeps them one configuration: a C host that changes nothing
+    /// gets exactly what a Rust host gets at the same sample shape.
+    #[test]
+    fn the_c_default_is_the_session_default() {
+        let c = PrflConfig::default();
+        let from_c = validate(&c, None).map_err(|e| e.message).unwrap();
+        let sizes = SampleSizes::new([16, 21, 60, 104], [512, 4096], [0, 0]).unwrap();
+        assert_eq!(from_c, SessionConfig::new(sizes));
+    }
+}
